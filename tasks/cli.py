@@ -1,0 +1,81 @@
+"""The ``taming`` command: one sub-command per pipeline stage.
+
+``dvc.yaml`` calls these; Prefect tasks call the same ``run(cfg)`` functions.
+A stage module is imported only when its command runs, so ``taming --help``
+stays instant and a broken optional dependency breaks only its own stage.
+
+Each stage module provides:
+    add_arguments(parser)  -- its own flags (``--params`` / ``--set`` are common)
+    main(args) -> int|None -- builds its typed config and calls ``run(cfg)``
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tasks.config import ConfigError
+
+# name -> (module, one-line help). Order is pipeline order.
+STAGES: dict[str, tuple[str, str]] = {
+    "acquire": ("tasks.acquire", "get ILSVRC2012-style archives: generate the demo set, or check ImageNet / custom lists"),
+    "extract": ("tasks.extract", "safely extract the archives into data/imagenet/{train,validation}/<synset>/"),
+    "depth": ("tasks.depth", "MiDaS (or ground-truth) depth maps as RGBA-packed float32 PNGs"),
+    "segment": ("tasks.segment", "DeepLab v2 (or ground-truth) COCO-Stuff label maps as uint8 PNGs"),
+    "train-vqgan": ("tasks.train_vqgan", "train a VQGAN first stage (image, depth or segmentation) with Lightning"),
+    "tokenize": ("tasks.tokenize", "encode images and conditioning once with the frozen VQGANs into Parquet shards"),
+    "train-transformer": ("tasks.train_transformer", "train the conditional transformer from Parquet tokens"),
+    "sample": ("tasks.sample", "sample images with the KV cache (top_k / top_p / temperature) and write a grid"),
+    "evaluate": ("tasks.evaluate", "FID/KID, reconstruction metrics and codebook usage into metrics/*.json"),
+    "weights": ("tasks.weights", "list, fetch, import or push pretrained weight files"),
+    "publish": ("tasks.publish", "upload a trained checkpoint with its manifest to S3"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    width = max(map(len, STAGES))
+    lines = "\n".join(f"  {n:<{width}}  {h}" for n, (_, h) in STAGES.items())
+    return argparse.ArgumentParser(
+        prog="taming",
+        description="Taming Transformers as a reproducible pipeline. Stages:\n" + lines
+        + "\n\nRun 'taming <stage> --help' for a stage's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="taming <stage> [options]",
+    )
+
+
+def stage_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    module_name, help_line = STAGES[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"taming {name}", description=help_line)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a parameter, e.g. -S sample.batch_size=4 (repeatable)")
+    module.add_arguments(parser)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        _top_parser().print_help()
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in STAGES:
+        _top_parser().print_usage(sys.stderr)
+        print(f"taming: unknown stage {name!r}; choose from {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    parser, module = stage_parser(name)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.main(args) or 0)
+    except ConfigError as e:
+        print(f"taming {name}: invalid parameters: {e}", file=sys.stderr)
+        return 2
+    except NotImplementedError as e:
+        print(f"taming {name}: not implemented yet{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

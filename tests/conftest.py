@@ -1,0 +1,23 @@
+"""Shared fixtures. Server fixtures (S3 on loopback, Prefect) live in their own
+plugin modules and start real servers once per session."""
+import os
+
+import pytest
+
+# Keep the 2-core CI machine responsive: one intra-op thread per test process.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("TAMING_SHARED", os.path.join(os.path.dirname(REPO_ROOT), "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_reference():
+    """../shared/reference: vectors made by the original implementations."""
+    path = os.path.join(SHARED, "reference")
+    assert os.path.isdir(path), f"reference vectors not found at {path} (set TAMING_SHARED)"
+    return path
+
+# Fixture plugins, one module per area (S3 server on loopback, Prefect server,
+# the smoke pipeline in a temporary repo copy).
+pytest_plugins = ["fixtures_s3", "fixtures_prefect", "fixtures_pipeline"]

@@ -1,0 +1,1 @@
+"""Fixtures for fixtures_pipeline (filled by its issue)."""

@@ -1,0 +1,1 @@
+"""Fixtures for fixtures_prefect (filled by its issue)."""

@@ -1,0 +1,1 @@
+"""Fixtures for fixtures_s3 (filled by its issue)."""
