@@ -277,3 +277,12 @@ def push(name: str, mirror: str | None = None) -> str:
     bucket, key = s3.split_uri(uri)
     s3.client().upload_file(str(resolve(name)), bucket, key)
     return uri
+
+
+def load_state_dict(name: str, path: str | Path | None = None) -> dict:
+    """Resolve ``name`` and read its state dict without running pickled code (weights_only)."""
+    import torch
+
+    state = torch.load(resolve(name, path), map_location="cpu", weights_only=True)
+    # MiDaS training checkpoints nest the weights under "model" beside the optimizer state.
+    return state["model"] if isinstance(state, dict) and "optimizer" in state else state
