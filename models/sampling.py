@@ -1,0 +1,181 @@
+"""Sampling from the GPT: logit filtering and the autoregressive loop.
+
+Every sampler works on a batch and takes an optional torch.Generator, so a run is
+reproducible. `generate` feeds one token per step through a preallocated key/value
+cache; `generate_without_cache` recomputes the whole sequence each step and exists
+as the baseline that bench/sampling.py compares against. `generate_sliding_window`
+samples latent grids larger than the training grid, as the paper's high-resolution
+results do.
+"""
+from __future__ import annotations
+
+import torch
+
+from models.gpt import GPT
+
+
+def _check_filters(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature} (use greedy=True for argmax)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+
+
+def _candidates(logits: torch.Tensor, temperature: float, top_k: int | None,
+                top_p: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The tokens still allowed after temperature, top-k and top-p, as
+    (their logits, their token ids); excluded ones get logit -inf. ids is None when
+    every token is a candidate (no filtering), so the logits are the full row.
+
+    With top-k, only the k best logits are ever sorted: top-p then works on the
+    renormalised top-k distribution (as the original's top-k-then-top-p filter)
+    without a full-vocabulary sort.
+    """
+    logits = logits / temperature
+    if top_p is not None and top_p >= 1.0:
+        top_p = None
+    if top_k is not None:
+        values, ids = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1)  # sorted, best first
+    elif top_p is not None:
+        values, ids = torch.sort(logits, dim=-1, descending=True)
+    else:
+        return logits, None
+    if top_p is not None:
+        probs = values.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        # keep a token while the better ones hold less than top_p: the smallest set with mass >= top_p
+        values = values.masked_fill(mass_before >= top_p, float("-inf"))
+    return values, ids
+
+
+def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> torch.Tensor:
+    """logits (..., vocab) scaled by 1/temperature, with -inf for every token that
+    top-k (the k most likely) or top-p (the smallest set holding mass >= p) removes.
+    Each filter works alone or together with the other."""
+    _check_filters(temperature, top_k, top_p)
+    values, ids = _candidates(logits, temperature, top_k, top_p)
+    if ids is None:
+        return values
+    return torch.full_like(logits, float("-inf")).scatter_(-1, ids, values)
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None, greedy: bool = False,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of logits (B, vocab) -> (B, 1): the argmax when greedy,
+    otherwise a draw from the filtered distribution (see filter_logits)."""
+    if greedy:
+        return logits.argmax(dim=-1, keepdim=True)
+    values, ids = _candidates(logits, temperature, top_k, top_p)
+    choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)
+    return choice if ids is None else ids.gather(-1, choice)
+
+
+def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance, uncond + scale * (cond - uncond), written so that
+    scale 1 returns the conditional logits exactly."""
+    return cond + (scale - 1.0) * (cond - uncond)
+
+
+@torch.inference_mode()
+def generate(gpt: GPT, prefix: torch.Tensor, steps: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
+             generator: torch.Generator | None = None, uncond_prefix: torch.Tensor | None = None,
+             guidance_scale: float = 1.0, callback=None) -> torch.Tensor:
+    """Continue `prefix` (B, P) by `steps` tokens through a key/value cache -> (B, steps).
+
+    uncond_prefix (B, P): the prefix with the condition replaced by null tokens, for
+    classifier-free guidance with `guidance_scale`; both run as one batch of 2B.
+    `callback(step)` is called before each step (progress bars).
+    """
+    _check_filters(temperature, top_k, top_p)
+    B, P = prefix.shape
+    if steps < 1:
+        return prefix.new_empty(B, 0)
+    if P < 1:
+        raise ValueError("generate needs a prefix of at least one token (a condition or SOS token)")
+    guided = uncond_prefix is not None
+    if guided:
+        if uncond_prefix.shape != prefix.shape:
+            raise ValueError(f"uncond_prefix {tuple(uncond_prefix.shape)} must match prefix {tuple(prefix.shape)}")
+        prefix = torch.cat((prefix, uncond_prefix))
+    cache = gpt.new_cache(prefix.shape[0], P + steps - 1)  # the last token is never fed back
+    out = prefix.new_empty(B, steps)
+    logits, _ = gpt(prefix, cache=cache)
+    for t in range(steps):
+        if callback is not None:
+            callback(t)
+        last = logits[:, -1]
+        if guided:
+            last = guided_logits(last[:B], last[B:], guidance_scale)
+        token = sample_logits(last, temperature, top_k, top_p, greedy, generator)
+        out[:, t:t + 1] = token
+        if t + 1 < steps:
+            logits, _ = gpt(torch.cat((token, token)) if guided else token, cache=cache)
+    return out
+
+
+@torch.inference_mode()
+def generate_without_cache(gpt: GPT, prefix: torch.Tensor, steps: int, temperature: float = 1.0,
+                           top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
+                           generator: torch.Generator | None = None) -> torch.Tensor:
+    """The original's sampler: re-run the whole sequence for every new token -> (B, steps).
+    Quadratic in the sequence length; kept as the reference and benchmark baseline."""
+    _check_filters(temperature, top_k, top_p)
+    seq = prefix
+    for _ in range(steps):
+        logits, _ = gpt(seq)
+        token = sample_logits(logits[:, -1], temperature, top_k, top_p, greedy, generator)
+        seq = torch.cat((seq, token), dim=1)
+    return seq[:, prefix.shape[1]:]
+
+
+def window_start(i: int, size: int, window: int) -> int:
+    """First row (or column) of the training-size window used for position i of a
+    grid `size` long: centred on i, shifted to stay inside the grid."""
+    return min(max(i - window // 2, 0), size - window)
+
+
+@torch.inference_mode()
+def generate_sliding_window(gpt: GPT, c: torch.Tensor, z_grid: torch.Tensor,
+                            window: tuple[int, int], temperature: float = 1.0,
+                            top_k: int | None = None, top_p: float | None = None,
+                            greedy: bool = False, generator: torch.Generator | None = None,
+                            start: int = 0, callback=None) -> torch.Tensor:
+    """Sample a latent grid larger than the one the GPT was trained on.
+
+    c: condition tokens, either a (B, H, W) grid on the image grid (depth,
+    segmentation: cropped with each window) or a (B, n) prefix used for every
+    window (class or SOS token);
+    z_grid (B, H, W): image tokens, of which positions from raster index `start` on
+    are (re)sampled. Each position is sampled from a window of the training latent
+    size `window` (h, w) placed around it (window_start), with the condition
+    cropped alike: the sequence is cond crop + image crop, raster order, as in the
+    original's sample_conditional script. Returns the completed (B, H, W) grid.
+    """
+    _check_filters(temperature, top_k, top_p)
+    B, H, W = z_grid.shape
+    h, w = window
+    if c.dim() == 3 and c.shape != z_grid.shape:
+        raise ValueError(f"condition grid {tuple(c.shape)} must match image grid {tuple(z_grid.shape)}")
+    if H < h or W < w:
+        raise ValueError(f"grid {H}x{W} is smaller than the window {h}x{w}")
+    z_grid = z_grid.clone()
+    for n in range(start, H * W):
+        if callback is not None:
+            callback(n)
+        i, j = divmod(n, W)
+        i0, j0 = window_start(i, H, h), window_start(j, W, w)
+        local = (i - i0) * w + (j - j0)
+        c_patch = c[:, i0:i0 + h, j0:j0 + w].reshape(B, -1) if c.dim() == 3 else c
+        z_patch = z_grid[:, i0:i0 + h, j0:j0 + w].reshape(B, -1)
+        # the causal model only looks left, so feed the crop up to the token before (i, j)
+        seq = torch.cat((c_patch, z_patch[:, :local]), dim=1)
+        logits, _ = gpt(seq)
+        z_grid[:, i, j] = sample_logits(logits[:, -1], temperature, top_k, top_p, greedy, generator)[:, 0]
+    return z_grid
+
+
