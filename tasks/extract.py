@@ -1,17 +1,306 @@
-"""Stage `extract` (see tasks/cli.py for the one-line summary)."""
+"""Stage ``extract``: ILSVRC2012-style archives -> ``data/imagenet/{train,validation}/<synset>/<name>.JPEG``.
+
+Reads ``data/raw`` (see tasks/acquire.py) and writes
+
+    <out>/train/<synset>/<name>.JPEG        from the tar of per-synset tars
+    <out>/validation/<synset>/<name>.JPEG   the flat val tar, sorted into synsets by validation_synset.txt
+    <out>/{train,validation}/filelist.txt   sorted "<synset>/<name>.JPEG" lines
+    <out>/rejected.jsonl                    every refused or unreadable member with its reason
+    metrics/extract.json                    counts: members = extracted + rejected + skipped, per split
+
+Safety: archives are untrusted. Member bytes are written to paths built here from
+checked plain names (tasks/archives.py); absolute paths, ``..``, links, devices,
+fifos and directories are refused and reported, never followed.
+
+Images: each member is decoded (JPEG at 1/8 scale, which still reads the whole
+entropy-coded stream, so truncation is caught cheaply). Zero-byte, undecodable
+and truncated files are rejected. Decodable oddities (PNG bytes under a .JPEG
+name, CMYK, greyscale, palette) are kept byte for byte and counted under
+``converted``: tasks/datasets.py converts them to RGB when it reads them, as the
+original ImageNet loader did.
+
+Resumable: each synset is written into a hidden ``.tmp-<synset>`` folder together
+with its ``.manifest.json`` and renamed into place when complete; the rename is
+the completion marker. A rerun deletes unfinished temp folders, skips finished
+synsets, and gives byte-identical output to an uninterrupted run.
+
+``sub_indices`` ("32-123, 256") restricts classes by their synsets.json index with
+the original's ``str_to_indices`` semantics (a range ``a-b`` excludes ``b``);
+members of other classes are counted as ``skipped``.
+"""
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import shutil
+import tarfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from tasks.acquire import TRAIN_TAR, VAL_SYNSETS, VAL_TAR
+from tasks.archives import member_problem
+from tasks.config import check, from_params
+from tasks.io import write_json, write_text
+
+SPLITS = ("train", "validation")
+MANIFEST = ".manifest.json"
+
+
+def str_to_indices(string: str) -> list[int]:
+    """'32-123, 256' -> [32, ..., 122, 256], exactly as the original taming repo parses it."""
+    if not string.strip() or string.strip().endswith(","):
+        raise ValueError(f"{string!r}: expected e.g. '32-123, 256' (no trailing comma)")
+    indices = []
+    for sub in string.split(","):
+        bounds = sub.split("-")
+        if len(bounds) == 1:
+            indices.append(int(bounds[0]))
+        elif len(bounds) == 2:
+            indices.extend(range(int(bounds[0]), int(bounds[1])))
+        else:
+            raise ValueError(f"{string!r}: bad range {sub.strip()!r}")
+    return sorted(indices)
+
+
+@dataclass
+class ExtractConfig:
+    sub_indices: str = ""    # restrict to these class indices, e.g. "32-123, 256"; empty = all
+
+    def __post_init__(self):
+        if self.sub_indices:
+            try:
+                str_to_indices(self.sub_indices)
+            except ValueError as e:
+                check(False, "extract.sub_indices", str(e))
+
+
+class ExtractError(RuntimeError):
+    """The inputs are unusable as a whole (missing archive, inconsistent synset lists)."""
+
+
+def inspect_image(data: bytes) -> tuple[str | None, str | None]:
+    """(rejection reason, conversion note) for one member's bytes; both None for a clean RGB JPEG."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        return "zero-byte file", None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, mode = im.format, im.mode
+            if fmt == "JPEG":
+                im.draft(mode, (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except UnidentifiedImageError:
+        return "not an image", None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return f"truncated or corrupt: {e}", None
+    if fmt != "JPEG":
+        return None, f"{fmt} data under a .JPEG name"
+    if mode != "RGB":
+        return None, f"{mode} JPEG"
+    return None, None
+
+
+class _Synset:
+    """One synset folder being written: temp dir, counts, manifest; ``finish`` renames it into place."""
+
+    def __init__(self, split_dir: Path, synset: str, expected: set[str] | None = None):
+        self.final = split_dir / synset
+        self.tmp = split_dir / f".tmp-{synset}"
+        self.synset, self.expected = synset, expected
+        self.names: set[str] = set()
+        self.rejected: list[dict] = []
+        self.converted: Counter = Counter()
+        self.members = 0
+        self.tmp.mkdir(parents=True)
+
+    def add(self, name: str, data: bytes | None, problem: str | None, archive: str) -> None:
+        self.members += 1
+        if problem is None and not name.endswith(".JPEG"):
+            problem = "not a .JPEG name"
+        if problem is None and name in self.names:
+            problem = "duplicate name"
+        note = None
+        if problem is None:
+            problem, note = inspect_image(data)
+        if problem:
+            self.rejected.append({"archive": archive, "member": name, "synset": self.synset, "reason": problem})
+            return
+        (self.tmp / name).write_bytes(data)
+        self.names.add(name)
+        if note:
+            self.converted[note] += 1
+
+    @property
+    def complete(self) -> bool:
+        return self.expected is not None and self.expected <= self.names | {r["member"] for r in self.rejected}
+
+    def finish(self) -> dict:
+        missing = sorted(self.expected - self.names - {r["member"] for r in self.rejected}) if self.expected else []
+        manifest = {"synset": self.synset, "members": self.members, "files": sorted(self.names),
+                    "rejected": self.rejected, "converted": dict(sorted(self.converted.items())), "missing": missing}
+        write_json(self.tmp / MANIFEST, manifest)
+        self.tmp.rename(self.final)     # the completion marker
+        return manifest
+
+
+def _done(split_dir: Path, synset: str) -> dict | None:
+    path = split_dir / synset / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _extract_train(archive: Path, split_dir: Path, selected: set[str], known: set[str]) -> tuple[list, list, int]:
+    """Returns (synset manifests, outer-level rejections, skipped member count)."""
+    manifests, rejected, skipped = [], [], 0
+    with tarfile.open(archive, mode="r:") as outer:
+        for member in tqdm(outer, desc="train synsets", unit="synset"):
+            problem = member_problem(member) or (None if member.name.endswith(".tar") else "not a synset .tar")
+            synset = member.name[:-len(".tar")]
+            if not problem and synset not in known:
+                problem = "synset not in synsets.json"
+            if problem:
+                rejected.append({"archive": TRAIN_TAR, "member": member.name, "synset": None, "reason": problem})
+                continue
+            manifest = _done(split_dir, synset) if synset in selected else None
+            if manifest is None:
+                part = None if synset not in selected else _Synset(split_dir, synset)
+                try:
+                    if part is None:
+                        with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
+                            skipped += len(inner.getmembers())     # headers only: counted, not read
+                        continue
+                    with tarfile.open(fileobj=outer.extractfile(member), mode="r|") as inner:
+                        for m in inner:
+                            problem = member_problem(m)
+                            data = None if problem else inner.extractfile(m).read()
+                            part.add(m.name, data, problem, f"{TRAIN_TAR}/{member.name}")
+                except tarfile.TarError as e:
+                    if part is not None:
+                        shutil.rmtree(part.tmp)
+                    rejected.append({"archive": TRAIN_TAR, "member": member.name, "synset": synset,
+                                     "reason": f"corrupt synset tar: {e}"})
+                    continue
+                manifest = part.finish()
+            manifests.append(manifest)
+    return manifests, rejected, skipped
+
+
+def _extract_validation(archive: Path, listing: Path, split_dir: Path, selected: set[str],
+                        known: set[str]) -> tuple[list, list, int]:
+    truth: dict[str, str] = {}
+    for n, line in enumerate(listing.read_text().splitlines(), 1):
+        parts = line.split()
+        if len(parts) != 2:
+            if line.strip():
+                raise ExtractError(f"{listing}:{n}: expected '<file name> <synset>', got {line!r}")
+            continue
+        if parts[1] not in known:
+            raise ExtractError(f"{listing}:{n}: synset {parts[1]} is not in synsets.json")
+        truth[parts[0]] = parts[1]
+    expected: dict[str, set[str]] = {}
+    for name, synset in truth.items():
+        expected.setdefault(synset, set()).add(name)
+    done = {s: m for s in expected if s in selected and (m := _done(split_dir, s))}
+    parts: dict[str, _Synset] = {}
+    rejected, skipped, seen = [], 0, set()
+    with tarfile.open(archive, mode="r:") as tar:
+        for member in tqdm(tar, desc="validation", unit="img"):
+            problem = member_problem(member)
+            synset = truth.get(member.name)
+            if not problem and synset is None:
+                problem = f"not in {VAL_SYNSETS}"
+            if not problem and member.name in seen:
+                problem = "duplicate name"     # decided here, so a resumed run counts it the same way
+            seen.add(member.name)
+            if problem:
+                rejected.append({"archive": VAL_TAR, "member": member.name, "synset": synset, "reason": problem})
+                continue
+            if synset not in selected:
+                skipped += 1
+                continue
+            if synset in done:
+                continue
+            part = parts.get(synset) or parts.setdefault(synset, _Synset(split_dir, synset, expected[synset]))
+            part.add(member.name, tar.extractfile(member).read(), None, VAL_TAR)
+            if part.complete:      # every listed file seen: finish now, so a rerun can skip it
+                done[synset] = part.finish()
+    for synset in sorted(selected & expected.keys() - done.keys()):   # files missing from the tar
+        done[synset] = (parts.get(synset) or _Synset(split_dir, synset, expected[synset])).finish()
+    return [done[s] for s in sorted(done)], rejected, skipped
+
+
+def _summarise(split_dir: Path, manifests: list[dict], outer_rejected: list[dict], skipped: int) -> dict:
+    files = sorted(f"{m['synset']}/{name}" for m in manifests for name in m["files"])
+    write_text(split_dir / "filelist.txt", "".join(f + "\n" for f in files))
+    rejected = len(outer_rejected) + sum(len(m["rejected"]) for m in manifests)
+    converted = Counter()
+    for m in manifests:
+        converted.update(m["converted"])
+    counts = {"members": sum(m["members"] for m in manifests) + len(outer_rejected) + skipped,
+              "extracted": len(files), "rejected": rejected, "skipped": skipped, "synsets": len(manifests),
+              "missing": sum(len(m["missing"]) for m in manifests), "converted": dict(sorted(converted.items()))}
+    assert counts["members"] == counts["extracted"] + counts["rejected"] + counts["skipped"], counts
+    return counts
+
+
+def run(cfg: ExtractConfig, raw_dir: str | Path = "data/raw", out_dir: str | Path = "data/imagenet",
+        metrics_path: str | Path = "metrics/extract.json") -> dict:
+    raw, out = Path(raw_dir), Path(out_dir)
+    for name in (TRAIN_TAR, VAL_TAR, VAL_SYNSETS, "synsets.json"):
+        if not (raw / name).is_file():
+            raise ExtractError(f"{raw / name}: not found (run `taming acquire` first)")
+    synsets = json.loads((raw / "synsets.json").read_text())
+    known = set(synsets)
+    if cfg.sub_indices:
+        wanted = set(str_to_indices(cfg.sub_indices))
+        selected = {s for s, v in synsets.items() if v["index"] in wanted}
+    else:
+        selected = known
+    for split in SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for stale in (out / split).glob(".tmp-*"):    # an interrupted run's unfinished synsets
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+    try:
+        results = {"train": _extract_train(raw / TRAIN_TAR, out / "train", selected, known),
+                   "validation": _extract_validation(raw / VAL_TAR, raw / VAL_SYNSETS, out / "validation",
+                                                     selected, known)}
+    except tarfile.TarError as e:
+        raise ExtractError(f"{raw}: unreadable archive: {e}") from e
+    metrics, records = {}, []
+    for split, (manifests, outer_rejected, skipped) in results.items():
+        metrics[split] = _summarise(out / split, manifests, outer_rejected, skipped)
+        records += [{"split": split, **r} for r in outer_rejected]
+        records += [{"split": split, **r} for m in manifests for r in m["rejected"]]
+    records.sort(key=lambda r: (r["split"], r["synset"] or "", r["archive"], r["member"]))
+    write_text(out / "rejected.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    metrics["rejected_by_reason"] = dict(sorted(Counter(r["reason"].split(":")[0] for r in records).items()))
+    write_json(metrics_path, metrics)
+    for split in SPLITS:
+        m = metrics[split]
+        print(f"extract {split}: {m['members']} members = {m['extracted']} extracted + {m['rejected']} rejected"
+              f" + {m['skipped']} skipped (sub_indices); {m['synsets']} synsets; converted on read: "
+              f"{sum(m['converted'].values())}; listed but missing: {m['missing']}")
+    return metrics
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
-
-
-def run(cfg) -> None:
-    raise NotImplementedError
+    parser.add_argument("--raw", default="data/raw", help="acquire's output folder (default: %(default)s)")
+    parser.add_argument("--out", default="data/imagenet", help="output folder (default: %(default)s)")
+    parser.add_argument("--metrics", default="metrics/extract.json", help="counts file (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:
-    run(None)
+    import sys
+
+    cfg = from_params(ExtractConfig, args.params, "extract", args.overrides)
+    try:
+        run(cfg, args.raw, args.out, args.metrics)
+    except ExtractError as e:
+        print(f"taming extract: {e}", file=sys.stderr)
+        return 1
     return 0
