@@ -9,6 +9,14 @@ import importlib
 
 _LAZY = {
     "load_pretrained": "models.pretrained",
+    "load_with_report": "models.pretrained",
+    "read_checkpoint": "models.checkpoint",
+    "UnsafeCheckpointError": "models.checkpoint",
+    "VQModel": "models.vqgan",
+    "GumbelVQ": "models.vqgan",
+    "VQSegmentationModel": "models.vqgan",
+    "VQLPIPSWithDiscriminator": "models.losses",
+    "CodebookUsage": "models.quantize",
 }
 
 

@@ -1,0 +1,90 @@
+"""Read training checkpoints without running code from them.
+
+Lightning checkpoints are pickles. Unpickling may call any function the file names
+(`__reduce__`), so a downloaded checkpoint is an attack vector. We only ever unpickle
+with `torch.load(weights_only=True)`, whose unpickler builds tensors and plain
+containers and refuses every other global. pytorch-lightning 1.x checkpoints (all the
+published taming ones) also name Lightning classes, e.g. `callbacks` is keyed by the
+ModelCheckpoint *class*; each such name is bound to an inert stand-in that only holds
+data, so these files load without Lightning installed and without importing it.
+Any other global (os.system, builtins.eval, a function in some module...) is refused
+with UnsafeCheckpointError before anything is unpickled.
+"""
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+# bookkeeping classes a Lightning checkpoint may name (callbacks, hparams containers)
+LIGHTNING_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.")
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """The checkpoint's pickle names code we will not run."""
+
+
+class LightningStandIn(dict):
+    """Takes the place of a Lightning class named in a checkpoint: records what the
+    pickle gives it (constructor args, dict items, state) and does nothing else."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"<stand-in for {type(self).__module__}.{type(self).__qualname__}>"
+
+
+def _stand_in(qualified_name: str) -> type:
+    module, _, name = qualified_name.rpartition(".")
+    return type(name, (LightningStandIn,), {"__module__": module, "__qualname__": name})
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's full dict (on CPU), Lightning classes replaced by stand-ins.
+    Raises UnsafeCheckpointError if the pickle names any other code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    stand_ins = []
+    if zipfile.is_zipfile(path):  # torch >= 1.6 format: vet every global before unpickling
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception as e:  # noqa: BLE001 - a broken archive, whatever the library raises
+            raise ValueError(f"{path}: not a readable torch checkpoint ({e})") from None
+        refused = sorted(n for n in names if not n.startswith(LIGHTNING_PREFIXES))
+        if refused:
+            raise UnsafeCheckpointError(
+                f"{path}: refusing to load: its pickle names {', '.join(refused)}, which would run "
+                "code while loading. Only tensors, plain containers and Lightning bookkeeping "
+                "classes are accepted. If you trust this file, re-save just its state_dict.")
+        stand_ins = [(_stand_in(n), n) for n in names]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # the weights-only unpickler refused something
+        raise UnsafeCheckpointError(f"{path}: refusing to load: {e}") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: not a readable torch checkpoint ({e})") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], int | None]:
+    """(state_dict, global_step) of a Lightning checkpoint (1.x or 2.x) or a bare state dict."""
+    ckpt = read_checkpoint(path)
+    if "state_dict" in ckpt:
+        state_dict, step = ckpt["state_dict"], ckpt.get("global_step")
+    else:
+        state_dict, step = ckpt, None
+    bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")
+    return dict(state_dict), (int(step) if step is not None else None)

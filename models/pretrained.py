@@ -1,0 +1,216 @@
+"""Load checkpoints as the original project publishes them, and ours (same layout):
+
+    folder/checkpoints/last.ckpt + folder/configs/<timestamp>-project.yaml
+
+    model = load_pretrained("logs/2020-11-09T13-31-51_sflckr")      # a folder
+    model = load_pretrained("x/last.ckpt", config="x/project.yaml")  # checkpoint + YAML
+    model = load_pretrained("s3://bucket/runs/vqgan_image")          # downloaded, cached
+
+The YAML's `model.target` picks one of a fixed set of classes (TARGETS); no target
+string is ever imported. The checkpoint is read by models/checkpoint.py, which runs no
+pickled code. Training-only keys (`loss.*`) are dropped; other missing or unexpected
+keys are reported (a warning, or an error with strict=True). A Net2NetTransformer's
+first and cond stages are built from their configs inside its YAML and take their
+weights from its checkpoint: their `ckpt_path`s are never opened.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from models import s3
+from models.checkpoint import read_state_dict
+from models.vqgan import GumbelVQ, VQModel, VQSegmentationModel
+
+NET2NET = "taming.models.cond_transformer.Net2NetTransformer"
+VQ_TARGETS: dict[str, type[VQModel]] = {
+    "taming.models.vqgan.VQModel": VQModel,
+    "taming.models.vqgan.GumbelVQ": GumbelVQ,
+    "taming.models.vqgan.VQSegmentationModel": VQSegmentationModel,
+}
+TARGETS = (*VQ_TARGETS, NET2NET)
+# VQ params that only matter to the original's training code (checkpoint to warm-start
+# from, data key, checkpoint metric); the models accept everything else in the YAML
+VQ_TRAINING_ONLY = ("ckpt_path", "ignore_keys", "image_key", "monitor")
+
+
+@dataclasses.dataclass
+class LoadReport:
+    checkpoint: Path
+    config: Path
+    target: str
+    global_step: int | None
+    missing: list[str]      # model keys the checkpoint lacks
+    unexpected: list[str]   # checkpoint keys the model does not have
+    ignored: list[str]      # training-only keys dropped on purpose (loss.*)
+
+
+def load_pretrained(path: str | Path, config: str | Path | None = None, *, strict: bool = False,
+                    map_location: str | torch.device = "cpu") -> nn.Module:
+    """A folder, a checkpoint (its YAML: `config`, else ../configs/*-project.yaml) or an
+    s3:// URI of either -> the model in eval mode. Missing/unexpected keys warn, or
+    raise with strict=True."""
+    model, report = load_with_report(path, config, map_location=map_location)
+    if report.missing or report.unexpected:
+        msg = (f"{report.checkpoint}: {len(report.missing)} missing key(s) {report.missing[:10]}, "
+               f"{len(report.unexpected)} unexpected key(s) {report.unexpected[:10]} for {report.target}")
+        if strict:
+            raise KeyError(msg)
+        warnings.warn(msg, stacklevel=2)
+    return model
+
+
+def load_with_report(path: str | Path, config: str | Path | None = None, *,
+                     map_location: str | torch.device = "cpu") -> tuple[nn.Module, LoadReport]:
+    ckpt_path, config_path = locate(path, config)
+    model_cfg = read_config(config_path)
+    state_dict, step = read_state_dict(ckpt_path)
+    model = build_model(model_cfg, source=config_path, state_dict=state_dict)
+    ignored = sorted(k for k in state_dict if _training_only(k))
+    state_dict = {k: v for k, v in state_dict.items() if not _training_only(k)}
+    result = model.load_state_dict(state_dict, strict=False)
+    if not any(k in state_dict for k in model.state_dict()):
+        raise ValueError(f"{ckpt_path}: none of its {len(state_dict)} keys (e.g. {list(state_dict)[:3]}) "
+                         f"belongs to the {model_cfg['target']} that {config_path} describes")
+    model.to(map_location).eval()
+    return model, LoadReport(ckpt_path, config_path, model_cfg["target"], step,
+                             list(result.missing_keys), list(result.unexpected_keys), ignored)
+
+
+def _training_only(key: str) -> bool:
+    # the VQGAN's loss module (discriminator, LPIPS), also inside a Net2Net's stages
+    return key.startswith("loss.") or ".loss." in key
+
+
+# ---- files ------------------------------------------------------------------------
+
+def locate(path: str | Path, config: str | Path | None = None) -> tuple[Path, Path]:
+    """(checkpoint, project YAML) on local disk, downloading s3:// URIs first."""
+    if s3.is_s3(path):
+        path, config = _download_s3(str(path), None if config is None else str(config))
+    path = Path(path)
+    if path.is_dir():
+        ckpt, run_dir = path / "checkpoints" / "last.ckpt", path
+    else:
+        ckpt, run_dir = path, path.parent.parent  # <run>/checkpoints/<name>.ckpt
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    if config is None:
+        found = sorted((run_dir / "configs").glob("*-project.yaml"))
+        if not found:
+            raise FileNotFoundError(f"no configs/*-project.yaml next to {ckpt} (looked in "
+                                    f"{run_dir / 'configs'}); pass config=<project.yaml>")
+        config = found[-1]  # a resumed run keeps one per start; timestamps sort, the last is current
+    config = Path(config)
+    if not config.is_file():
+        raise FileNotFoundError(f"config not found: {config}")
+    return ckpt, config
+
+
+def read_config(path: str | Path) -> dict:
+    """The `model` section ({target, params}) of a project YAML."""
+    with open(path) as f:
+        cfg = yaml.safe_load(f)  # plain data only; YAML tags cannot construct objects
+    model_cfg = cfg.get("model", cfg) if isinstance(cfg, dict) else None
+    if not isinstance(model_cfg, dict) or "target" not in model_cfg:
+        raise ValueError(f"{path}: expected a `model:` section with `target` and `params`")
+    return model_cfg
+
+
+def cache_dir() -> Path:
+    """Where s3:// checkpoints are downloaded: $TAMING_CHECKPOINT_CACHE, else
+    $XDG_CACHE_HOME/taming/checkpoints (~/.cache/taming/checkpoints)."""
+    if os.environ.get("TAMING_CHECKPOINT_CACHE"):
+        return Path(os.environ["TAMING_CHECKPOINT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "taming" / "checkpoints"
+
+
+def _download_s3(uri: str, config_uri: str | None) -> tuple[Path, Path | None]:
+    """Mirror a run folder (or one checkpoint and its YAML) into the cache; returns
+    local paths in the same layout. Objects already cached with the same ETag are kept."""
+    client = s3.client()
+    bucket, key = s3.split_uri(uri)
+    if key.endswith(".ckpt"):
+        ckpt_key = key
+        run_prefix = key.rsplit("/", 2)[0] if key.count("/") >= 2 else ""
+    else:
+        run_prefix = key.rstrip("/")
+        ckpt_key = f"{run_prefix}/checkpoints/last.ckpt"
+    local_ckpt = _fetch(client, bucket, ckpt_key)
+    if config_uri is not None:
+        return local_ckpt, (_fetch(client, *s3.split_uri(config_uri)) if s3.is_s3(config_uri)
+                            else Path(config_uri))
+    listing = client.list_objects_v2(Bucket=bucket, Prefix=f"{run_prefix}/configs/")
+    for obj in listing.get("Contents", []):
+        if obj["Key"].endswith("-project.yaml"):
+            _fetch(client, bucket, obj["Key"])  # lands in <cache>/<bucket>/<run>/configs/
+    return local_ckpt, None
+
+
+def _fetch(client, bucket: str, key: str) -> Path:
+    from botocore.exceptions import ClientError
+
+    target = cache_dir() / bucket / key
+    etag_file = target.with_name(target.name + ".etag")
+    try:
+        etag = client.head_object(Bucket=bucket, Key=key)["ETag"]
+    except ClientError as e:
+        raise FileNotFoundError(f"s3://{bucket}/{key}: {e}") from None
+    if target.is_file() and etag_file.is_file() and etag_file.read_text() == etag:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        client.download_file(bucket, key, str(tmp))
+        os.replace(tmp, target)  # a cut-off download never looks finished
+    finally:
+        tmp.unlink(missing_ok=True)
+    etag_file.write_text(etag)
+    return target
+
+
+# ---- models from the original YAML -------------------------------------------------
+
+def build_model(model_cfg: dict, source: str | Path = "config",
+                state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """{target, params} -> an untrained model of one of the TARGETS classes.
+    `state_dict` (the checkpoint's) only supplies `remap` code lists whose .npy is absent."""
+    target, params = model_cfg["target"], dict(model_cfg.get("params") or {})
+    if target in VQ_TARGETS:
+        return build_vqgan(model_cfg, source, state_dict)
+    if target != NET2NET:
+        raise ValueError(f"{source}: unsupported model target {target!r}; known: {', '.join(TARGETS)}")
+    from models.net2net import Net2NetTransformer
+
+    first_stage = build_vqgan(params.pop("first_stage_config"), f"{source} first_stage_config",
+                              state_dict, prefix="first_stage_model.")
+    cond_stage = None
+    cond_cfg = params.get("cond_stage_config")
+    if isinstance(cond_cfg, dict) and cond_cfg.get("target") in VQ_TARGETS:
+        cond_stage = build_vqgan(params.pop("cond_stage_config"), f"{source} cond_stage_config",
+                                 state_dict, prefix="cond_stage_model.")
+    # other cond stages (class label, SOS, coordinates, the first stage) carry no weights of
+    # their own: Net2NetTransformer builds them from cond_stage_config
+    return Net2NetTransformer.from_original_config(params, first_stage, cond_stage)
+
+
+def build_vqgan(model_cfg: dict, source: str | Path = "config",
+                state_dict: dict[str, torch.Tensor] | None = None, prefix: str = "") -> VQModel:
+    target = model_cfg.get("target")
+    if target not in VQ_TARGETS:
+        raise ValueError(f"{source}: expected a VQGAN target ({', '.join(VQ_TARGETS)}), got {target!r}")
+    params = {k: v for k, v in (model_cfg.get("params") or {}).items() if k not in VQ_TRAINING_ONLY}
+    remap, used = params.get("remap"), f"{prefix}quantize.used"
+    if isinstance(remap, str) and not os.path.exists(remap) and state_dict is not None and used in state_dict:
+        params["remap"] = state_dict[used]  # the used-code list is saved as a buffer, too
+    try:
+        return VQ_TARGETS[target](**params)
+    except TypeError as e:
+        raise ValueError(f"{source}: params for {target} do not fit: {e}") from None
