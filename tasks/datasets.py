@@ -1,0 +1,170 @@
+"""torch Datasets over extracted data: ImageNet-style folders (with depth / segmentation) and file lists.
+
+Every dataset returns the same sample dict (the cross-team contract):
+
+    "image"         float32 tensor (3, H, W) in [-1, 1]       (uint8 / 127.5 - 1)
+    "depth"         float32 tensor (1, H, W) in [-1, 1]       only with depth_root: the stored
+                    float32 map min-max normalised per image over the *whole* image, then resized
+                    and cropped like the image (as the original D-RIN ImageNetTrainWithDepth)
+    "segmentation"  int64 tensor (H, W) of label ids          only with segmentation_root
+    "class_label"   int: rank of the synset among the dataset's synsets (0..C-1), as the original
+    "synset"        str, e.g. "n09000003"
+    "human_label"   str, e.g. "cylinder" (the synset itself where no name is known)
+    "relpath"       str, "<synset>/<name>.JPEG" (file lists: the path as listed)
+
+Preprocessing is the original's: rescale so the *shorter* side is ``size``
+(bilinear; nearest for label maps), then a ``size`` x ``size`` crop, random in
+training and central otherwise, plus an optional horizontal flip; the *same*
+crop and flip apply to the image and its conditioning maps. ``size=None``
+keeps images as they are. Any decodable image is converted to RGB when read
+(greyscale, CMYK, PNG bytes under a .JPEG name: see tasks/extract.py).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from tasks.extract import str_to_indices
+from tasks.formats import load_depth_png, load_label_png
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8; converts any decodable mode or format to RGB."""
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def normalised_depth(path: str | Path) -> np.ndarray:
+    """The stored float32 depth map, min-max normalised to [-1, 1] per image (original D-RIN)."""
+    depth = load_depth_png(path)
+    depth = (depth - depth.min()) / max(1e-8, float(depth.max() - depth.min()))
+    return (2.0 * depth - 1.0).astype(np.float32)
+
+
+class Preprocess:
+    """Shorter-side rescale to ``size``, then one crop (and flip) shared by the image and its maps."""
+
+    def __init__(self, size: int | None = None, random_crop: bool = False, flip: bool = False):
+        self.size, self.random_crop, self.flip = size, random_crop, flip
+
+    def __call__(self, image: np.ndarray, maps: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``maps``: float32 maps (resized bilinearly) or uint8 label maps (nearest), all image-sized."""
+        h, w = image.shape[:2]
+        for name, m in maps.items():
+            if m.shape[:2] != (h, w):
+                raise ValueError(f"{name} map is {m.shape[:2]}, image is {(h, w)}")
+        if self.size is None:
+            return image, maps
+        scale = self.size / min(h, w)
+        nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
+        if (nh, nw) != (h, w):
+            image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+            maps = {k: _resize(m, (nw, nh)) for k, m in maps.items()}
+        if self.random_crop:
+            top = int(torch.randint(0, nh - self.size + 1, ()))
+            left = int(torch.randint(0, nw - self.size + 1, ()))
+        else:
+            top, left = (nh - self.size) // 2, (nw - self.size) // 2
+        flip = self.flip and bool(torch.rand(()) < 0.5)
+
+        def crop(a: np.ndarray) -> np.ndarray:
+            a = a[top:top + self.size, left:left + self.size]
+            return a[:, ::-1] if flip else a
+
+        return crop(image), {k: crop(m) for k, m in maps.items()}
+
+
+def _resize(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if m.dtype == np.uint8:      # labels: never blend ids
+        return np.asarray(Image.fromarray(m).resize(size, Image.NEAREST))
+    return np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
+
+
+def _image_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+class ImageNetDataset(Dataset):
+    """``<root>/<split>/filelist.txt`` images, optionally paired with depth and segmentation maps.
+
+    Maps are found by relative path: ``<depth_root>/<split>/<synset>/<name>.png`` (tasks/formats.py
+    RGBA float32) and ``<segmentation_root>/<split>/<synset>/<name>.png`` (uint8 labels).
+    ``synsets_json`` (acquire's synsets.json) supplies human labels and the class indices that
+    ``sub_indices`` ("32-123, 256", the original's syntax) selects.
+    """
+
+    def __init__(self, root: str | Path = "data/imagenet", split: str = "train", size: int | None = None,
+                 random_crop: bool = False, flip: bool = False, sub_indices: str | None = None,
+                 synsets_json: str | Path | None = "data/raw/synsets.json",
+                 depth_root: str | Path | None = None, segmentation_root: str | Path | None = None):
+        self.root, self.split = Path(root), split
+        listing = self.root / split / "filelist.txt"
+        if not listing.is_file():
+            raise FileNotFoundError(f"{listing}: not found (run `taming extract` first)")
+        relpaths = [line for line in listing.read_text().splitlines() if line]
+        info = json.loads(Path(synsets_json).read_text()) if synsets_json and Path(synsets_json).is_file() else {}
+        if sub_indices:
+            if not info:
+                raise ValueError(f"sub_indices needs the synset indices in {synsets_json}")
+            wanted = set(str_to_indices(sub_indices))
+            relpaths = [p for p in relpaths if info.get(p.split("/")[0], {}).get("index") in wanted]
+        self.relpaths = relpaths
+        self.synsets = [p.split("/")[0] for p in relpaths]
+        ranks = {s: i for i, s in enumerate(sorted(set(self.synsets)))}
+        self.class_labels = [ranks[s] for s in self.synsets]
+        self.human_labels = [info.get(s, {}).get("human", s) for s in self.synsets]
+        self.depth_root = Path(depth_root) if depth_root else None
+        self.segmentation_root = Path(segmentation_root) if segmentation_root else None
+        self.preprocess = Preprocess(size, random_crop, flip)
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def _map_path(self, root: Path, i: int) -> Path:
+        return root / self.split / (self.relpaths[i].rsplit(".", 1)[0] + ".png")
+
+    def __getitem__(self, i: int) -> dict:
+        image = load_rgb(self.root / self.split / self.relpaths[i])
+        maps = {}
+        if self.depth_root:
+            maps["depth"] = normalised_depth(self._map_path(self.depth_root, i))
+        if self.segmentation_root:
+            maps["segmentation"] = load_label_png(self._map_path(self.segmentation_root, i))
+        image, maps = self.preprocess(image, maps)
+        sample = {"image": _image_tensor(image)}
+        if "depth" in maps:
+            sample["depth"] = torch.from_numpy(np.array(maps["depth"]))[None]
+        if "segmentation" in maps:
+            sample["segmentation"] = torch.from_numpy(np.array(maps["segmentation"])).long()
+        return {**sample, "class_label": self.class_labels[i], "synset": self.synsets[i],
+                "human_label": self.human_labels[i], "relpath": self.relpaths[i]}
+
+
+class FileListDataset(Dataset):
+    """Images listed in a text file, one path per line (the original's CustomTrain / CustomTest).
+
+    Relative paths are taken from the list file's folder. Samples carry class_label 0 and
+    synset / human_label "custom".
+    """
+
+    def __init__(self, list_file: str | Path, size: int | None = None, random_crop: bool = False,
+                 flip: bool = False):
+        from tasks.acquire import read_image_list
+
+        self.list_file = Path(list_file)
+        self.paths = read_image_list(self.list_file)
+        self.relpaths = [line.strip() for line in self.list_file.read_text().splitlines() if line.strip()]
+        self.preprocess = Preprocess(size, random_crop, flip)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        image, _ = self.preprocess(load_rgb(self.paths[i]), {})
+        return {"image": _image_tensor(image), "class_label": 0, "synset": "custom", "human_label": "custom",
+                "relpath": self.relpaths[i]}
