@@ -46,9 +46,9 @@ class FeatureFusionBlock(nn.Module):
 
     def __init__(self, features: int, skip_activated: bool, out_features: int | None = None):
         super().__init__()
+        self.out_conv = nn.Conv2d(features, out_features, 1) if out_features else None
         self.resConfUnit1 = ResidualConvUnit(features, skip_activated)
         self.resConfUnit2 = ResidualConvUnit(features, skip_activated)
-        self.out_conv = nn.Conv2d(features, out_features, 1) if out_features else None
 
     def forward(self, x, skip=None):
         if skip is not None:
@@ -79,8 +79,9 @@ class _Midas(nn.Module):
         self.scratch = nn.Module()
         for i, (cin, w) in enumerate(zip(in_channels, widths), 1):
             self.scratch.add_module(f"layer{i}_rn", nn.Conv2d(cin, w, 3, padding=1, bias=False))
-        for i, w in enumerate(widths, 1):
-            out = (widths[i - 2] if i > 1 else w) if project else None  # halve towards the finest level
+        for i in (4, 3, 2, 1):  # the original's registration order
+            w = widths[i - 1]
+            out = widths[max(i - 2, 0)] if project else None  # halve the width towards the finest level
             self.scratch.add_module(f"refinenet{i}", FeatureFusionBlock(w, skip_activated, out))
         f = widths[0]
         self.scratch.output_conv = nn.Sequential(
