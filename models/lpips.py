@@ -38,15 +38,19 @@ class NetLinLayer(nn.Module):
 
 
 class VGG16Features(nn.Module):
+    """torchvision's VGG16 `features` (conv part only: the 120M-parameter classifier is
+    never built), cut into the 5 slices LPIPS compares; names as taming's `net.sliceN.*`."""
+
     def __init__(self, state_dict: dict | None = None):
         super().__init__()
-        from torchvision.models import vgg16
+        from torchvision.models.vgg import cfgs, make_layers
 
-        vgg = vgg16(weights=None)
-        if state_dict is not None:
-            vgg.load_state_dict(state_dict)
+        features = make_layers(cfgs["D"])
+        if state_dict is not None:  # torchvision's file: features.N.* (+ classifier.*, unused)
+            features.load_state_dict({k.removeprefix("features."): v for k, v in state_dict.items()
+                                      if k.startswith("features.")})
         for i, (a, b) in enumerate(VGG_SLICES, start=1):
-            setattr(self, f"slice{i}", vgg.features[a:b])
+            setattr(self, f"slice{i}", features[a:b])
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
@@ -62,16 +66,17 @@ def _normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
 
 class LPIPS(nn.Module):
     """LPIPS(x, y) for images in [-1, 1] -> (B, 1, 1, 1) distances. Frozen: no parameter
-    trains, but gradients flow to the inputs."""
+    trains, but gradients flow to the inputs. pretrained=False: random weights."""
 
-    def __init__(self, pretrained: bool = True):
+    def __init__(self, pretrained: bool = True, vgg_path=None, heads_path=None):
         super().__init__()
         vgg_state, heads_state = None, None
         if pretrained:
             from models.weights import resolve  # lazily: perceptual_weight 0 needs no weights
 
-            vgg_state = torch.load(resolve("vgg16"), map_location="cpu", weights_only=True)
-            heads_state = torch.load(resolve("lpips_vgg"), map_location="cpu", weights_only=True)
+            # explicit paths win; else the resolver's cache / S3 mirror / official URL
+            vgg_state = torch.load(resolve("vgg16", vgg_path), map_location="cpu", weights_only=True)
+            heads_state = torch.load(resolve("lpips_vgg", heads_path), map_location="cpu", weights_only=True)
         self.scaling_layer = ScalingLayer()
         self.net = VGG16Features(vgg_state)
         # lin0..lin4: the names in vgg.pth and in taming's `loss.perceptual_loss.*` keys
