@@ -1,0 +1,119 @@
+"""Stage `sample`: the official-format D-RIN checkpoint (tiny, random weights) sampled
+on real (tiny) validation images and depth maps, at the training size and above it."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.config import ConfigError
+from tasks.formats import save_depth_png
+from tasks.sample import SampleConfig, SamplingParams, load_config, make_grid, pick_conditions, run
+
+
+def make_validation_data(root, classes=3, per_class=2, size=40):
+    """data/{imagenet,depth}/validation + raw/synsets.json with random images and depth maps."""
+    rng = np.random.default_rng(0)
+    lines, synsets = [], {}
+    for k in range(classes):
+        synset = f"n{9000001 + k:08d}"
+        synsets[synset] = {"index": k, "human": f"kind{k}"}
+        for j in range(per_class):
+            rel = f"{synset}/val_{k}_{j}.JPEG"
+            path = root / "imagenet" / "validation" / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)).save(path, format="JPEG")
+            depth = rng.uniform(0.1, 1.0, (size, size + 8)).astype(np.float32)
+            save_depth_png(root / "depth" / "validation" / rel.replace(".JPEG", ".png"), depth)
+            lines.append(rel)
+    (root / "imagenet" / "validation" / "filelist.txt").write_text("\n".join(sorted(lines)) + "\n")
+    (root / "raw").mkdir(parents=True, exist_ok=True)
+    (root / "raw" / "synsets.json").write_text(json.dumps(synsets))
+    return root
+
+
+@pytest.fixture
+def drin(shared_reference):
+    return f"{shared_reference}/taming_small/drin_transformer"
+
+
+def test_samples_grid_and_manifest(tmp_path, drin):
+    data = make_validation_data(tmp_path / "data")
+    cfg = SampleConfig(conditions=3, per_condition=2, batch_size=4, grid_conditions=2, seed=1)
+    summary = run(cfg, SamplingParams(top_k=10), drin, data, tmp_path / "samples")
+    assert summary["conditioning"] == "depth" and summary["samples"] == 6 and not summary["sliding_window"]
+    images = sorted((tmp_path / "samples" / "images").glob("*.png"))
+    assert [p.name for p in images] == [f"{i:05d}.png" for i in range(6)]
+    assert Image.open(images[0]).size == (32, 32)
+    manifest = json.loads((tmp_path / "samples" / "samples.json").read_text())
+    # three conditionings spread over the classes, two samples each, in order
+    assert [m["class_label"] for m in manifest["images"]] == [0, 0, 1, 1, 2, 2]
+    assert manifest["top_k"] == 10 and manifest["settings"]["per_condition"] == 2
+    # grid: 2 rows of depth | real | 2 samples, tiles of 96 px
+    grid = Image.open(tmp_path / "samples" / "grid.png")
+    assert grid.size == (4 + 4 * 100 + 12, 4 + 2 * 100)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+    # same seed, same images; a rerun replaces the folder (no stale files)
+    (tmp_path / "samples" / "images" / "99999.png").write_bytes(b"stale")
+    run(cfg, SamplingParams(top_k=10), drin, data, tmp_path / "samples")
+    again = sorted((tmp_path / "samples" / "images").glob("*.png"))
+    assert [p.name for p in again] == [p.name for p in images]
+    assert np.array_equal(np.asarray(Image.open(again[3])), np.asarray(Image.open(images[3])))
+
+
+def test_depth_conditioning_is_used(tmp_path, drin):
+    """Greedy-ish sampling (top_k=1) is a function of the condition: different depth maps
+    give different images, the same depth map the same image."""
+    data = make_validation_data(tmp_path / "data")
+    cfg = SampleConfig(conditions=3, per_condition=2, batch_size=6, grid_conditions=1)
+    run(cfg, SamplingParams(top_k=1), drin, data, tmp_path / "s")
+    img = [np.asarray(Image.open(tmp_path / "s" / "images" / f"{i:05d}.png")) for i in range(6)]
+    assert np.array_equal(img[0], img[1]) and np.array_equal(img[4], img[5])
+    assert not np.array_equal(img[0], img[4])
+
+
+def test_sliding_window_above_training_size(tmp_path, drin):
+    data = make_validation_data(tmp_path / "data", classes=1, per_class=1, size=48)
+    cfg = SampleConfig(conditions=1, per_condition=1, batch_size=1, resolution=48)
+    summary = run(cfg, SamplingParams(top_k=5, top_p=0.9), drin, data, tmp_path / "s")
+    assert summary["sliding_window"] and summary["resolution"] == 48
+    assert Image.open(tmp_path / "s" / "images" / "00000.png").size == (48, 48)
+    with pytest.raises(ConfigError, match="sample.resolution"):
+        run(SampleConfig(resolution=42), SamplingParams(), drin, data, tmp_path / "s2")
+
+
+def test_pick_conditions_spreads_over_classes():
+    class D:
+        class_labels = [0] * 4 + [1] * 4 + [2] * 4
+    assert [D.class_labels[i] for i in pick_conditions(D, 3, None)] == [0, 1, 2]
+    assert pick_conditions(D, 10, [1]) == [4, 5, 6, 7]
+    with pytest.raises(ValueError, match="sample.classes"):
+        pick_conditions(D, 2, [7])
+
+
+def test_make_grid_layout():
+    tile = np.zeros((8, 8, 3), np.uint8)
+    grid = make_grid([[tile, tile, tile], [None, tile, tile]], tile=8, lead=1, gap=2)
+    assert grid.shape == (2 + 2 * 10, 2 + 3 * 10 + 6, 3)
+    assert (grid[12:20, 2:10] == 255).all()      # the empty slot stays white
+
+
+@pytest.mark.parametrize("override, key", [
+    ("top_k=-1", "top_k"), ("top_p=1.5", "top_p"), ("top_p=0", "top_p"), ("temperature=0", "temperature"),
+    ("sample.per_condition=0", "sample.per_condition"), ("sample.bogus=1", "sample.bogus"),
+    ("sample.classes=[]", "sample.classes"),
+])
+def test_invalid_params_name_the_key(tmp_path, override, key):
+    params = tmp_path / "params.yaml"
+    params.write_text("top_k: 100\ntop_p: null\ntemperature: 1.0\nsample: {conditions: 2}\n")
+    assert load_config(params)[1] == SamplingParams(top_k=100)
+    with pytest.raises(ConfigError, match=key):
+        load_config(params, [override])
+    # the command line fails before any work, naming the key (exit code 2)
+    proc = subprocess.run([sys.executable, "-m", "tasks.cli", "sample", "--params", str(params), "-S", override,
+                           "--transformer", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert proc.returncode == 2 and key in proc.stderr
