@@ -1,0 +1,138 @@
+"""Datasets: the sample dict contract, the original preprocessing, the same crop for image and maps."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from tasks import acquire, extract
+from tasks.datasets import FileListDataset, ImageNetDataset, Preprocess, normalised_depth
+from tasks.formats import save_depth_png, save_label_png
+
+H, W = 24, 32
+SYNSETS = {"n01": {"index": 0, "human": "tench"}, "n02": {"index": 1, "human": "goldfish"},
+           "n03": {"index": 2, "human": "shark"}}
+
+
+def coordinate_image() -> np.ndarray:
+    """R = 8 * column, G = 8 * row: every pixel says where it came from (lossless PNG)."""
+    rows, cols = np.mgrid[0:H, 0:W]
+    return np.stack([cols * 8, rows * 8, np.full_like(rows, 128)], -1).astype(np.uint8)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A tiny extracted tree with depth and segmentation maps that also encode pixel coordinates."""
+    rows, cols = np.mgrid[0:H, 0:W]
+    files = []
+    for synset in ("n01", "n03"):
+        for i in range(2):
+            rel = f"{synset}/{synset}_{i}.JPEG"
+            (tmp_path / "im" / "train" / synset).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(coordinate_image()).save(tmp_path / "im" / "train" / rel, format="PNG")
+            stem = rel[:-5]
+            save_depth_png(tmp_path / "depth" / "train" / f"{stem}.png", (3.0 + cols + 100 * rows).astype(np.float32))
+            save_label_png(tmp_path / "seg" / "train" / f"{stem}.png", cols.astype(np.uint8))
+            files.append(rel)
+    (tmp_path / "im" / "train" / "filelist.txt").write_text("".join(f + "\n" for f in files))
+    (tmp_path / "synsets.json").write_text(json.dumps(SYNSETS))
+    return tmp_path
+
+
+def make(tree, **kw):
+    return ImageNetDataset(tree / "im", "train", synsets_json=tree / "synsets.json", depth_root=tree / "depth",
+                           segmentation_root=tree / "seg", **kw)
+
+
+def test_sample_dict_layout_and_ranges(tree):
+    ds = make(tree)
+    assert len(ds) == 4
+    s = ds[2]
+    assert s["image"].shape == (3, H, W) and s["image"].dtype == torch.float32
+    assert -1 <= s["image"].min() and s["image"].max() <= 1
+    assert s["depth"].shape == (1, H, W) and s["depth"].dtype == torch.float32
+    assert s["depth"].min() == -1 and s["depth"].max() == 1          # per-image min-max over the full map
+    assert s["segmentation"].shape == (H, W) and s["segmentation"].dtype == torch.int64
+    assert (s["class_label"], s["synset"], s["human_label"], s["relpath"]) == (1, "n03", "shark", "n03/n03_0.JPEG")
+    # image exactly uint8 / 127.5 - 1
+    assert torch.equal(s["image"], torch.from_numpy(coordinate_image()).permute(2, 0, 1).float() / 127.5 - 1)
+    batch = next(iter(DataLoader(ds, batch_size=4)))
+    assert batch["image"].shape == (4, 3, H, W) and batch["class_label"].tolist() == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_random_crop_and_flip_are_the_same_for_image_and_maps(tree, flip):
+    torch.manual_seed(0)
+    ds = make(tree, size=H, random_crop=True, flip=flip)   # shorter side already H: crop only
+    lefts, flipped = set(), set()
+    raw_depth = normalised_depth(tree / "depth/train/n01/n01_0.png")
+    for _ in range(12):
+        s = ds[0]
+        cols = ((s["image"][0] + 1) * 127.5).round().long() // 8
+        rows = ((s["image"][1] + 1) * 127.5).round().long() // 8
+        assert s["image"].shape == (3, H, H)
+        assert torch.equal(s["segmentation"], cols)                       # labels follow the pixels
+        assert torch.equal(s["depth"][0], torch.from_numpy(raw_depth)[rows, cols])
+        lefts.add(int(cols.min()))
+        flipped.add(bool(cols[0, 0] > cols[0, -1]))
+    assert len(lefts) > 1                                                 # the crop does move
+    assert flipped == ({False, True} if flip else {False})
+
+
+def test_shorter_side_rescale_then_centre_crop(tree):
+    s = make(tree, size=12)[0]            # 24x32 -> 12x16 -> centre 12x12
+    assert s["image"].shape == (3, 12, 12) and s["depth"].shape == (1, 12, 12)
+    seg = s["segmentation"]
+    assert seg.shape == (12, 12)
+    assert set(seg.unique().tolist()) <= set(range(W))                     # nearest: no blended ids
+    assert seg[0].tolist() == sorted(seg[0].tolist()) and 2 <= int(seg[0, 0]) <= 6   # cropped 2 of 16 columns
+    upscaled = Preprocess(40)(coordinate_image(), {})[0]
+    assert upscaled.shape == (40, 40, 3)
+
+
+def test_sub_indices_and_class_ranks(tree):
+    ds = make(tree, sub_indices="2")
+    assert [ds[i]["synset"] for i in range(len(ds))] == ["n03", "n03"]
+    assert [ds[i]["class_label"] for i in range(len(ds))] == [0, 0]       # ranks within the dataset
+
+
+def test_missing_filelist_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="filelist.txt: not found"):
+        ImageNetDataset(tmp_path, "validation")
+
+
+def test_file_list_dataset_reads_any_image_as_rgb(tmp_path):
+    Image.new("L", (20, 30), 77).save(tmp_path / "grey.png")
+    Image.new("CMYK", (30, 20), (0, 255, 0, 0)).save(tmp_path / "cmyk.jpg")
+    (tmp_path / "list.txt").write_text("grey.png\ncmyk.jpg\n")
+    ds = FileListDataset(tmp_path / "list.txt", size=16)
+    assert len(ds) == 2
+    for i in range(2):
+        s = ds[i]
+        assert s["image"].shape == (3, 16, 16)
+        assert (s["class_label"], s["synset"]) == (0, "custom")
+    assert ds[0]["relpath"] == "grey.png"
+    assert torch.allclose(ds[0]["image"], torch.full((3, 16, 16), 77 / 127.5 - 1))
+
+
+def test_demo_end_to_end_with_ground_truth_maps(tmp_path):
+    """acquire demo -> extract -> dataset whose depth and segmentation come from the ground truth."""
+    cfg = acquire.DataConfig(demo=acquire.DemoConfig(resolution=16, classes=2, n_train=2, n_val=1))
+    acquire.run(cfg, tmp_path / "raw")
+    extract.run(extract.ExtractConfig(), tmp_path / "raw", tmp_path / "im", tmp_path / "m.json")
+    for split in ("train", "validation"):
+        for rel in (tmp_path / "im" / split / "filelist.txt").read_text().split():
+            synset, name = rel.split("/")
+            for kind in ("depth", "segmentation"):
+                dst = tmp_path / kind / split / synset / f"{name[:-5]}.png"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_bytes((tmp_path / "raw" / "groundtruth" / kind / f"{name[:-5]}.png").read_bytes())
+    ds = ImageNetDataset(tmp_path / "im", "validation", size=16, synsets_json=tmp_path / "raw" / "synsets.json",
+                         depth_root=tmp_path / "depth", segmentation_root=tmp_path / "segmentation")
+    for s in ds:
+        assert s["human_label"] in ("sphere", "cube")
+        # The main object's label (2 + class) is present, and its depth beats the sky's.
+        main = s["segmentation"] == 2 + s["class_label"]
+        assert main.any() and s["depth"][0][main].min() > s["depth"][0][s["segmentation"] == 0].max()
