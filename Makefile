@@ -33,3 +33,17 @@ bench: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Share through the DVC remote `storage` (README "Sharing through S3"): pipeline
+# outputs and the run cache, so a clone that pulls finds `dvc repro` up to date.
+# botocore >= 1.36 sends CRC checksums that many S3-compatible stores reject:
+# send them only when an operation requires them (an environment setting wins).
+.PHONY: push pull
+push pull: export AWS_REQUEST_CHECKSUM_CALCULATION ?= when_required
+push pull: export AWS_RESPONSE_CHECKSUM_VALIDATION ?= when_required
+
+push: install
+	$(BIN)/dvc push --run-cache
+
+pull: install
+	$(BIN)/dvc pull --run-cache

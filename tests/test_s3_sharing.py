@@ -1,0 +1,221 @@
+"""Sharing through S3 against a real S3-compatible server (moto) on 127.0.0.1.
+
+Real DVC (subprocesses, the repository's own ``.dvc/config`` remote), real boto3,
+real ``taming weights``. A toy DVC project (one stage, a directory output and a file
+output) makes the DVC-level checks fast; the smoke pipeline test runs the real graph.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fixtures_pipeline import REPO_ROOT, make_smoke_repo, pipeline_env
+from fixtures_s3 import ACCESS_KEY, SECRET_KEY
+
+# Everything a subprocess printed, so one test can check no credential ever leaked.
+OUTPUTS: list[str] = []
+
+GEN = """\
+import os, random
+random.seed(int(os.environ.get("TOY_SEED", "0")))
+os.makedirs("out", exist_ok=True)
+for i in range({n}):
+    open(f"out/{{i:02d}}.bin", "wb").write(random.randbytes(20000))
+open("model.bin", "wb").write(random.randbytes(1000))
+with open("../runs.log", "a") as f:  # outside the repo: counts how often the stage really ran
+    f.write("ran\\n")
+"""
+
+
+def sh(cwd, *args, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(args), cwd=cwd, env={**pipeline_env(), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+    OUTPUTS.extend([proc.stdout, proc.stderr])
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc(cwd, *args, **kw) -> subprocess.CompletedProcess:
+    return sh(cwd, sys.executable, "-m", "dvc", *args, **kw)
+
+
+def git(cwd, *args) -> str:
+    return sh(cwd, "git", "-c", "user.name=t", "-c", "user.email=t@localhost", "-c", "commit.gpgsign=false",
+              *args).stdout
+
+
+def use_remote(repo: Path, server, url: str | None = None) -> None:
+    """What a user does once per machine: the endpoint (and here a test's own prefix) in config.local."""
+    dvc(repo, "remote", "modify", "--local", "storage", "endpointurl", server.endpoint)
+    if url:
+        dvc(repo, "remote", "modify", "--local", "storage", "url", url)
+
+
+def make_toy_repo(dest: Path, files: int = 6) -> Path:
+    """git + DVC repo with the project's .dvc/config and one stage ``gen``; reproduced and committed."""
+    dest.mkdir(parents=True)
+    git(dest, "init", "-q", "-b", "main")
+    dvc(dest, "init", "-q")
+    (dest / ".dvc" / "config").write_text((REPO_ROOT / ".dvc" / "config").read_text())
+    (dest / "gen.py").write_text(GEN.format(n=files))
+    dvc(dest, "stage", "add", "-q", "-n", "gen", "-d", "gen.py", "-o", "out", "-o", "model.bin", "python gen.py")
+    dvc(dest, "repro", "-q")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "toy")
+    return dest
+
+
+def tree_digests(repo: Path, paths) -> dict[str, str]:
+    out = {}
+    for p in paths:
+        for f in sorted([repo / p] if (repo / p).is_file() else (repo / p).rglob("*")):
+            if f.is_file():
+                out[str(f.relative_to(repo))] = hashlib.md5(f.read_bytes()).hexdigest()
+    return out
+
+
+def check_bucket_integrity(objects: dict[str, bytes]) -> int:
+    """Every DVC object's content hashes to its content-addressed name; run-cache entries parse.
+    Returns the number of data objects."""
+    data = {k: v for k, v in objects.items() if "/files/md5/" in k}
+    for key, body in data.items():
+        a, b = key.split("/")[-2:]
+        assert hashlib.md5(body).hexdigest() == a + b.removesuffix(".dir"), f"corrupt object {key}"
+    for key, body in objects.items():
+        if "/runs/" in key:
+            assert isinstance(yaml.safe_load(body), dict), f"corrupt run-cache entry {key}"
+    return len(data)
+
+
+def assert_no_credentials(*dirs: Path, bucket_objects: dict[str, bytes] | None = None) -> None:
+    secrets = [ACCESS_KEY.encode(), SECRET_KEY.encode()]
+    for text in OUTPUTS:
+        assert ACCESS_KEY not in text and SECRET_KEY not in text, "a credential appeared in command output"
+    for d in dirs:
+        for f in d.rglob("*"):
+            if f.is_file() and ".git" not in f.relative_to(d).parts[:1]:
+                assert not any(s in f.read_bytes() for s in secrets), f"credential written to {f}"
+        if (d / ".git").is_dir():
+            history = git(d, "log", "-p", "--all")  # what git tracks, uncompressed
+            assert ACCESS_KEY not in history and SECRET_KEY not in history
+    for key, body in (bucket_objects or {}).items():
+        assert not any(s in body for s in secrets), f"credential uploaded in {key}"
+
+
+def test_shipped_remote_is_s3_and_default():
+    out = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], cwd=REPO_ROOT, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out[:3] == ["storage", "s3://taming-pipeline/dvc", "(default)"]
+    tracked = (REPO_ROOT / ".dvc" / "config").read_text()
+    assert "access_key" not in tracked and "secret" not in tracked and "endpointurl" not in tracked
+
+
+def test_push_then_fresh_clone_pulls_and_is_up_to_date(s3_up, tmp_path):
+    server, bucket = s3_up, s3_up.create_bucket("taming-pipeline")  # the shipped remote's bucket
+    a = make_toy_repo(tmp_path / "a")
+    use_remote(a, server)
+    first_request = len(server.requests)
+    dvc(a, "push", "--run-cache", "-v")
+    uploads = [h for m, _, h in server.requests[first_request:] if m == "PUT"]
+    assert len(uploads) >= 6 + 2  # files, the .dir listing, model.bin, the run-cache entry
+    # botocore >= 1.36 would add x-amz-checksum-crc32 to each: the documented setting turns that off
+    assert not any(k.startswith("x-amz-checksum") or "aws-chunked" in v for h in uploads for k, v in h.items())
+
+    b = tmp_path / "elsewhere" / "b"
+    sh(tmp_path, "git", "clone", "-q", str(a), str(b))
+    assert not (b / ".dvc" / "config.local").exists()  # per-machine settings do not travel
+    use_remote(b, server)
+    # a wrong endpoint in the environment proves the clone uses its config.local one
+    wrong = {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}
+    dvc(b, "pull", "--run-cache", "-v", env=wrong)
+    assert tree_digests(b, ["out", "model.bin"]) == tree_digests(a, ["out", "model.bin"])
+    assert "up to date" in dvc(b, "status").stdout
+    repro = dvc(b, "repro").stdout
+    assert "didn't change, skipping" in repro and "Running stage" not in repro
+    # the run cache came along: without dvc.lock the stage is restored, not re-run
+    (b / "dvc.lock").unlink()
+    assert "is cached - skipping run" in dvc(b, "repro").stdout
+    assert (tmp_path / "runs.log").read_text().count("ran") == 1  # repo a ran gen.py once...
+    assert not (b.parent / "runs.log").exists()  # ...and the clone never did
+    assert tree_digests(b, ["out", "model.bin"]) == tree_digests(a, ["out", "model.bin"])
+
+    objects = server.objects(bucket, "dvc/")
+    assert check_bucket_integrity(objects) == 6 + 2
+    assert_no_credentials(a, b, bucket_objects=objects)
+
+
+def test_push_interrupted_by_server_stop_fails_clearly_and_resumes(s3_up, tmp_path):
+    server, bucket = s3_up, s3_up.create_bucket("interrupted")
+    a = make_toy_repo(tmp_path / "a", files=12)
+    use_remote(a, server, url=f"s3://{bucket}/dvc")
+    server.stop_after_uploads(4)
+    # one attempt per request: botocore's retry back-off would spend ~6 s per refused file
+    failed = dvc(a, "push", "--run-cache", "-j", "2", env={"AWS_MAX_ATTEMPTS": "1"}, check=False)
+    assert failed.returncode != 0
+    assert "failed to push data to the cloud" in failed.stderr
+    assert f"Could not connect to the endpoint URL: \"{server.endpoint}/{bucket}/dvc/" in failed.stderr
+
+    server.start()  # same port, objects kept
+    partial = server.objects(bucket)
+    assert 0 < check_bucket_integrity(partial) < 12 + 2  # some made it, none of them corrupt
+    assert "new:" in dvc(a, "status", "--cloud").stdout  # what did not make it is still to push
+
+    done = dvc(a, "push", "--run-cache")
+    assert "files pushed" in done.stdout
+    assert "are in sync" in dvc(a, "status", "--cloud").stdout
+    assert check_bucket_integrity(server.objects(bucket)) == 12 + 2
+
+
+def test_weights_pushed_from_one_cache_resolve_in_another(s3_up, tmp_path, monkeypatch):
+    from models import weights
+
+    bucket = s3_up.create_bucket("weights-mirror")
+    mirror = f"s3://{bucket}/team"
+    original = tmp_path / "downloaded" / weights.entry("deeplabv2_cocostuff").filename
+    original.parent.mkdir()
+    original.write_bytes(os.urandom(300_000))
+
+    first = {"TAMING_WEIGHTS_DIR": str(tmp_path / "cache-a")}
+    sh(tmp_path, "taming", "weights", "import", "deeplabv2_cocostuff", str(original), env=first)
+    pushed = sh(tmp_path, "taming", "weights", "push", "deeplabv2_cocostuff", mirror, env=first)
+    assert pushed.stdout.strip() == f"{mirror}/{original.name}"
+
+    # another machine: empty cache, no internet, only the mirror
+    monkeypatch.setenv("TAMING_WEIGHTS_DIR", str(tmp_path / "cache-b"))
+    monkeypatch.setenv("TAMING_WEIGHTS_S3", mirror)
+    monkeypatch.setenv("TAMING_OFFLINE", "1")
+    path = weights.resolve("deeplabv2_cocostuff")
+    assert path == tmp_path / "cache-b" / original.name
+    assert path.read_bytes() == original.read_bytes()
+    assert_no_credentials(tmp_path)
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_push_and_pull_in_fresh_clone(s3_up, tmp_path):
+    server, bucket = s3_up, s3_up.create_bucket("smoke")
+    a = make_smoke_repo(tmp_path / "a")
+    use_remote(a, server, url=f"s3://{bucket}/dvc")
+    dvc(a, "repro")
+    git(a, "add", "-A")
+    git(a, "commit", "-q", "-m", "smoke run")
+    outs = [p for p in ("data", "metrics") if (a / p).exists()]
+    sh(a, "make", "-o", "install", f"VENV={sys.prefix}", "push")
+
+    b = tmp_path / "elsewhere" / "b"
+    sh(tmp_path, "git", "clone", "-q", str(a), str(b))
+    use_remote(b, server, url=f"s3://{bucket}/dvc")
+    sh(b, "make", "-o", "install", f"VENV={sys.prefix}", "pull")
+    assert tree_digests(b, outs) == tree_digests(a, outs)
+    assert "up to date" in dvc(b, "status").stdout
+    assert "Running stage" not in dvc(b, "repro").stdout
+    assert git(b, "status", "--porcelain") == ""
+    objects = server.objects(bucket)
+    check_bucket_integrity(objects)
+    assert_no_credentials(a, b, bucket_objects=objects)
