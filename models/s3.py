@@ -5,15 +5,31 @@ Endpoint: ``TAMING_S3_ENDPOINT_URL`` (or boto3's own ``AWS_ENDPOINT_URL_S3`` /
 ``AWS_ENDPOINT_URL``) for S3-compatible stores (MinIO, Ceph, moto). Credentials
 come from the usual boto3 chain (environment, ``~/.aws``), never from this repo.
 
-botocore >= 1.36 sends CRC checksums on every upload by default, which many
-S3-compatible stores reject or mis-handle; we ask for checksums only when the
-operation requires them.
+botocore >= 1.36 computes a CRC32 of every upload and sends it (``x-amz-checksum-crc32``,
+or over HTTPS an ``aws-chunked`` body with a trailing checksum), and asks for checksums
+on downloads. Many S3-compatible stores (older MinIO and Ceph RGW, some appliances)
+reject those requests or store the chunk framing as if it were the object. We ask for
+checksums only when an operation requires them (``when_required``, botocore's behaviour
+before 1.36); integrity does not depend on them: DVC addresses objects by MD5 and
+published models are checked against their manifest's SHA-256 after download. DVC's
+own S3 client is configured the same way through the environment variables
+``AWS_REQUEST_CHECKSUM_CALCULATION=when_required`` and
+``AWS_RESPONSE_CHECKSUM_VALIDATION=when_required`` (the Makefile's push/pull set them).
+
+Published models (``taming publish``) are folders under ``s3://bucket/prefix/<name>/``
+whose ``manifest.json`` is written last; ``fetch_published`` reads the manifest first
+and verifies every file against it, so a reader never takes a half-published model.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from pathlib import Path
+import tempfile
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
+
+MANIFEST = "manifest.json"
 
 
 def endpoint_url() -> str | None:
@@ -49,3 +65,65 @@ def join(uri: str, *parts: str) -> str:
 
 def is_s3(uri: str | Path) -> bool:
     return str(uri).startswith("s3://")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where downloaded published models live: ``TAMING_S3_CACHE`` or ``~/.cache/taming/s3``."""
+    if os.environ.get("TAMING_S3_CACHE"):
+        return Path(os.environ["TAMING_S3_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "taming" / "s3"
+
+
+def _safe_relpath(rel: str, uri: str) -> PurePosixPath:
+    """A manifest comes from the network: its file names must stay inside the folder."""
+    p = PurePosixPath(rel)
+    if p.is_absolute() or not p.parts or ".." in p.parts:
+        raise ValueError(f"{join(uri, MANIFEST)}: refusing file name {rel!r} outside the model folder")
+    return p
+
+
+def fetch_published(uri: str, dest: str | Path | None = None) -> Path:
+    """Download a model published by ``taming publish`` and return its local folder.
+
+    Reads ``<uri>/manifest.json`` first (it is written last, so its presence means the
+    upload finished), then each file it lists, skipping local copies whose SHA-256
+    already matches; every download is verified before it is renamed into place.
+    """
+    from botocore.exceptions import ClientError
+
+    bucket, prefix = split_uri(uri)
+    dest = Path(dest) if dest is not None else cache_dir() / bucket / prefix
+    c = client()
+    try:
+        manifest = json.loads(c.get_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/{MANIFEST}")["Body"].read())
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchBucket"):
+            raise FileNotFoundError(f"{join(uri, MANIFEST)} not found: nothing (completely) published "
+                                    f"there; publish with `taming publish FOLDER {uri.rsplit('/', 1)[0]}`") from e
+        raise
+    for rel, meta in manifest["files"].items():
+        local = dest / _safe_relpath(rel, uri)
+        if local.is_file() and sha256_file(local) == meta["sha256"]:
+            continue
+        local.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{local.name}.", dir=local.parent)
+        os.close(fd)
+        try:
+            c.download_file(bucket, f"{prefix.rstrip('/')}/{rel}", tmp)
+            got = sha256_file(tmp)
+            if got != meta["sha256"]:
+                raise ValueError(f"{join(uri, rel)}: SHA-256 {got} does not match the manifest's "
+                                 f"{meta['sha256']} (republished while downloading? fetch again)")
+            os.replace(tmp, local)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return dest
