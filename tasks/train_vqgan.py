@@ -24,6 +24,8 @@ from tasks.config import build, check, load_params
 MODELS = ("image", "depth", "segmentation")
 IN_CHANNELS = {"image": 3, "depth": 1}
 ROOT = Path("data/vqgan")
+IMAGES = Path("data/imagenet")
+MAPS = {"depth": Path("data/depth"), "segmentation": Path("data/segmentation")}
 
 
 @dataclass
@@ -164,9 +166,11 @@ def project_yaml(cfg: VQGANConfig) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def datasets(cfg: VQGANConfig):
-    from tasks.datasets import vqgan_datasets
-    return vqgan_datasets(cfg.model, cfg.size)
+def dataset(model: str, split: str, size: int, train: bool):
+    """The ImageNet-style split with the maps a ``model`` VQGAN needs (random crops to train)."""
+    from tasks.datasets import ImageNetDataset
+    maps = {f"{model}_root": MAPS[model]} if model in MAPS else {}
+    return ImageNetDataset(IMAGES, split, size=size, random_crop=train, **maps)
 
 
 def run(cfg: VQGANConfig) -> Path:
@@ -179,7 +183,7 @@ def run(cfg: VQGANConfig) -> Path:
     out = cfg.out_dir
     resume = resume_checkpoint(out, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    train_set, val_set = datasets(cfg)
+    train_set, val_set = dataset(cfg.model, "train", cfg.size, True), dataset(cfg.model, "validation", cfg.size, False)
     train = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     val = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
