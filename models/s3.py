@@ -125,5 +125,8 @@ def fetch_published(uri: str, dest: str | Path | None = None) -> Path:
             os.replace(tmp, local)
         finally:
             Path(tmp).unlink(missing_ok=True)
-    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    # the local copy, last as on S3: a complete folder is one with a manifest
+    tmp = dest / f".tmp-{MANIFEST}"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, dest / MANIFEST)
     return dest

@@ -113,6 +113,7 @@ def run(cfg: PublishConfig) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from boto3.exceptions import Boto3Error
     from botocore.exceptions import BotoCoreError, ClientError
 
     cfg = PublishConfig(folder=args.folder, uri=args.uri, name=args.name,
@@ -122,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         print(f"taming publish: {e}", file=sys.stderr)
         return 1
-    except (BotoCoreError, ClientError) as e:  # unreachable endpoint, no credentials, no bucket
+    except (BotoCoreError, ClientError, Boto3Error) as e:  # unreachable endpoint, no credentials, no bucket
         print(f"taming publish: upload to {cfg.uri} failed: {e}", file=sys.stderr)
         return 1
     return 0

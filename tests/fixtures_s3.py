@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -121,6 +124,41 @@ class S3Server:
             for o in page.get("Contents", []):
                 out[o["Key"]] = c.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
         return out
+
+
+# Everything a command run through ``run_logged`` printed: tests assert no credential leaked.
+OUTPUTS: list[str] = []
+
+
+def run_logged(cwd, *args: str, env: dict | None = None, check: bool = True,
+               timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a command with this interpreter's scripts (dvc, taming) first on PATH; keep its output."""
+    base = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "DVC_NO_ANALYTICS": "1"}
+    proc = subprocess.run(list(args), cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+    OUTPUTS.extend([proc.stdout, proc.stderr])
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def assert_no_credentials(*dirs: Path, bucket_objects: dict[str, bytes] | None = None) -> None:
+    """The fake credentials appear in no captured output, no file under ``dirs`` (git history
+    included, uncompressed), and no uploaded object."""
+    secrets = [ACCESS_KEY, SECRET_KEY]
+    for text in OUTPUTS:
+        assert not any(s in text for s in secrets), "a credential appeared in command output"
+    for d in dirs:
+        for f in Path(d).rglob("*"):
+            if f.is_file() and f.relative_to(d).parts[0] != ".git":
+                data = f.read_bytes()
+                assert not any(s.encode() in data for s in secrets), f"credential written to {f}"
+        if (Path(d) / ".git").is_dir():
+            history = run_logged(d, "git", "log", "-p", "--all").stdout
+            assert not any(s in history for s in secrets), f"credential committed in {d}"
+    for key, body in (bucket_objects or {}).items():
+        assert not any(s.encode() in body for s in secrets), f"credential uploaded in {key}"
 
 
 def s3_environment(endpoint: str, home: str) -> dict[str, str]:

@@ -15,15 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures_pipeline import REPO_ROOT, make_smoke_repo, pipeline_env
-from fixtures_s3 import ACCESS_KEY, SECRET_KEY
-
-# Everything a subprocess printed, so one test can check no credential ever leaked.
-OUTPUTS: list[str] = []
+from fixtures_pipeline import REPO_ROOT, make_smoke_repo
+from fixtures_s3 import assert_no_credentials
+from fixtures_s3 import run_logged as sh
 
 GEN = """\
 import os, random
-random.seed(int(os.environ.get("TOY_SEED", "0")))
+random.seed(0)
 os.makedirs("out", exist_ok=True)
 for i in range({n}):
     open(f"out/{{i:02d}}.bin", "wb").write(random.randbytes(20000))
@@ -31,15 +29,6 @@ open("model.bin", "wb").write(random.randbytes(1000))
 with open("../runs.log", "a") as f:  # outside the repo: counts how often the stage really ran
     f.write("ran\\n")
 """
-
-
-def sh(cwd, *args, env=None, check=True, timeout=600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(args), cwd=cwd, env={**pipeline_env(), **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
-    OUTPUTS.extend([proc.stdout, proc.stderr])
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 def dvc(cwd, *args, **kw) -> subprocess.CompletedProcess:
@@ -92,21 +81,6 @@ def check_bucket_integrity(objects: dict[str, bytes]) -> int:
         if "/runs/" in key:
             assert isinstance(yaml.safe_load(body), dict), f"corrupt run-cache entry {key}"
     return len(data)
-
-
-def assert_no_credentials(*dirs: Path, bucket_objects: dict[str, bytes] | None = None) -> None:
-    secrets = [ACCESS_KEY.encode(), SECRET_KEY.encode()]
-    for text in OUTPUTS:
-        assert ACCESS_KEY not in text and SECRET_KEY not in text, "a credential appeared in command output"
-    for d in dirs:
-        for f in d.rglob("*"):
-            if f.is_file() and ".git" not in f.relative_to(d).parts[:1]:
-                assert not any(s in f.read_bytes() for s in secrets), f"credential written to {f}"
-        if (d / ".git").is_dir():
-            history = git(d, "log", "-p", "--all")  # what git tracks, uncompressed
-            assert ACCESS_KEY not in history and SECRET_KEY not in history
-    for key, body in (bucket_objects or {}).items():
-        assert not any(s in body for s in secrets), f"credential uploaded in {key}"
 
 
 def test_shipped_remote_is_s3_and_default():
