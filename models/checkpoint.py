@@ -69,12 +69,21 @@ def read_checkpoint(path: str | Path) -> dict:
         with torch.serialization.safe_globals(stand_ins):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # the weights-only unpickler refused something
-        raise UnsafeCheckpointError(f"{path}: refusing to load: {e}") from None
+        raise UnsafeCheckpointError(f"{path}: refusing to load: its pickle needs more than tensors "
+                                    f"and plain containers ({_refusal_reason(e)})") from None
     except (RuntimeError, EOFError, OSError) as e:
         raise ValueError(f"{path}: not a readable torch checkpoint ({e})") from None
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
     return ckpt
+
+
+def _refusal_reason(e: Exception) -> str:
+    """torch's reason for refusing, without its advice to retry with weights_only=False."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    paragraphs = [p.strip() for p in str(e).split("\n\n") if p.strip()]
+    reasons = [p for p in paragraphs if not p.startswith(boilerplate)] or ["unsupported pickle content"]
+    return reasons[0].removeprefix("WeightsUnpickler error:").strip().splitlines()[0]
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], int | None]:
