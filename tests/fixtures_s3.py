@@ -130,13 +130,14 @@ class S3Server:
 OUTPUTS: list[str] = []
 
 
-def run_logged(cwd, *args: str, env: dict | None = None, check: bool = True,
+def run_logged(cwd, *args: str, env: dict[str, str | None] | None = None, check: bool = True,
                timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run a command with this interpreter's scripts (dvc, taming) first on PATH; keep its output."""
-    base = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-            "DVC_NO_ANALYTICS": "1"}
-    proc = subprocess.run(list(args), cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True,
-                          timeout=timeout)
+    """Run a command with this interpreter's scripts (dvc, taming) first on PATH; keep its output.
+    ``env`` adds variables; a value of None removes one."""
+    merged = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+              "DVC_NO_ANALYTICS": "1", **(env or {})}
+    proc = subprocess.run(list(args), cwd=cwd, env={k: v for k, v in merged.items() if v is not None},
+                          capture_output=True, text=True, timeout=timeout)
     OUTPUTS.extend([proc.stdout, proc.stderr])
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

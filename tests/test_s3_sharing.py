@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +41,20 @@ def git(cwd, *args) -> str:
               *args).stdout
 
 
+# Unset, so that only the Makefile's own export can turn botocore's default checksums off.
+NO_CHECKSUM_ENV = {"AWS_REQUEST_CHECKSUM_CALCULATION": None, "AWS_RESPONSE_CHECKSUM_VALIDATION": None}
+
+
+def make(repo, target: str, **kw) -> subprocess.CompletedProcess:
+    """The repository's make target, with this venv (``-o install``: nothing to install)."""
+    return sh(repo, "make", "-o", "install", f"VENV={sys.prefix}", target, **kw)
+
+
+def sends_checksum(headers: dict[str, str]) -> bool:
+    return any(k.startswith("x-amz-checksum") or k == "x-amz-sdk-checksum-algorithm" or "aws-chunked" in v
+               for k, v in headers.items())
+
+
 def use_remote(repo: Path, server, url: str | None = None) -> None:
     """What a user does once per machine: the endpoint (and here a test's own prefix) in config.local."""
     dvc(repo, "remote", "modify", "--local", "storage", "endpointurl", server.endpoint)
@@ -52,7 +67,8 @@ def make_toy_repo(dest: Path, files: int = 6) -> Path:
     dest.mkdir(parents=True)
     git(dest, "init", "-q", "-b", "main")
     dvc(dest, "init", "-q")
-    (dest / ".dvc" / "config").write_text((REPO_ROOT / ".dvc" / "config").read_text())
+    for shipped in (".dvc/config", "Makefile"):
+        shutil.copyfile(REPO_ROOT / shipped, dest / shipped)
     (dest / "gen.py").write_text(GEN.format(n=files))
     dvc(dest, "stage", "add", "-q", "-n", "gen", "-d", "gen.py", "-o", "out", "-o", "model.bin", "python gen.py")
     dvc(dest, "repro", "-q")
@@ -96,11 +112,11 @@ def test_push_then_fresh_clone_pulls_and_is_up_to_date(s3_up, tmp_path):
     a = make_toy_repo(tmp_path / "a")
     use_remote(a, server)
     first_request = len(server.requests)
-    dvc(a, "push", "--run-cache", "-v")
+    make(a, "push", env=NO_CHECKSUM_ENV)  # the Makefile alone must provide the checksum setting
     uploads = [h for m, _, h in server.requests[first_request:] if m == "PUT"]
-    assert len(uploads) >= 6 + 2  # files, the .dir listing, model.bin, the run-cache entry
+    assert len(uploads) == 6 + 3  # 6 files, the .dir listing, model.bin, the run-cache entry
     # botocore >= 1.36 would add x-amz-checksum-crc32 to each: the documented setting turns that off
-    assert not any(k.startswith("x-amz-checksum") or "aws-chunked" in v for h in uploads for k, v in h.items())
+    assert not any(sends_checksum(h) for h in uploads)
 
     b = tmp_path / "elsewhere" / "b"
     sh(tmp_path, "git", "clone", "-q", str(a), str(b))
@@ -108,7 +124,7 @@ def test_push_then_fresh_clone_pulls_and_is_up_to_date(s3_up, tmp_path):
     use_remote(b, server)
     # a wrong endpoint in the environment proves the clone uses its config.local one
     wrong = {"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:9"}
-    dvc(b, "pull", "--run-cache", "-v", env=wrong)
+    make(b, "pull", env={**wrong, **NO_CHECKSUM_ENV})
     assert tree_digests(b, ["out", "model.bin"]) == tree_digests(a, ["out", "model.bin"])
     assert "up to date" in dvc(b, "status").stdout
     repro = dvc(b, "repro").stdout
@@ -123,6 +139,24 @@ def test_push_then_fresh_clone_pulls_and_is_up_to_date(s3_up, tmp_path):
     objects = server.objects(bucket, "dvc/")
     assert check_bucket_integrity(objects) == 6 + 2
     assert_no_credentials(a, b, bucket_objects=objects)
+
+
+def test_project_client_sends_checksums_only_when_required(s3_up, monkeypatch):
+    """botocore >= 1.36 defaults would send a CRC32 with every upload (the control below);
+    models/s3.py's client does not, whatever the environment says."""
+    import boto3
+
+    bucket = s3_up.create_bucket("checksums")
+    for var in NO_CHECKSUM_ENV:
+        monkeypatch.delenv(var)
+    clients = {"default": boto3.client("s3", endpoint_url=s3_up.endpoint), "project": s3_up.client()}
+    sent = {}
+    for name, c in clients.items():
+        first = len(s3_up.requests)
+        c.put_object(Bucket=bucket, Key=name, Body=b"payload")
+        sent[name] = [h for m, _, h in s3_up.requests[first:] if m == "PUT"]
+        assert c.get_object(Bucket=bucket, Key=name)["Body"].read() == b"payload"
+    assert sends_checksum(sent["default"][0]) and not sends_checksum(sent["project"][0])
 
 
 def test_push_interrupted_by_server_stop_fails_clearly_and_resumes(s3_up, tmp_path):
@@ -180,12 +214,12 @@ def test_smoke_pipeline_push_and_pull_in_fresh_clone(s3_up, tmp_path):
     git(a, "add", "-A")
     git(a, "commit", "-q", "-m", "smoke run")
     outs = [p for p in ("data", "metrics") if (a / p).exists()]
-    sh(a, "make", "-o", "install", f"VENV={sys.prefix}", "push")
+    make(a, "push")
 
     b = tmp_path / "elsewhere" / "b"
     sh(tmp_path, "git", "clone", "-q", str(a), str(b))
     use_remote(b, server, url=f"s3://{bucket}/dvc")
-    sh(b, "make", "-o", "install", f"VENV={sys.prefix}", "pull")
+    make(b, "pull")
     assert tree_digests(b, outs) == tree_digests(a, outs)
     assert "up to date" in dvc(b, "status").stdout
     assert "Running stage" not in dvc(b, "repro").stdout
