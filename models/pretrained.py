@@ -4,7 +4,7 @@
 
     model = load_pretrained("logs/2020-11-09T13-31-51_sflckr")      # a folder
     model = load_pretrained("x/last.ckpt", config="x/project.yaml")  # checkpoint + YAML
-    model = load_pretrained("s3://bucket/runs/vqgan_image")          # downloaded, cached
+    model = load_pretrained("s3://bucket/team/vqgan_image")  # published with `taming publish`
 
 The YAML's `model.target` picks one of a fixed set of classes (TARGETS); no target
 string is ever imported. The checkpoint is read by models/checkpoint.py, which runs no
@@ -53,15 +53,15 @@ class LoadReport:
 
 def load_pretrained(path: str | Path, config: str | Path | None = None, *, strict: bool = False,
                     map_location: str | torch.device = "cpu") -> nn.Module:
-    """A folder, a checkpoint (its YAML: `config`, else ../configs/*-project.yaml) or an
-    s3:// URI of either -> the model in eval mode. Missing/unexpected keys warn, or
-    raise with strict=True."""
+    """A folder, a checkpoint (its YAML: `config`, else ../configs/*-project.yaml) or the
+    s3:// URI of a published folder (models.s3.fetch_published) -> the model in eval mode.
+    Missing/unexpected keys warn, or raise ValueError with strict=True."""
     model, report = load_with_report(path, config, map_location=map_location)
     if report.missing or report.unexpected:
         msg = (f"{report.checkpoint}: {len(report.missing)} missing key(s) {report.missing[:10]}, "
                f"{len(report.unexpected)} unexpected key(s) {report.unexpected[:10]} for {report.target}")
         if strict:
-            raise KeyError(msg)
+            raise ValueError(msg)
         warnings.warn(msg, stacklevel=2)
     return model
 
@@ -74,7 +74,10 @@ def load_with_report(path: str | Path, config: str | Path | None = None, *,
     model = build_model(model_cfg, source=config_path, state_dict=state_dict)
     ignored = sorted(k for k in state_dict if _training_only(k))
     state_dict = {k: v for k, v in state_dict.items() if not _training_only(k)}
-    result = model.load_state_dict(state_dict, strict=False)
+    try:
+        result = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:  # shape mismatches: the YAML does not describe this checkpoint
+        raise ValueError(f"{ckpt_path} does not fit the model {config_path} describes: {e}") from None
     if not any(k in state_dict for k in model.state_dict()):
         raise ValueError(f"{ckpt_path}: none of its {len(state_dict)} keys (e.g. {list(state_dict)[:3]}) "
                          f"belongs to the {model_cfg['target']} that {config_path} describes")
@@ -92,8 +95,8 @@ def _training_only(key: str) -> bool:
 
 def locate(path: str | Path, config: str | Path | None = None) -> tuple[Path, Path]:
     """(checkpoint, project YAML) on local disk, downloading s3:// URIs first."""
-    if s3.is_s3(path):
-        path, config = _download_s3(str(path), None if config is None else str(config))
+    if s3.is_s3(path):  # a folder published by `taming publish`: fetched, verified, cached
+        path = s3.fetch_published(str(path))
     path = Path(path)
     if path.is_dir():
         ckpt, run_dir = path / "checkpoints" / "last.ckpt", path
@@ -121,59 +124,6 @@ def read_config(path: str | Path) -> dict:
     if not isinstance(model_cfg, dict) or "target" not in model_cfg:
         raise ValueError(f"{path}: expected a `model:` section with `target` and `params`")
     return model_cfg
-
-
-def cache_dir() -> Path:
-    """Where s3:// checkpoints are downloaded: $TAMING_CHECKPOINT_CACHE, else
-    $XDG_CACHE_HOME/taming/checkpoints (~/.cache/taming/checkpoints)."""
-    if os.environ.get("TAMING_CHECKPOINT_CACHE"):
-        return Path(os.environ["TAMING_CHECKPOINT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "taming" / "checkpoints"
-
-
-def _download_s3(uri: str, config_uri: str | None) -> tuple[Path, Path | None]:
-    """Mirror a run folder (or one checkpoint and its YAML) into the cache; returns
-    local paths in the same layout. Objects already cached with the same ETag are kept."""
-    client = s3.client()
-    bucket, key = s3.split_uri(uri)
-    if key.endswith(".ckpt"):
-        ckpt_key = key
-        run_prefix = key.rsplit("/", 2)[0] if key.count("/") >= 2 else ""
-    else:
-        run_prefix = key.rstrip("/")
-        ckpt_key = f"{run_prefix}/checkpoints/last.ckpt"
-    local_ckpt = _fetch(client, bucket, ckpt_key)
-    if config_uri is not None:
-        return local_ckpt, (_fetch(client, *s3.split_uri(config_uri)) if s3.is_s3(config_uri)
-                            else Path(config_uri))
-    listing = client.list_objects_v2(Bucket=bucket, Prefix=f"{run_prefix}/configs/")
-    for obj in listing.get("Contents", []):
-        if obj["Key"].endswith("-project.yaml"):
-            _fetch(client, bucket, obj["Key"])  # lands in <cache>/<bucket>/<run>/configs/
-    return local_ckpt, None
-
-
-def _fetch(client, bucket: str, key: str) -> Path:
-    from botocore.exceptions import ClientError
-
-    target = cache_dir() / bucket / key
-    etag_file = target.with_name(target.name + ".etag")
-    try:
-        etag = client.head_object(Bucket=bucket, Key=key)["ETag"]
-    except ClientError as e:
-        raise FileNotFoundError(f"s3://{bucket}/{key}: {e}") from None
-    if target.is_file() and etag_file.is_file() and etag_file.read_text() == etag:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        client.download_file(bucket, key, str(tmp))
-        os.replace(tmp, target)  # a cut-off download never looks finished
-    finally:
-        tmp.unlink(missing_ok=True)
-    etag_file.write_text(etag)
-    return target
 
 
 # ---- models from the original YAML -------------------------------------------------
