@@ -99,6 +99,8 @@ class VectorQuantizer(_IndexRemap):
         idx = self.nearest(z.view(-1, self.e_dim), codebook)
         z_q = codebook[idx].view(z.shape)
         loss = self.quantization_loss(z, z_q)
+        if self.training:
+            self.codebook_step(z.detach().view(-1, self.e_dim), idx)
         z_q = z + (z_q - z).detach()  # straight-through: decoder gradients reach the encoder
         return z_q.permute(0, 3, 1, 2).contiguous(), loss, self._indices_out(idx, b, h, w)
 
@@ -108,6 +110,10 @@ class VectorQuantizer(_IndexRemap):
         if self.legacy:
             return commitment + self.beta * codebook
         return self.beta * commitment + codebook
+
+    def codebook_step(self, z_flat: torch.Tensor, idx: torch.Tensor) -> None:
+        """Training-time codebook update from this batch's assignments; here the codebook
+        learns by gradient of the loss instead."""
 
     def _indices_out(self, idx: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
         idx = idx.view(b, h, w)
@@ -148,16 +154,8 @@ class EMAVectorQuantizer(VectorQuantizer):
     def quantization_loss(self, z: torch.Tensor, z_q: torch.Tensor) -> torch.Tensor:
         return self.beta * torch.mean((z - z_q.detach()) ** 2)
 
-    def forward(self, z: torch.Tensor):
-        out = super().forward(z)
-        if self.training:
-            z_flat = z.detach().permute(0, 2, 3, 1).reshape(-1, self.e_dim)
-            # the raw assignments, before any remap renumbering
-            self.update_codebook(z_flat, self.nearest(z_flat, self.codebook()))
-        return out
-
     @torch.no_grad()
-    def update_codebook(self, z_flat: torch.Tensor, idx: torch.Tensor) -> None:
+    def codebook_step(self, z_flat: torch.Tensor, idx: torch.Tensor) -> None:
         counts = torch.bincount(idx, minlength=self.n_e).to(z_flat.dtype)
         sums = torch.zeros_like(self.embed_avg).index_add_(0, idx, z_flat.to(self.embed_avg.dtype))
         if dist.is_available() and dist.is_initialized():
