@@ -100,8 +100,9 @@ def check_bucket_integrity(objects: dict[str, bytes]) -> int:
 
 
 def test_shipped_remote_is_s3_and_default():
-    out = subprocess.run([sys.executable, "-m", "dvc", "remote", "list"], cwd=REPO_ROOT, capture_output=True,
-                         text=True, check=True).stdout.split()
+    # --project: what .dvc/config says, whatever a developer's config.local overrides
+    out = subprocess.run([sys.executable, "-m", "dvc", "remote", "list", "--project"], cwd=REPO_ROOT,
+                         capture_output=True, text=True, check=True).stdout.split()
     assert out[:3] == ["storage", "s3://taming-pipeline/dvc", "(default)"]
     tracked = (REPO_ROOT / ".dvc" / "config").read_text()
     assert "access_key" not in tracked and "secret" not in tracked and "endpointurl" not in tracked
@@ -165,7 +166,8 @@ def test_push_interrupted_by_server_stop_fails_clearly_and_resumes(s3_up, tmp_pa
     use_remote(a, server, url=f"s3://{bucket}/dvc")
     server.stop_after_uploads(4)
     # one attempt per request: botocore's retry back-off would spend ~6 s per refused file
-    failed = dvc(a, "push", "--run-cache", "-j", "2", env={"AWS_MAX_ATTEMPTS": "1"}, check=False)
+    # -v: error paths with tracebacks and debug logs are where credentials would leak
+    failed = dvc(a, "push", "--run-cache", "-v", "-j", "2", env={"AWS_MAX_ATTEMPTS": "1"}, check=False)
     assert failed.returncode != 0
     assert "failed to push data to the cloud" in failed.stderr
     assert f"Could not connect to the endpoint URL: \"{server.endpoint}/{bucket}/dvc/" in failed.stderr
@@ -178,7 +180,9 @@ def test_push_interrupted_by_server_stop_fails_clearly_and_resumes(s3_up, tmp_pa
     done = dvc(a, "push", "--run-cache")
     assert "files pushed" in done.stdout
     assert "are in sync" in dvc(a, "status", "--cloud").stdout
-    assert check_bucket_integrity(server.objects(bucket)) == 12 + 2
+    objects = server.objects(bucket)
+    assert check_bucket_integrity(objects) == 12 + 2
+    assert_no_credentials(a, bucket_objects=objects)
 
 
 def test_weights_pushed_from_one_cache_resolve_in_another(s3_up, tmp_path, monkeypatch):
