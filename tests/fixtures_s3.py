@@ -1,11 +1,12 @@
 """A real S3-compatible server (moto) on 127.0.0.1 for the whole test session.
 
-    def test_x(s3_server):
-        s3_server.create_bucket("b")      # boto3 through models/s3.py
-        s3_server.endpoint                # http://127.0.0.1:PORT
-        s3_server.stop(); s3_server.start()          # same port, objects kept
-        s3_server.stop_after_uploads(3)   # goes down by itself after 3 more uploads
-        s3_server.requests                # (method, path, headers) of every request
+    def test_x(s3_up):                # s3_server, restarted if a test left it down
+        s3_up.create_bucket("b")          # boto3 through models/s3.py
+        s3_up.endpoint                    # http://127.0.0.1:PORT
+        s3_up.stop(); s3_up.start()       # same port, objects kept
+        s3_up.stop_after_uploads(3)       # goes down by itself after 3 more uploads
+        s3_up.requests                    # (method, path, headers) of every request
+        s3_up.objects("b")                # {key: content}
 
 The server runs in this process (werkzeug threads serving moto's app), so its
 state lives in moto's in-memory backends and survives a stop/start: a test can
