@@ -109,7 +109,10 @@ def fetch_published(uri: str, dest: str | Path | None = None) -> Path:
             raise FileNotFoundError(f"{join(uri, MANIFEST)} not found: nothing (completely) published "
                                     f"there; publish with `taming publish FOLDER {uri.rsplit('/', 1)[0]}`") from e
         raise
-    for rel, meta in manifest["files"].items():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(m, dict) and "sha256" in m for m in files.values()):
+        raise ValueError(f"{join(uri, MANIFEST)}: not a `taming publish` manifest (no files with sha256)")
+    for rel, meta in files.items():
         local = dest / _safe_relpath(rel, uri)
         if local.is_file() and sha256_file(local) == meta["sha256"]:
             continue

@@ -136,6 +136,10 @@ def test_reader_refuses_files_that_do_not_match_the_manifest(s3_up, model_folder
         s3.fetch_published(uri, tmp_path / "reader2")
     assert not (tmp_path / "outside.yaml").exists()
 
+    c.put_object(Bucket=bucket, Key="team/vqgan_image/manifest.json", Body=b"[]")
+    with pytest.raises(ValueError, match="not a `taming publish` manifest"):
+        s3.fetch_published(uri, tmp_path / "reader3")
+
 
 def test_publish_names_what_is_missing(tmp_path):
     (tmp_path / "empty" / "configs").mkdir(parents=True)
