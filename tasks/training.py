@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 from tasks.io import write_json, write_text
@@ -74,6 +75,9 @@ def make_trainer(out_dir: Path, *, max_steps: int, devices: int, val_every: int,
     import lightning as L
     from dvclive.lightning import DVCLiveLogger
     from lightning.pytorch.callbacks import ModelCheckpoint
+
+    # a manual-optimisation checkpoint holds the state after the step, which is what resume needs
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
     accel, precision = accelerator()
     strategy = "auto"
