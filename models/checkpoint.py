@@ -71,7 +71,8 @@ def read_checkpoint(path: str | Path) -> dict:
     except pickle.UnpicklingError as e:  # the weights-only unpickler refused something
         raise UnsafeCheckpointError(f"{path}: refusing to load: its pickle needs more than tensors "
                                     f"and plain containers ({_refusal_reason(e)})") from None
-    except (RuntimeError, EOFError, OSError) as e:
+    except (RuntimeError, EOFError, OSError, AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
+        # truncated or malformed archives, pickles that do not fit the stand-ins
         raise ValueError(f"{path}: not a readable torch checkpoint ({e})") from None
     if not isinstance(ckpt, dict):
         raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")

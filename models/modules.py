@@ -1,7 +1,8 @@
 """VQGAN encoder/decoder building blocks (taming/modules/diffusionmodules/model.py).
 
 Module and parameter names match the original exactly, so official state dicts load
-strictly. The original's timestep-embedding plumbing (always off in VQGAN) is left out.
+strictly. The original's timestep-embedding plumbing (always off in VQGAN) is left out, and
+unlike the original, an unknown ddconfig key is an error rather than silently ignored.
 """
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ class Encoder(nn.Module):
 
     def __init__(self, *, ch: int, ch_mult=(1, 2, 4, 8), num_res_blocks: int, attn_resolutions,
                  in_channels: int, resolution: int, z_channels: int, double_z: bool = True,
-                 dropout: float = 0.0, resamp_with_conv: bool = True, **ignored):
+                 dropout: float = 0.0, resamp_with_conv: bool = True, out_ch: int | None = None):
+        # out_ch is the decoder's: encoder and decoder share one ddconfig
         super().__init__()
         self.num_resolutions = len(ch_mult)
         self.num_res_blocks = num_res_blocks
@@ -140,14 +142,15 @@ class Decoder(nn.Module):
 
     def __init__(self, *, ch: int, out_ch: int, ch_mult=(1, 2, 4, 8), num_res_blocks: int,
                  attn_resolutions, resolution: int, z_channels: int, dropout: float = 0.0,
-                 resamp_with_conv: bool = True, give_pre_end: bool = False, **ignored):
+                 resamp_with_conv: bool = True, give_pre_end: bool = False,
+                 in_channels: int | None = None, double_z: bool | None = None):
+        # in_channels and double_z are the encoder's: both share one ddconfig
         super().__init__()
         self.num_resolutions = len(ch_mult)
         self.give_pre_end = give_pre_end
 
         block_in = ch * ch_mult[-1]
         curr_res = resolution // 2 ** (self.num_resolutions - 1)
-        self.z_shape = (1, z_channels, curr_res, curr_res)
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, 1, 1)
 
         self.mid = nn.Module()

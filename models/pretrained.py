@@ -139,6 +139,8 @@ def build_model(model_cfg: dict, source: str | Path = "config",
         raise ValueError(f"{source}: unsupported model target {target!r}; known: {', '.join(TARGETS)}")
     from models.net2net import Net2NetTransformer
 
+    if "first_stage_config" not in params:
+        raise ValueError(f"{source}: a Net2NetTransformer config needs model.params.first_stage_config")
     first_stage = build_vqgan(params.pop("first_stage_config"), f"{source} first_stage_config",
                               state_dict, prefix="first_stage_model.")
     cond_stage = None
