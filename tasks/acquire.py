@@ -25,14 +25,17 @@ so ``extract`` always runs the same (real) path:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
-import json
+import itertools
+import multiprocessing
 import os
 import shutil
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -111,38 +114,46 @@ def _jpeg(image: np.ndarray, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def _demo_images(cfg: DemoConfig, split: int, jobs: list[tuple[int, int, str]], out: Path,
-                 bar: tqdm) -> Iterator[tuple[str, bytes]]:
-    """Render (kind, index, file name) jobs; save their ground truth; yield (name, JPEG bytes)."""
-    for kind, index, name in jobs:
-        scene = scenes.scene_for(cfg.seed, split, kind, index, cfg.classes, cfg.distractors)
-        r = scenes.render(scene, cfg.resolution)
-        stem = name.rsplit(".", 1)[0]
-        save_depth_png(out / "groundtruth" / "depth" / f"{stem}.png", r.inverse_depth)
-        save_label_png(out / "groundtruth" / "segmentation" / f"{stem}.png", r.segmentation)
-        bar.update()
-        yield name, _jpeg(r.image, cfg.jpeg_quality)
+def _demo_image(job: tuple[DemoConfig, int, int, int, str, Path]) -> bytes:
+    """Render one image, save its ground-truth maps, return its JPEG bytes (runs in a worker)."""
+    cfg, split, kind, index, name, out = job
+    scene = scenes.scene_for(cfg.seed, split, kind, index, cfg.classes, cfg.distractors)
+    r = scenes.render(scene, cfg.resolution)
+    stem = name.rsplit(".", 1)[0]
+    save_depth_png(out / "groundtruth" / "depth" / f"{stem}.png", r.inverse_depth)
+    save_label_png(out / "groundtruth" / "segmentation" / f"{stem}.png", r.segmentation)
+    return _jpeg(r.image, cfg.jpeg_quality)
 
 
-def acquire_demo(cfg: DemoConfig, out: Path) -> dict:
+@contextlib.contextmanager
+def _mapper(workers: int) -> Iterator[Callable]:
+    """An order-preserving map: the builtin one, or over ``workers`` processes."""
+    if workers <= 1:
+        yield map
+        return
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield lambda fn, jobs: pool.map(fn, jobs, chunksize=16)
+
+
+def acquire_demo(cfg: DemoConfig, out: Path, workers: int = 1) -> dict:
     kinds = scenes.KINDS[:cfg.classes]
-    total = cfg.classes * (cfg.n_train + cfg.n_val)
-    with tqdm(total=total, desc="demo scenes", unit="img") as bar:
-        def synset_tars():
-            for k, kind in enumerate(kinds):
-                jobs = [(k, i, f"{kind.synset}_{i + 1}.JPEG") for i in range(cfg.n_train)]
-                yield f"{kind.synset}.tar", tar_bytes(_demo_images(cfg, 0, jobs, out, bar))
-
-        write_tar(out / TRAIN_TAR, synset_tars())
-        # Validation: classes interleaved in a seeded order under ImageNet's flat names.
-        pairs = [(k, i) for k in range(cfg.classes) for i in range(cfg.n_val)]
-        order = np.random.default_rng([cfg.seed, 1]).permutation(len(pairs))
-        jobs = [(*pairs[j], f"ILSVRC2012_val_{n + 1:08d}.JPEG") for n, j in enumerate(order)]
-        write_tar(out / VAL_TAR, _demo_images(cfg, 1, jobs, out, bar))
-    write_text(out / VAL_SYNSETS, "".join(f"{name} {kinds[k].synset}\n" for k, _, name in jobs))
+    train = [(cfg, 0, k, i, f"{kind.synset}_{i + 1}.JPEG", out) for k, kind in enumerate(kinds)
+             for i in range(cfg.n_train)]
+    # Validation: classes interleaved in a seeded order under ImageNet's flat names.
+    pairs = [(k, i) for k in range(cfg.classes) for i in range(cfg.n_val)]
+    order = np.random.default_rng([cfg.seed, 1]).permutation(len(pairs))
+    val = [(cfg, 1, *pairs[j], f"ILSVRC2012_val_{n + 1:08d}.JPEG", out) for n, j in enumerate(order)]
+    jobs = train + val
+    with _mapper(workers) as map_:
+        images = zip((job[4] for job in jobs), tqdm(map_(_demo_image, jobs), total=len(jobs), desc="demo scenes",
+                                                    unit="img"))
+        by_synset = itertools.groupby(itertools.islice(images, len(train)), key=lambda m: m[0].split("_")[0])
+        write_tar(out / TRAIN_TAR, ((f"{synset}.tar", tar_bytes(members)) for synset, members in by_synset))
+        write_tar(out / VAL_TAR, images)
+    write_text(out / VAL_SYNSETS, "".join(f"{job[4]} {kinds[job[2]].synset}\n" for job in val))
     synsets = {kind.synset: {"index": k, "human": kind.name} for k, kind in enumerate(kinds)}
     write_json(out / "synsets.json", synsets)
-    return {"source": "demo", "train": cfg.classes * cfg.n_train, "validation": len(jobs), "classes": cfg.classes}
+    return {"source": "demo", "train": len(train), "validation": len(val), "classes": cfg.classes}
 
 
 # ----------------------------------------------------------------------------- imagenet
@@ -258,13 +269,14 @@ def acquire_custom(cfg: CustomConfig, out: Path) -> dict:
 
 # ----------------------------------------------------------------------------- stage
 
-def run(cfg: DataConfig, out_dir: str | Path = "data/raw") -> dict:
+def run(cfg: DataConfig, out_dir: str | Path = "data/raw", workers: int = 1) -> dict:
+    """Acquire ``cfg.source`` into ``out_dir``; ``workers`` processes render the demo (same bytes for any number)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.source == "demo":
         if (out / "groundtruth").exists():
             shutil.rmtree(out / "groundtruth")       # no stale maps from a previous setting
-        summary = acquire_demo(cfg.demo, out)
+        summary = acquire_demo(cfg.demo, out, workers)
     elif cfg.source == "imagenet":
         summary = acquire_imagenet(cfg.imagenet, out)
     else:
@@ -275,12 +287,14 @@ def run(cfg: DataConfig, out_dir: str | Path = "data/raw") -> dict:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="data/raw", help="output folder (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes rendering the demo (default: all cores); the output does not depend on it")
 
 
 def main(args: argparse.Namespace) -> int:
     cfg = from_params(DataConfig, args.params, "data", args.overrides)
     try:
-        run(cfg, args.out)
+        run(cfg, args.out, args.workers)
     except AcquireError as e:
         print(f"taming acquire: {e}", file=sys.stderr)
         return 1

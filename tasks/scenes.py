@@ -62,6 +62,9 @@ class Kind:
     name: str
     synset: str
     solid: tuple[Plane | Quadric, ...]
+    bound: tuple[float, float]      # (centre height, radius) of a sphere containing the solid
+
+
 
 
 def _box(hx: float, hy: float, hz: float) -> tuple[Plane, ...]:
@@ -77,19 +80,19 @@ def _ellipsoid(rx: float, ry: float, rz: float) -> Quadric:
 _FLOOR = Plane((0, -1, 0), 0)
 _OCTAHEDRON = tuple(Plane((sx, sy, sz), 1 + sy * 1.0) for sx in (1, -1) for sy in (1, -1) for sz in (1, -1))
 
-KINDS: tuple[Kind, ...] = tuple(Kind(name, f"n{9000001 + i:08d}", solid) for i, (name, solid) in enumerate([
-    ("sphere", (_ellipsoid(1.0, 1.0, 1.0),)),
-    ("cube", _box(0.8, 0.8, 0.8)),
-    ("cylinder", (Quadric((1, 0, 1), (0, 0, 0), -0.7**2), Plane((0, 1, 0), 1.8), _FLOOR)),
-    ("cone", (Quadric((1, -1 / 4, 1), (0, 1, 0), -1.0), Plane((0, 1, 0), 2.0), _FLOOR)),
+KINDS: tuple[Kind, ...] = tuple(Kind(name, f"n{9000001 + i:08d}", solid, bound) for i, (name, solid, bound) in enumerate([
+    ("sphere", (_ellipsoid(1.0, 1.0, 1.0),), (1.0, 1.0)),
+    ("cube", _box(0.8, 0.8, 0.8), (0.8, 0.8 * 3**0.5)),
+    ("cylinder", (Quadric((1, 0, 1), (0, 0, 0), -0.7**2), Plane((0, 1, 0), 1.8), _FLOOR), (0.9, 1.14)),
+    ("cone", (Quadric((1, -1 / 4, 1), (0, 1, 0), -1.0), Plane((0, 1, 0), 2.0), _FLOOR), (1.0, 2**0.5)),
     ("pyramid", (Plane((1, 1 / 1.8, 0), 1), Plane((-1, 1 / 1.8, 0), 1), Plane((0, 1 / 1.8, 1), 1),
-                 Plane((0, 1 / 1.8, -1), 1), _FLOOR)),
-    ("dome", (Quadric((1, 1, 1), (0, 0, 0), -1.2**2), _FLOOR)),
-    ("diamond", _OCTAHEDRON),
+                 Plane((0, 1 / 1.8, -1), 1), _FLOOR), (0.9, 1.68)),
+    ("dome", (Quadric((1, 1, 1), (0, 0, 0), -1.2**2), _FLOOR), (0.0, 1.2)),
+    ("diamond", _OCTAHEDRON, (1.0, 1.0)),
     ("wedge", (Plane((1, 1 / 1.3, 0), 1), Plane((-1, 1 / 1.3, 0), 1), Plane((0, 0, 1), 1.1),
-               Plane((0, 0, -1), 1.1), _FLOOR)),
-    ("tower", _box(0.45, 1.2, 0.45)),
-    ("egg", (_ellipsoid(0.65, 1.2, 0.65),)),
+               Plane((0, 0, -1), 1.1), _FLOOR), (0.65, 1.62)),
+    ("tower", _box(0.45, 1.2, 0.45), (1.2, 1.36)),
+    ("egg", (_ellipsoid(0.65, 1.2, 0.65),), (1.2, 1.2)),
 ]))
 
 
@@ -227,12 +230,30 @@ def _local(obj: Obj, p: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return rot @ (p.reshape(3, -1) - shift[:, None]) / obj.scale, rot @ d / obj.scale
 
 
+def _intersect(obj: Obj, p: np.ndarray, d: np.ndarray):
+    """``_interval`` of world rays with ``obj``, computed only for rays that pass its bounding sphere.
+
+    Returns entry, exit (misses: inf, -inf), entry surface index, and the rays in local coordinates.
+    """
+    lo, ld = _local(obj, p, d)
+    centre_y, radius = KINDS[obj.kind].bound
+    oc = lo - np.array([[0.0], [centre_y], [0.0]])
+    od = (oc * ld).sum(0)
+    near = (oc * oc).sum(0) - od * od / (ld * ld).sum(0) <= radius * radius * 1.001
+    n = d.shape[1]
+    enter, leave, which = np.full(n, np.inf), np.full(n, -np.inf), np.zeros(n, dtype=np.int64)
+    if near.any():
+        sub = lo if lo.shape[1] == 1 else lo[:, near]
+        enter[near], leave[near], which[near] = _interval(KINDS[obj.kind].solid, sub, ld[:, near])
+    return enter, leave, which, lo, ld
+
+
 def _shadowed(objects: tuple[Obj, ...], p: np.ndarray, sun: np.ndarray) -> np.ndarray:
     """Whether the way from points ``p`` (3, P) to the sun is blocked by any object."""
     d = np.broadcast_to(sun[:, None], p.shape)
     blocked = np.zeros(p.shape[1], dtype=bool)
     for obj in objects:
-        enter, leave, _ = _interval(KINDS[obj.kind].solid, *_local(obj, p, d))
+        enter, leave, *_ = _intersect(obj, p, d)
         blocked |= (enter <= leave) & (leave > 1e-6)
     return blocked
 
@@ -276,8 +297,7 @@ def render(scene: Scene, resolution: int, objects: bool = True) -> Rendered:
 
     if objects:
         for obj in scene.objects:
-            lo, ld = _local(obj, o, d)
-            enter, leave, which = _interval(KINDS[obj.kind].solid, lo, ld)
+            enter, leave, which, lo, ld = _intersect(obj, o, d)
             t = np.where((enter <= leave) & (enter > 1e-6), enter, np.inf)
             with np.errstate(divide="ignore"):
                 inv = (1.0 / t).astype(np.float32)

@@ -52,11 +52,13 @@ def test_demo_writes_ilsvrc_style_archives_with_matching_ground_truth(tmp_path):
     assert len(stems) == 18 and f"ILSVRC2012_val_00000006" in stems
 
 
-def test_demo_is_deterministic_and_the_seed_matters(tmp_path):
+def test_demo_is_deterministic_for_any_number_of_workers_and_the_seed_matters(tmp_path):
     acquire.run(DataConfig(demo=TINY), tmp_path / "a")
-    acquire.run(DataConfig(demo=TINY), tmp_path / "b")
+    acquire.run(DataConfig(demo=TINY), tmp_path / "b", workers=2)
     for name in (TRAIN_TAR, VAL_TAR, VAL_SYNSETS, "synsets.json"):
         assert sha(tmp_path / "a" / name) == sha(tmp_path / "b" / name)
+    for path in (tmp_path / "a" / "groundtruth").rglob("*.png"):
+        assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes()
     acquire.run(DataConfig(demo=DemoConfig(**{**TINY.__dict__, "seed": 4})), tmp_path / "c")
     assert sha(tmp_path / "a" / TRAIN_TAR) != sha(tmp_path / "c" / TRAIN_TAR)
 
