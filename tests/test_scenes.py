@@ -76,3 +76,21 @@ def test_kinds_have_distinct_names_and_synset_like_ids():
     names = [k.name for k in KINDS]
     assert len(set(names)) == len(KINDS) == 10
     assert all(len(k.synset) == 9 and k.synset[0] == "n" and k.synset[1:].isdigit() for k in KINDS)
+
+
+def test_bounding_spheres_contain_their_solids():
+    """Rendering skips rays that miss a kind's bounding sphere, so it must contain the whole solid."""
+    g = np.linspace(-2.5, 2.5, 61)
+    p = np.stack(np.meshgrid(g, g + 2.0, g), 0).reshape(3, -1)
+    for kind in KINDS:
+        inside = np.ones(p.shape[1], dtype=bool)
+        for s in kind.solid:
+            if isinstance(s, scenes.Plane):
+                inside &= np.asarray(s.normal) @ p <= s.offset
+            else:
+                inside &= (np.asarray(s.a)[:, None] * p * p).sum(0) + np.asarray(s.b) @ p + s.c <= 0
+        centre_y, radius = kind.bound
+        assert inside.sum() > 100, kind.name
+        dist = np.sqrt(p[0] ** 2 + (p[1] - centre_y) ** 2 + p[2] ** 2)
+        assert dist[inside].max() <= radius + 1e-9, kind.name
+        assert dist[inside].max() > 0.85 * radius, kind.name          # and is not needlessly loose
