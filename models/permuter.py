@@ -43,13 +43,13 @@ class Subsample(IndexPermuter):
     """Coarse to fine: repeatedly split the grid into its 2x2 polyphase components."""
 
     def __init__(self, H: int, W: int):
+        if H != W or H & (H - 1):
+            raise ValueError(f"Subsample needs a square grid whose side is a power of two, got {H}x{W}")
         indices, C = np.arange(H * W).reshape(1, H, W), 1
-        while min(H, W) > 1:
+        while H > 1:
             indices = indices.reshape(C, H // 2, 2, W // 2, 2).transpose(0, 2, 4, 1, 3)
             H, W, C = H // 2, W // 2, C * 4
             indices = indices.reshape(C, H, W)
-        if H != 1 or W != 1:
-            raise ValueError("Subsample needs a square grid whose side is a power of two")
         super().__init__(indices.ravel())
 
 
