@@ -91,6 +91,12 @@ class VectorQuantizer(_IndexRemap):
         return d.argmin(dim=1)
 
     def forward(self, z: torch.Tensor):
+        # distances, codebook and its EMA statistics stay fp32 under bf16/fp16 autocast:
+        # low-precision distances would pick wrong codes
+        with torch.autocast(z.device.type, enabled=False):
+            return self._quantize(z.float())
+
+    def _quantize(self, z: torch.Tensor):
         b, _, h, w = z.shape
         z = z.permute(0, 2, 3, 1).contiguous()  # B h w C: one vector per position
         if self.l2_norm:
@@ -156,7 +162,7 @@ class EMAVectorQuantizer(VectorQuantizer):
 
     @torch.no_grad()
     def codebook_step(self, z_flat: torch.Tensor, idx: torch.Tensor) -> None:
-        counts = torch.bincount(idx, minlength=self.n_e).to(z_flat.dtype)
+        counts = torch.bincount(idx, minlength=self.n_e).to(self.cluster_size.dtype)
         sums = torch.zeros_like(self.embed_avg).index_add_(0, idx, z_flat.to(self.embed_avg.dtype))
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(counts)

@@ -165,3 +165,18 @@ def test_codebook_usage_and_perplexity_over_a_pass():
     meter.update(torch.full((36,), 7))  # skewed: 12 spread over 4 codes, 36 on one
     p = torch.tensor([3, 3, 3, 3, 36]) / 48.0
     assert math.isclose(meter.compute()["perplexity"], float(torch.exp(-(p * p.log()).sum())), rel_tol=1e-6)
+
+
+def test_quantizers_work_in_fp32_under_bf16_autocast():
+    torch.manual_seed(0)
+    vq, ema = VectorQuantizer(16, 4), EMAVectorQuantizer(16, 4)
+    z = _z() * 3
+    ref = vq(z)[2]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_low = torch.nn.functional.conv2d(z, torch.eye(4).view(4, 4, 1, 1))  # a bf16 activation
+        assert z_low.dtype == torch.bfloat16
+        z_q, loss, idx = vq(z_low)
+        ema(z_low)
+    assert z_q.dtype == torch.float32 and loss.dtype == torch.float32
+    assert (idx == ref).float().mean() > 0.9  # same codes up to bf16 rounding of the input
+    assert ema.embedding.weight.dtype == torch.float32 and torch.isfinite(ema.embedding.weight).all()
