@@ -1,0 +1,198 @@
+"""DVC stages as Prefect tasks.
+
+A flow never runs stage code itself: each task calls ``dvc repro --single-item
+<stage>``, so ``dvc.lock`` stays the record of what ran on which inputs, and a
+stage whose inputs did not change is a fast no-op (or a checkout from DVC's
+run-cache). The stage graph comes from DVC (``dvc dag --dot``); ``dvc.yaml``
+stays its only definition.
+
+Stage output is streamed line by line into the run's logs; a failing command
+raises ``CommandFailed`` carrying its last lines, so the error is in the
+task's state message and in the flow run's logs.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from prefect import get_run_logger, task
+from prefect.tasks import exponential_backoff
+
+DVC = [sys.executable, "-m", "dvc"]  # the DVC installed beside this interpreter
+TAIL_LINES = 30  # lines of a failed command's output kept in its error
+
+
+class CommandFailed(RuntimeError):
+    """A stage (or DVC) command exited with a non-zero status."""
+
+
+def resolve_repo(repo: str | os.PathLike) -> Path:
+    path = Path(repo).expanduser().resolve()
+    if not (path / "dvc.yaml").is_file():
+        raise FileNotFoundError(f"{path}: no dvc.yaml here; pass repo=<path of the taming-pipeline checkout>")
+    return path
+
+
+def child_env() -> dict[str, str]:
+    """Environment of stage commands: this venv's scripts (taming, dvc) first on PATH,
+    unbuffered Python so output streams as it is printed, tqdm refreshing rarely
+    because every refresh becomes a log line."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.setdefault("TQDM_MININTERVAL", "10")
+    return env
+
+
+def stream(cmd: list[str] | str, cwd: Path, what: str) -> None:
+    """Run ``cmd`` (a list, or a shell string), logging each output line as it arrives."""
+    logger = get_run_logger()
+    logger.info("$ %s", cmd if isinstance(cmd, str) else " ".join(map(str, cmd)))
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    with subprocess.Popen(cmd, cwd=cwd, env=child_env(), shell=isinstance(cmd, str), text=True, errors="replace",
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) as proc:
+        for line in proc.stdout:  # universal newlines: tqdm's '\r' updates end lines too
+            line = line.rstrip()
+            if line:
+                (logger.error if line.startswith("ERROR") else logger.info)(line)
+                tail.append(line)
+    if proc.returncode != 0:
+        raise CommandFailed(f"{what} failed with exit code {proc.returncode}; last output:\n" + "\n".join(tail))
+
+
+def dvc_output(repo: Path, *args: str) -> str:
+    """Run a DVC query command and return its stdout; errors carry DVC's message."""
+    proc = subprocess.run([*DVC, *args], cwd=repo, env=child_env(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise CommandFailed(f"dvc {' '.join(args)} in {repo} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+# --- the stage graph ---------------------------------------------------------------
+
+_NODE = re.compile(r'^"(?P<name>[^"]+)";$')
+_EDGE = re.compile(r'^"(?P<src>[^"]+)" -> "(?P<dst>[^"]+)";$')
+
+
+def stage_order(repo: Path, targets: Iterable[str] | None = None) -> list[str]:
+    """Stages (foreach items expanded, e.g. ``train-vqgan@image``) in an order DVC can
+    run them: every stage after the stages it depends on; ties keep dvc.yaml's order.
+    With ``targets``, only those stages (a foreach group name selects all its items)
+    and everything upstream of them."""
+    nodes: dict[str, set[str]] = {}  # stage -> the stages it depends on; dict keeps file order
+    for target in list(targets or []) or [None]:
+        dot = dvc_output(repo, "dag", "--dot", *([target] if target else []))
+        for line in map(str.strip, dot.splitlines()):
+            if m := _NODE.match(line):
+                nodes.setdefault(m["name"], set())
+            elif m := _EDGE.match(line):  # DVC draws dependency -> dependent
+                nodes.setdefault(m["dst"], set()).add(m["src"])
+    order: list[str] = []
+    while len(order) < len(nodes):
+        ready = next(s for s, deps in nodes.items() if s not in order and deps <= set(order))
+        order.append(ready)
+    return order
+
+
+def stage_matches(stage: str, name: str) -> bool:
+    """``train-vqgan@image`` matches ``train-vqgan`` (its foreach group) and itself."""
+    return stage == name or stage.startswith(name + "@")
+
+
+# --- parameters -----------------------------------------------------------------
+
+def apply_overrides(repo: Path, overrides: Mapping[str, Any], params_file: str = "params.yaml") -> list[str]:
+    """Set parameters in ``params_file`` exactly as ``dvc exp run -S key=value`` does
+    (DVC's own Hydra-override code: comments and layout survive, unknown keys are
+    refused unless written ``+key``). Values are given as Python values."""
+    from dvc.exceptions import InvalidArgumentError
+    from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
+
+    items = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
+    if not items:
+        return items
+    try:
+        dvc_apply_overrides(repo / params_file, items)
+    except InvalidArgumentError as e:
+        cause = f": {e.__cause__}" if e.__cause__ else ""
+        raise ValueError(f"{repo / params_file}: cannot apply {', '.join(items)}{cause}") from e
+    get_run_logger().info("set in %s: %s", params_file, ", ".join(items))
+    return items
+
+
+# --- metrics --------------------------------------------------------------------
+
+def read_metrics(repo: Path) -> dict[str, Any]:
+    """The workspace's metrics (``dvc metrics show``) as ``{"<file stem>.<key>": value}``."""
+    shown = json.loads(dvc_output(repo, "metrics", "show", "--json") or "{}")
+    flat: dict[str, Any] = {}
+    for path, entry in shown.get("", {}).get("data", {}).items():
+        if "error" in entry:
+            get_run_logger().warning("metrics file %s unreadable: %s", path, entry["error"])
+            continue
+        _flatten(entry.get("data", {}), Path(path).stem, flat)
+    return flat
+
+
+def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            _flatten(value, f"{prefix}.{key}", out)
+    else:
+        out[prefix] = node
+
+
+# --- tasks ----------------------------------------------------------------------
+
+def retry_options(retries: int, retry_delay_seconds: float) -> dict[str, Any]:
+    """Task options for retrying transient failures: delays d, 2d, 4d, ... with jitter."""
+    return dict(retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_seconds),
+                retry_jitter_factor=0.5)
+
+
+@task(task_run_name="{stage}")
+def repro_stage(repo: Path, stage: str) -> None:
+    """Reproduce one stage (not its upstream: the flow runs those as their own tasks)."""
+    stream([*DVC, "repro", "--single-item", stage], repo, f"DVC stage {stage!r}")
+
+
+@task(task_run_name="dvc pull")
+def pull(repo: Path) -> None:
+    """Fetch what the remote already holds; outputs it lacks are simply computed."""
+    stream([*DVC, "pull", "--allow-missing"], repo, "dvc pull")
+
+
+@task(task_run_name="dvc push")
+def push(repo: Path) -> None:
+    stream([*DVC, "push"], repo, "dvc push")
+
+
+def has_remote(repo: Path) -> bool:
+    return bool(dvc_output(repo, "remote", "list").strip())
+
+
+def reproduce(repo: Path, targets: Iterable[str] | None, *, sync_remote: bool, retries: int,
+              retry_delay_seconds: float) -> list[str]:
+    """Pull (if a remote is configured), run the stages of ``targets`` (all stages when
+    None) one task each in dependency order, push. Returns the stages run."""
+    logger = get_run_logger()
+    opts = retry_options(retries, retry_delay_seconds)
+    remote = sync_remote and has_remote(repo)
+    if remote:
+        pull.with_options(**opts)(repo)
+    stages = stage_order(repo, targets)
+    logger.info("%d stages, in order: %s", len(stages), ", ".join(stages))
+    for stage in stages:
+        repro_stage.with_options(**opts)(repo, stage)
+    if remote:
+        push.with_options(**opts)(repo)
+    else:
+        logger.info("no DVC remote configured%s: nothing pushed", "" if sync_remote else " (sync disabled)")
+    return stages
