@@ -1,0 +1,205 @@
+"""Prefect flows end to end: a real server on loopback, the deployments served by
+``python -m flows.deployments`` in a subprocess, runs triggered with the
+``prefect`` CLI exactly as a user types them, and real DVC underneath.
+
+The flows run on a toy DVC project with the real pipeline's shape
+(tests/toy_dvc_project.py), so a run takes seconds; the last test runs the
+real pipeline on the smoke profile.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId,
+                                            LogFilter, LogFilterFlowRunId)
+from prefect.client.schemas.sorting import LogSort
+
+from fixtures_prefect import stop_process_group
+from toy_dvc_project import make_toy_repo
+
+PREFECT = str(Path(sys.executable).parent / "prefect")
+DEPLOYMENTS = ("train-drin/train-drin", "train-vqgan/train-vqgan", "sample/sample", "extract-depth/extract-depth")
+FAST_RETRY = {"retry_delay_seconds": 0.05}  # the default backoff starts at 30 s
+
+
+def dvc(repo: Path, *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, capture_output=True, text=True)
+    assert proc.returncode == 0, f"dvc {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def served_repo(prefect_server, tmp_path_factory):
+    """A toy repo, and `python -m flows.deployments --repo <it>` serving all deployments."""
+    repo = make_toy_repo(tmp_path_factory.mktemp("served") / "toy", env=prefect_server.env())
+    log_path = repo.parent / "serve.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "flows.deployments", "--repo", str(repo)],
+                                cwd=repo.parent, env=prefect_server.env(PREFECT_RUNNER_POLL_FREQUENCY="1"),
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        with get_client(sync_client=True) as client:
+            for name in DEPLOYMENTS:
+                while True:
+                    assert proc.poll() is None, f"serving exited:\n{log_path.read_text()[-3000:]}"
+                    try:
+                        client.read_deployment_by_name(name)
+                        break
+                    except Exception:
+                        assert time.monotonic() < deadline, f"{name} not served:\n{log_path.read_text()[-3000:]}"
+                        time.sleep(0.5)
+        yield repo
+    finally:
+        stop_process_group(proc)
+
+
+def deployment_run(server, name: str, params: dict, timeout: int = 150):
+    """`prefect deployment run NAME --params JSON --watch`; returns (CLI result, flow run)."""
+    t0 = time.monotonic()
+    cli = subprocess.run([PREFECT, "deployment", "run", name, "--params", json.dumps(params),
+                          "--watch", "--watch-timeout", str(timeout)],
+                         env=server.env(COLUMNS="200"), capture_output=True, text=True, timeout=timeout + 60)
+    print(f"{name}: CLI took {time.monotonic() - t0:.1f} s")
+    found = re.search(r"UUID: ([0-9a-f-]{36})", cli.stdout)
+    assert found, f"no flow run created:\n{cli.stdout}\n{cli.stderr}"
+    with get_client(sync_client=True) as client:
+        return cli, client.read_flow_run(UUID(found[1]))
+
+
+def run_logs(flow_run, expect: str, wait_s: float = 15) -> str:
+    """All log messages of a flow run (tasks included), once ``expect`` has arrived
+    (logs are shipped to the API in batches, so they may trail the final state)."""
+    deadline = time.monotonic() + wait_s
+    with get_client(sync_client=True) as client:
+        while True:
+            messages, offset = [], 0
+            while batch := client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run.id])),
+                                            offset=offset, limit=200, sort=LogSort.TIMESTAMP_ASC):
+                messages += [log.message for log in batch]
+                offset += len(batch)
+            text = "\n".join(messages)
+            if expect in text or time.monotonic() > deadline:
+                return text
+            time.sleep(0.5)
+
+
+def task_runs(flow_run) -> dict:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+    return {run.name: run for run in sorted(runs, key=lambda r: r.expected_start_time)}
+
+
+def artifacts(flow_run) -> dict:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run.id])))
+    return {a.key: json.loads(a.data) if a.type == "table" else a.data for a in found}
+
+
+def test_train_drin_runs_every_stage_retries_a_transient_failure_and_publishes(prefect_server, served_repo, tmp_path):
+    repo = served_repo
+    (repo / "FAIL_ONCE").touch()  # train-vqgan@image fails on its first attempt
+    remote = tmp_path / "remote"
+    dvc(repo, "remote", "add", "-d", "store", str(remote))
+
+    cli, run = deployment_run(prefect_server, "train-drin/train-drin", {"overrides": {"top_k": 7}, **FAST_RETRY})
+
+    logs = run_logs(run, "trained image")
+    assert cli.returncode == 0 and run.state.is_completed(), f"{run.state}\n{cli.stdout}\n{logs[-4000:]}"
+    assert run.parameters["repo"] == str(repo)  # the served default
+    tasks = task_runs(run)
+    stages = ["acquire", "depth", "train-vqgan@image", "train-vqgan@depth", "sample", "evaluate"]
+    assert list(tasks) == ["dvc pull", *stages, "dvc push", "publish metrics", "publish grids"]
+    assert all(t.state.is_completed() for t in tasks.values())
+    assert tasks["train-vqgan@image"].run_count == 2 and tasks["train-vqgan@depth"].run_count == 1
+    # Stage output streamed into the run's logs, the failure included.
+    assert "toy transient failure: connection reset" in logs
+    assert "trained image for 3 steps" in logs and "toy sampling with top_k=7 top_p=1.0" in logs
+
+    # DVC holds the record: every stage in dvc.lock and up to date, the override
+    # applied as `dvc exp run -S` applies it (comment kept), the outputs pushed.
+    assert set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"]) == set(stages)
+    assert json.loads(dvc(repo, "status", "--json")) == {}
+    assert "top_k: 7       # sampling: keep the k most likely tokens" in (repo / "params.yaml").read_text()
+    assert json.loads(dvc(repo, "status", "--cloud", "--json")) == {}
+    assert any(remote.rglob("*")), "dvc push sent nothing"
+
+    published = artifacts(run)
+    assert {"metric": "eval.fid", "value": pytest.approx(1.7)} in published["train-drin-metrics"]
+    assert {"metric": "eval.top_k", "value": 7} in published["train-drin-metrics"]
+    assert (repo / "data/samples/grid.png").as_uri() in published["train-drin-samples"]
+
+    # A second run changes nothing: every stage is a DVC no-op.
+    lock = (repo / "dvc.lock").read_text()
+    cli, run = deployment_run(prefect_server, "train-drin/train-drin", FAST_RETRY)
+    assert run.state.is_completed(), cli.stdout
+    assert "Stage 'sample' didn't change, skipping" in run_logs(run, "didn't change")
+    assert (repo / "dvc.lock").read_text() == lock
+
+
+def test_a_stage_that_keeps_failing_fails_the_run_with_its_error(prefect_server, served_repo, tmp_path):
+    repo = make_toy_repo(tmp_path / "toy", env=prefect_server.env())
+    params = {"repo": str(repo), "overrides": {"evaluate.fail": True}, "retries": 1, **FAST_RETRY}
+
+    cli, run = deployment_run(prefect_server, "train-drin/train-drin", params)
+
+    assert cli.returncode != 0 and run.state.is_failed(), f"{run.state}\n{cli.stdout}"
+    tasks = task_runs(run)
+    assert tasks["sample"].state.is_completed()
+    assert tasks["evaluate"].state.is_failed() and tasks["evaluate"].run_count == 2  # retried once, then given up
+    assert "publish metrics" not in tasks
+    logs = run_logs(run, "evaluate failed on purpose")
+    assert "toy evaluate failed on purpose: evaluate.fail is true" in logs
+    assert "DVC stage 'evaluate' failed with exit code" in logs
+    assert "evaluate" not in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+
+
+def test_sample_sweep_collects_every_setting_and_restores_params(prefect_server, served_repo, tmp_path):
+    repo = make_toy_repo(tmp_path / "toy", env=prefect_server.env())
+    params_before = (repo / "params.yaml").read_text()
+
+    cli, run = deployment_run(prefect_server, "sample/sample",
+                              {"repo": str(repo), "top_k": [5, 9], "top_p": [1.0, 0.5], **FAST_RETRY})
+
+    assert run.state.is_completed(), f"{run.state}\n{cli.stdout}\n{run_logs(run, '')[-4000:]}"
+    table = artifacts(run)["sample-sweep"]
+    assert [(row["top_k"], row["top_p"]) for row in table] == [(5, 1.0), (5, 0.5), (9, 1.0), (9, 0.5)]
+    for row in table:  # each row holds the metrics of its own setting (toy fid = top_k / 10 + top_p)
+        assert row["eval.fid"] == pytest.approx(row["top_k"] / 10 + row["top_p"]) and row["eval.top_k"] == row["top_k"]
+    grids = sorted((repo / "data/sweeps").glob("*/grid.png"))
+    assert [g.parent.name for g in grids] == ["k5-p0.5", "k5-p1.0", "k9-p0.5", "k9-p1.0"]
+    assert len({g.read_bytes() for g in grids}) == 4
+    assert all(g.as_uri() in artifacts(run)["sample-sweep-grids"] for g in grids)
+    # The workspace is back at the original setting, its outputs recorded.
+    assert (repo / "params.yaml").read_text() == params_before
+    assert json.loads(dvc(repo, "status", "--json")) == {}
+    assert json.loads((repo / "metrics/eval.json").read_text())["top_k"] == 100
+
+
+def test_extract_depth_fans_shards_out_concurrently_and_records_the_stage(prefect_server, served_repo, tmp_path):
+    repo = make_toy_repo(tmp_path / "toy", env=prefect_server.env())
+
+    cli, run = deployment_run(prefect_server, "extract-depth/extract-depth",
+                              {"repo": str(repo), "num_shards": 3, **FAST_RETRY})
+
+    assert run.state.is_completed(), f"{run.state}\n{cli.stdout}\n{run_logs(run, '')[-4000:]}"
+    tasks = task_runs(run)
+    shards = [tasks[f"depth shard {i}/3"] for i in range(3)]
+    assert max(t.start_time for t in shards) < min(t.end_time for t in shards), "shards did not overlap"
+    assert list(tasks)[-1] == "dvc commit depth"
+    written = {p.name: p.read_text() for p in (repo / "data/depth").iterdir()}
+    assert sorted(written) == [f"img{i}.txt" for i in range(6)]
+    assert {text.split("shard ")[1].strip() for text in written.values()} == {"0/3", "1/3", "2/3"}
+    # Recorded as if `dvc repro depth` had run: DVC now considers it up to date.
+    assert json.loads(dvc(repo, "status", "--json", "depth")) == {}
+    assert "Stage 'depth' didn't change, skipping" in dvc(repo, "repro", "--single-item", "depth")
