@@ -91,10 +91,10 @@ class VectorQuantizer(_IndexRemap):
         return d.argmin(dim=1)
 
     def forward(self, z: torch.Tensor):
-        # distances, codebook and its EMA statistics stay fp32 under bf16/fp16 autocast:
-        # low-precision distances would pick wrong codes
+        # distances, codebook and its EMA statistics stay in the codebook's dtype (fp32)
+        # under bf16/fp16 autocast: low-precision distances would pick wrong codes
         with torch.autocast(z.device.type, enabled=False):
-            return self._quantize(z.float())
+            return self._quantize(z.to(self.embedding.weight.dtype))
 
     def _quantize(self, z: torch.Tensor):
         b, _, h, w = z.shape
