@@ -22,7 +22,10 @@ original ImageNet loader did.
 Resumable: each synset is written into a hidden ``.tmp-<synset>`` folder together
 with its ``.manifest.json`` and renamed into place when complete; the rename is
 the completion marker. A rerun deletes unfinished temp folders, skips finished
-synsets, and gives byte-identical output to an uninterrupted run.
+synsets, and gives byte-identical output to an uninterrupted run. Finished synsets
+are reused only while the inputs are unchanged (``.inputs.sha256``: a hash of every
+tar member's header and of the synset lists), so with DVC's ``persist: true`` an
+interrupted ``dvc repro`` resumes, and new archives start over.
 
 ``sub_indices`` ("32-123, 256") restricts classes by their synsets.json index with
 the original's ``str_to_indices`` semantics (a range ``a-b`` excludes ``b``);
@@ -31,6 +34,7 @@ members of other classes are counted as ``skipped``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import shutil
@@ -247,6 +251,55 @@ def _summarise(split_dir: Path, manifests: list[dict], outer_rejected: list[dict
     return counts
 
 
+def _fingerprint(raw: Path) -> str:
+    """Identifies the inputs: every member header (name, size, header checksum, which covers
+    the mtime) of both tars and of the synset tars inside, plus the two lists. Cheap: the
+    tars are read header by header, seeking over the contents.
+
+    Finished synsets are reused only while this is unchanged, so ``persist``-ed outputs or a
+    rerun after new archives never mix old and new data.
+    """
+    h = hashlib.sha256()
+
+    def headers(tar: tarfile.TarFile, where: str) -> None:
+        for m in tar:
+            h.update(f"{where}\0{m.name}\0{m.size}\0{m.chksum}\n".encode())
+            if where == TRAIN_TAR and m.isreg() and m.name.endswith(".tar"):   # the synset tars too
+                try:
+                    with tarfile.open(fileobj=tar.extractfile(m), mode="r:") as inner:
+                        headers(inner, f"{where}/{m.name}")
+                except tarfile.TarError:
+                    h.update(b"corrupt\n")
+
+    for name in (TRAIN_TAR, VAL_TAR):
+        with tarfile.open(raw / name, mode="r:") as tar:
+            headers(tar, name)
+    for name in (VAL_SYNSETS, "synsets.json"):
+        h.update(hashlib.sha256((raw / name).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _start(out: Path, fingerprint: str) -> None:
+    """Keep finished synsets only if they came from the same inputs; drop unfinished temp folders."""
+    stamp = out / ".inputs.sha256"
+    if stamp.is_file() and stamp.read_text().strip() != fingerprint:
+        print(f"extract: the archives changed since {out} was written; starting over")
+        for split in SPLITS:
+            shutil.rmtree(out / split, ignore_errors=True)
+    for split in SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)
+        for stale in (out / split).glob(".tmp-*"):    # an interrupted run's unfinished synsets
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    write_text(stamp, fingerprint + "\n")
+
+
+def _drop_unlisted(split_dir: Path, synsets: set[str]) -> None:
+    """Remove finished synset folders of earlier runs that this run does not select (sub_indices)."""
+    for folder in split_dir.iterdir():
+        if folder.is_dir() and folder.name not in synsets and (folder / MANIFEST).is_file():
+            shutil.rmtree(folder)
+
+
 def run(cfg: ExtractConfig, raw_dir: str | Path = "data/raw", out_dir: str | Path = "data/imagenet",
         metrics_path: str | Path = "metrics/extract.json") -> dict:
     raw, out = Path(raw_dir), Path(out_dir)
@@ -260,12 +313,8 @@ def run(cfg: ExtractConfig, raw_dir: str | Path = "data/raw", out_dir: str | Pat
         selected = {s for s, v in synsets.items() if v["index"] in wanted}
     else:
         selected = known
-    for split in SPLITS:
-        (out / split).mkdir(parents=True, exist_ok=True)
-        for stale in (out / split).glob(".tmp-*"):    # an interrupted run's unfinished synsets
-            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-
     try:
+        _start(out, _fingerprint(raw))
         results = {"train": _extract_train(raw / TRAIN_TAR, out / "train", selected, known),
                    "validation": _extract_validation(raw / VAL_TAR, raw / VAL_SYNSETS, out / "validation",
                                                      selected, known)}
@@ -273,6 +322,7 @@ def run(cfg: ExtractConfig, raw_dir: str | Path = "data/raw", out_dir: str | Pat
         raise ExtractError(f"{raw}: unreadable archive: {e}") from e
     metrics, records = {}, []
     for split, (manifests, outer_rejected, skipped) in results.items():
+        _drop_unlisted(out / split, {m["synset"] for m in manifests})
         metrics[split] = _summarise(out / split, manifests, outer_rejected, skipped)
         records += [{"split": split, **r} for r in outer_rejected]
         records += [{"split": split, **r} for m in manifests for r in m["rejected"]]

@@ -294,3 +294,17 @@ def test_cli_runs_the_stage_and_reports_missing_inputs(tmp_path, capsys):
     assert f"{tmp_path / 'nope' / TRAIN_TAR}: not found" in capsys.readouterr().err
     with pytest.raises(ExtractError):
         extract.run(ExtractConfig(), tmp_path / "nope", out, tmp_path / "m.json")
+
+
+def test_rerun_over_old_output_equals_a_fresh_run_when_inputs_or_selection_change(tmp_path):
+    fresh = tmp_path / "fresh"
+    raw = good_raw(tmp_path / "raw")
+    run(tmp_path, raw)
+    run(tmp_path, raw, sub_indices="0-2")                 # narrower selection: other synsets removed
+    extract.run(ExtractConfig(sub_indices="0-2"), raw, fresh / "a", fresh / "a.json")
+    assert tree(tmp_path / "out") == tree(fresh / "a")
+    raw2 = good_raw(tmp_path / "raw2", per_synset=2)       # different archives, same synsets
+    extract.run(ExtractConfig(), raw2, tmp_path / "out", tmp_path / "m.json")
+    extract.run(ExtractConfig(), raw2, fresh / "b", fresh / "b.json")
+    assert tree(tmp_path / "out") == tree(fresh / "b")
+    assert len((tmp_path / "out" / "train" / "filelist.txt").read_text().split()) == 8
