@@ -157,6 +157,15 @@ class GPT(nn.Module):
     def get_block_size(self) -> int:
         return self.block_size
 
+    def optim_groups(self, weight_decay: float = 0.01) -> list[dict]:
+        """Parameter groups for AdamW as the original trains: weight decay on Linear
+        weights only; none on biases, LayerNorm, embeddings and pos_emb."""
+        decay = [m.weight for m in self.modules() if isinstance(m, nn.Linear)]
+        decay_ids = {id(p) for p in decay}
+        no_decay = [p for p in self.parameters() if id(p) not in decay_ids]
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty key/value cache on this model's device and dtype."""
         return KVCache(self.config, batch_size, max_len or self.block_size,

@@ -130,6 +130,22 @@ class Net2NetTransformer(nn.Module):
                    pkeep=params.get("pkeep", 1.0), sos_token=params.get("sos_token", 0),
                    unconditional=unconditional)
 
+    @classmethod
+    def for_tokens(cls, *, z_vocab: int, z_length: int, c_vocab: int = 0, c_length: int = 1,
+                   n_layer: int = 12, n_head: int = 8, n_embd: int = 256, embd_pdrop: float = 0.0,
+                   resid_pdrop: float = 0.0, attn_pdrop: float = 0.0, **kwargs) -> "Net2NetTransformer":
+        """A token-level model (no VQGAN attached) sized from token counts: z_length
+        image tokens from a z_vocab codebook after c_length condition tokens from a
+        c_vocab one (1 SOS token if unconditional). The shared vocabulary also covers
+        sos_token and null_token. kwargs: the constructor's (cond_stage_key, pkeep,
+        permuter, unconditional, cond_dropout, null_token, ...)."""
+        specials = [kwargs.get("sos_token", 0), kwargs.get("null_token")]
+        vocab = max([z_vocab, c_vocab] + [t + 1 for t in specials if t is not None])
+        config = GPTConfig(vocab_size=vocab, block_size=c_length + z_length, n_layer=n_layer,
+                           n_head=n_head, n_embd=n_embd, embd_pdrop=embd_pdrop,
+                           resid_pdrop=resid_pdrop, attn_pdrop=attn_pdrop)
+        return cls(GPT(config), **kwargs)
+
     def train(self, mode: bool = True) -> "Net2NetTransformer":
         super().train(mode)
         for stage in (self.first_stage_model, self.cond_stage_model):
@@ -258,7 +274,10 @@ class Net2NetTransformer(nn.Module):
         become one-hot (B, n_labels, H, W), the input of a VQ segmentation model."""
         cond_stage = self._require("cond_stage_model")
         if self.cond_stage_key == "segmentation" and not c.is_floating_point():
-            n_labels = cond_stage.encoder.conv_in.in_channels
+            n_labels = getattr(cond_stage, "n_labels", None)
+            if n_labels is None:
+                raise ValueError("integer segmentation labels need a cond stage with n_labels "
+                                 "(a VQSegmentationModel); pass one-hot maps otherwise")
             c = F.one_hot(c.long(), n_labels).permute(0, 3, 1, 2).float()
         if self.downsample_cond_size > -1:
             c = F.interpolate(c, size=(self.downsample_cond_size, self.downsample_cond_size))

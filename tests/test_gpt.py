@@ -100,3 +100,15 @@ def test_config_errors_name_the_field():
         GPTConfig(vocab_size=10, block_size=8, n_embd=30, n_head=4)
     with pytest.raises(ValueError, match="vocab_size"):
         GPTConfig(vocab_size=0, block_size=8)
+
+
+def test_optim_groups_decay_linear_weights_only():
+    gpt = tiny_gpt(n_layer=1)
+    decay, no_decay = gpt.optim_groups(0.1)
+    names = {id(p): n for n, p in gpt.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == sorted(
+        ["head.weight", "blocks.0.mlp.0.weight", "blocks.0.mlp.2.weight"]
+        + [f"blocks.0.attn.{m}.weight" for m in ("key", "query", "value", "proj")])
+    assert "pos_emb" in {names[id(p)] for p in no_decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(gpt.parameters()))
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
