@@ -1,0 +1,175 @@
+"""tokenize + train-transformer on a tiny real dataset with tiny VQGANs trained by the stage."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from models.pretrained import load_with_report
+from scene_data import make_scene_data
+from tasks import tokenize, train_transformer
+from tasks.config import build
+from tasks.lit_transformer import LitTransformer, decay_groups, warmup_cosine
+from tasks.tokens import TokenDataset, list_parts, read_meta
+from tasks.train_vqgan import config_for
+from tasks.training import sha256_file
+
+REPO = Path(__file__).resolve().parents[1]
+VQ = {"size": 32, "n_embed": 32, "embed_dim": 8, "batch_size": 4, "max_steps": 2, "val_every": 2, "ckpt_every": 2,
+      "ddconfig": {"z_channels": 8, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1},
+      "loss": {"perceptual_weight": 0.0, "disc_start": 100, "disc_ndf": 8}}
+GPT = {"n_layer": 1, "n_head": 2, "n_embd": 32, "batch_size": 4, "max_steps": 4, "val_every": 2, "ckpt_every": 2,
+       "warmup_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def vqgans(tmp_path_factory):
+    """A scene dataset with image and depth VQGANs trained (2 steps) by the stage itself."""
+    root = make_scene_data(tmp_path_factory.mktemp("tokens"), n_train=3, n_val=1, classes=2)
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        from tasks.train_vqgan import run
+        for name in ("image", "depth"):
+            run(config_for({"vqgan": {name: VQ}}, name))
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def repo(vqgans, tmp_path, monkeypatch):
+    """A private copy (tokenize/train write into data/)."""
+    shutil.copytree(vqgans, tmp_path / "repo")
+    monkeypatch.chdir(tmp_path / "repo")
+    return tmp_path / "repo"
+
+
+def _tokenize(**kw):
+    return build(tokenize.TokenizeConfig, {"rows_per_part": 2, "batch_size": 4, **kw}, "tokenize")
+
+
+def test_tokenize_shards_resume_and_record_sources(repo):
+    cfg = _tokenize(extra_crops=1)
+    first = tokenize.run(cfg, splits=("train",), shard=1, num_shards=2)
+    assert [p.name for p in list_parts("data/tokens/train")] == ["part-00001.parquet"]  # parts 1, 3, ... of 0..2
+    second = tokenize.run(cfg, splits=("train",), shard=0, num_shards=2)
+    assert (first["train"]["written"], second["train"]["written"]) == (1, 2)  # 6 images, 2 per part
+    assert tokenize.run(cfg, splits=("train",))["train"]["written"] == 0  # all parts done: nothing redone
+    Path("data/tokens/train/part-00002.parquet").unlink()
+    assert tokenize.run(cfg, splits=("train",))["train"]["written"] == 1
+
+    ds = TokenDataset("data/tokens/train")
+    assert len(ds) == 6 * 3  # centre crop, its mirror, one extra crop
+    assert ds.meta.image.sha256 == sha256_file("data/vqgan/image/checkpoints/last.ckpt")
+    assert ds.meta.cond.sha256 == sha256_file("data/vqgan/depth/checkpoints/last.ckpt")
+    assert (ds.meta.image.grid, ds.meta.cond.kind, ds.meta.size) == ((8, 8), "depth", 32)
+    assert sorted(set(ds.class_label.tolist())) == [0, 1]
+
+    # the tokens are exactly what the frozen VQGANs give for the centre crop and its mirror
+    from models.pretrained import load_pretrained
+    from tasks.datasets import ImageNetDataset
+    sample = ImageNetDataset("data/imagenet", "train", size=32, depth_root="data/depth")[0]
+    image_vq, depth_vq = load_pretrained("data/vqgan/image"), load_pretrained("data/vqgan/depth")
+    rows = {a: i for i, a in enumerate(ds.aug) if ds.ids[i] == sample["relpath"]}
+    with torch.no_grad():
+        for aug, flip in ((0, lambda x: x), (1, lambda x: torch.flip(x, [-1]))):
+            assert image_vq.encode(flip(sample["image"])[None])[2][0].tolist() == ds.image_tokens[rows[aug]].tolist()
+            assert depth_vq.encode(flip(sample["depth"])[None])[2][0].tolist() == ds.cond_tokens[rows[aug]].tolist()
+
+
+def test_class_and_unconditional_tokens(repo):
+    tokenize.run(_tokenize(cond="class", hflip=False), splits=("validation",))
+    ds = TokenDataset("data/tokens/validation")
+    assert (ds.meta.cond.kind, ds.meta.cond.vocab_size, ds.meta.cond.sha256) == ("class", 2, None)
+    np.testing.assert_array_equal(ds.cond_tokens[:, 0], ds.class_label)
+    shutil.rmtree("data/tokens")
+    tokenize.run(_tokenize(cond="none"), splits=("validation",))
+    assert read_meta(list_parts("data/tokens/validation")[0]).cond.kind == "none"
+
+
+TRAIN_AND_CHECK = """
+import sys
+from tasks.config import build
+from tasks.train_transformer import TransformerConfig, run
+run(build(TransformerConfig, {gpt!r}, "transformer"))
+loaded = sorted(m for m in sys.modules if m in ("models.vqgan", "models.modules", "models.pretrained", "models.lpips"))
+assert not loaded, f"train-transformer imported VQGAN code: {{loaded}}"
+print("NO-VQGAN-OK")
+"""
+
+
+def test_trains_from_parquet_only_and_loads_like_an_official_checkpoint(repo):
+    tokenize.run(_tokenize())
+    done = subprocess.run([sys.executable, "-c", TRAIN_AND_CHECK.format(gpt=GPT)], cwd=repo, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0 and "NO-VQGAN-OK" in done.stdout, done.stderr[-3000:]
+
+    ckpt = torch.load("data/transformer/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 4
+    project = yaml.safe_load(Path("data/transformer/configs/transformer-project.yaml").read_text())["model"]
+    assert project["target"] == "taming.models.cond_transformer.Net2NetTransformer"
+    assert project["params"]["first_stage_config"]["params"]["ckpt_path"] == "data/vqgan/image/checkpoints/last.ckpt"
+    assert project["params"]["transformer_config"]["params"]["block_size"] == 64 + 64
+
+    model, report = load_with_report("data/transformer")
+    assert (report.missing, report.unexpected) == ([], [])
+    vq = torch.load("data/vqgan/depth/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    torch.testing.assert_close(model.cond_stage_model.encoder.conv_in.weight, vq["encoder.conv_in.weight"])
+    assert Path("data/transformer/dvclive/metrics.json").is_file()
+
+
+def test_tokens_from_other_vqgan_weights_are_refused(repo, capsys):
+    tokenize.run(_tokenize(), splits=("train",))
+    ckpt_path = Path("data/vqgan/image/checkpoints/last.ckpt")
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["state_dict"]["quantize.embedding.weight"] += 1  # "retrained" without re-tokenizing
+    torch.save(ckpt, ckpt_path)
+    Path("params.yaml").write_text(yaml.safe_dump({"transformer": GPT}))
+    from tasks.cli import main
+    assert main(["train-transformer"]) == 1
+    err = capsys.readouterr().err
+    assert "image tokens were made by a VQGAN checkpoint with SHA-256" in err
+    assert "rerun `taming tokenize`" in err and not Path("data/transformer/checkpoints").exists()
+
+
+def test_loss_decreases_on_a_repeated_batch():
+    torch.manual_seed(0)
+    module = LitTransformer(gpt={"vocab_size": 16, "block_size": 12, "n_layer": 1, "n_head": 2, "n_embd": 32},
+                            unconditional=False, pkeep=1.0, cond_dropout=0.0, null_token=None, learning_rate=3e-3,
+                            weight_decay=0.01, betas=(0.9, 0.95), warmup_steps=2, max_steps=40, min_lr_ratio=0.1,
+                            stage_checkpoints={})
+    batch = {"image_tokens": torch.randint(0, 16, (4, 8)), "cond_tokens": torch.randint(0, 16, (4, 4))}
+    module.eval()
+    before = module._loss(batch).item()
+    L.Trainer(accelerator="cpu", max_steps=40, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(module, torch.utils.data.DataLoader([batch] * 40, batch_size=None))
+    module.eval()
+    assert module._loss(batch).item() < 0.5 * before
+
+
+def test_label_dropout_adds_a_null_token_to_the_vocabulary():
+    from tasks.tokens import Codes, TokenMeta
+    meta = TokenMeta(image=Codes("image", 16, (2, 2)), cond=Codes("class", 16, (1, 1)), size=8)
+    assert train_transformer.Vocabulary.of(meta, 0.0) == train_transformer.Vocabulary(16, 5, None)
+    assert train_transformer.Vocabulary.of(meta, 0.1) == train_transformer.Vocabulary(17, 5, 16)
+
+
+def test_decay_split_and_schedule():
+    from models.gpt import GPT as MinGPT, GPTConfig
+    gpt = MinGPT(GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=8))
+    decay, no_decay = decay_groups(gpt, 0.01)
+    names = {id(p): n for n, p in gpt.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert decayed == {n for n, m in gpt.named_modules() if isinstance(m, torch.nn.Linear) for n in [n + ".weight"]}
+    assert {"tok_emb.weight", "pos_emb", "ln_f.weight", "ln_f.bias"} <= {names[id(p)] for p in no_decay["params"]}
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(gpt.parameters()))
+    assert no_decay["weight_decay"] == 0.0
+    factors = [warmup_cosine(s, 10, 110, 0.1) for s in (0, 9, 10, 60, 110, 200)]
+    assert factors == pytest.approx([0.1, 1.0, 1.0, 0.55, 0.1, 0.1])
