@@ -48,6 +48,11 @@ def write_tar(path: str | Path, members: Iterable[tuple[str, bytes]]) -> None:
                 add_bytes(tar, name, data)
 
 
+def is_plain_name(name: str) -> bool:
+    """A single path component that cannot escape its folder or hide (no '/', '..', leading dot)."""
+    return bool(_SAFE_NAME.fullmatch(name))
+
+
 def path_problem(name: str) -> str | None:
     """Why a member name is unsafe, or None. Checked before anything else about a member."""
     if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[\\/]", name):
@@ -74,6 +79,6 @@ def member_problem(member: tarfile.TarInfo) -> str | None:
         return "directory"
     if not member.isreg():
         return "not a regular file"
-    if not _SAFE_NAME.fullmatch(member.name):
+    if not is_plain_name(member.name):
         return "not a plain file name"
     return None

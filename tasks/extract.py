@@ -46,7 +46,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from tasks.acquire import TRAIN_TAR, VAL_SYNSETS, VAL_TAR
-from tasks.archives import member_problem
+from tasks.archives import is_plain_name, member_problem
 from tasks.config import check, from_params
 from tasks.io import write_json, write_text
 
@@ -157,6 +157,20 @@ def _done(split_dir: Path, synset: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _extract_synset(outer: tarfile.TarFile, member: tarfile.TarInfo, split_dir: Path, synset: str) -> dict:
+    part = _Synset(split_dir, synset)
+    try:
+        with tarfile.open(fileobj=outer.extractfile(member), mode="r|") as inner:
+            for m in inner:
+                problem = member_problem(m)
+                part.add(m.name, None if problem else inner.extractfile(m).read(), problem,
+                         f"{TRAIN_TAR}/{member.name}")
+    except tarfile.TarError:
+        shutil.rmtree(part.tmp)
+        raise
+    return part.finish()
+
+
 def _extract_train(archive: Path, split_dir: Path, selected: set[str], known: set[str]) -> tuple[list, list, int]:
     """Returns (synset manifests, outer-level rejections, skipped member count)."""
     manifests, rejected, skipped = [], [], 0
@@ -169,27 +183,15 @@ def _extract_train(archive: Path, split_dir: Path, selected: set[str], known: se
             if problem:
                 rejected.append({"archive": TRAIN_TAR, "member": member.name, "synset": None, "reason": problem})
                 continue
-            manifest = _done(split_dir, synset) if synset in selected else None
-            if manifest is None:
-                part = None if synset not in selected else _Synset(split_dir, synset)
-                try:
-                    if part is None:
-                        with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
-                            skipped += len(inner.getmembers())     # headers only: counted, not read
-                        continue
-                    with tarfile.open(fileobj=outer.extractfile(member), mode="r|") as inner:
-                        for m in inner:
-                            problem = member_problem(m)
-                            data = None if problem else inner.extractfile(m).read()
-                            part.add(m.name, data, problem, f"{TRAIN_TAR}/{member.name}")
-                except tarfile.TarError as e:
-                    if part is not None:
-                        shutil.rmtree(part.tmp)
-                    rejected.append({"archive": TRAIN_TAR, "member": member.name, "synset": synset,
-                                     "reason": f"corrupt synset tar: {e}"})
+            try:
+                if synset not in selected:
+                    with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
+                        skipped += len(inner.getmembers())     # headers only: counted, not read
                     continue
-                manifest = part.finish()
-            manifests.append(manifest)
+                manifests.append(_done(split_dir, synset) or _extract_synset(outer, member, split_dir, synset))
+            except tarfile.TarError as e:
+                rejected.append({"archive": TRAIN_TAR, "member": member.name, "synset": synset,
+                                 "reason": f"corrupt synset tar: {e}"})
     return manifests, rejected, skipped
 
 
@@ -228,7 +230,9 @@ def _extract_validation(archive: Path, listing: Path, split_dir: Path, selected:
                 continue
             if synset in done:
                 continue
-            part = parts.get(synset) or parts.setdefault(synset, _Synset(split_dir, synset, expected[synset]))
+            if synset not in parts:
+                parts[synset] = _Synset(split_dir, synset, expected[synset])
+            part = parts[synset]
             part.add(member.name, tar.extractfile(member).read(), None, VAL_TAR)
             if part.complete:      # every listed file seen: finish now, so a rerun can skip it
                 done[synset] = part.finish()
@@ -308,6 +312,9 @@ def run(cfg: ExtractConfig, raw_dir: str | Path = "data/raw", out_dir: str | Pat
             raise ExtractError(f"{raw / name}: not found (run `taming acquire` first)")
     synsets = json.loads((raw / "synsets.json").read_text())
     known = set(synsets)
+    for synset in known:            # synsets name folders: plain names only
+        if not is_plain_name(synset):
+            raise ExtractError(f"{raw / 'synsets.json'}: synset {synset!r} is not a plain folder name")
     if cfg.sub_indices:
         wanted = set(str_to_indices(cfg.sub_indices))
         selected = {s for s, v in synsets.items() if v["index"] in wanted}

@@ -308,3 +308,11 @@ def test_rerun_over_old_output_equals_a_fresh_run_when_inputs_or_selection_chang
     extract.run(ExtractConfig(), raw2, fresh / "b", fresh / "b.json")
     assert tree(tmp_path / "out") == tree(fresh / "b")
     assert len((tmp_path / "out" / "train" / "filelist.txt").read_text().split()) == 8
+
+
+def test_synset_names_from_the_lists_cannot_escape_the_target(tmp_path):
+    raw = good_raw(tmp_path / "raw")
+    (raw / "synsets.json").write_text(json.dumps({"../../escape": {"index": 0, "human": "x"}}))
+    with pytest.raises(ExtractError, match="'../../escape' is not a plain folder name"):
+        run(tmp_path, raw)
+    assert not (tmp_path / "escape").exists() and not (tmp_path.parent / "escape").exists()
