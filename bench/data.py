@@ -5,7 +5,7 @@
    original project's plain ``tarfile.extractall`` of the outer and inner tars (no checks),
    on the demo archives and on ImageNet-sized (500x375) JPEGs.
 
-    .venv/bin/python bench/data.py [--resolution 64] [--per-class 300] [--workers 2]
+    .venv/bin/python bench/data.py [--resolution 64] [--per-class 100] [--workers 2]
 """
 from __future__ import annotations
 
@@ -71,8 +71,8 @@ def compare_extraction(label: str, raw: Path, work: Path, n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--per-class", type=int, default=300, help="training images per class (10 classes)")
-    parser.add_argument("--imagenet-per-class", type=int, default=40)
+    parser.add_argument("--per-class", type=int, default=100, help="training images per class (10 classes)")
+    parser.add_argument("--imagenet-per-class", type=int, default=20)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="acquire's render processes")
     args = parser.parse_args()
 
