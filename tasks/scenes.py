@@ -141,7 +141,8 @@ def sample_scene(rng: np.random.Generator, kind: int, n_kinds: int, n_distractor
     objects = [main]
     others = [k for k in range(n_kinds) if k != kind] or [kind]
     for _ in range(n_distractors):
-        # Behind the main object (never occluding it), spread across the view.
+        # Further back than the main object, so it stays in front; spread across the view and
+        # apart from each other (after 20 tries, overlapping solids simply render as their union).
         for _attempt in range(20):
             dz = rng.uniform(3.0, 12.0)
             x = rng.uniform(-0.9, 0.9) * (z + dz) * half_view

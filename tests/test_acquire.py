@@ -49,7 +49,7 @@ def test_demo_writes_ilsvrc_style_archives_with_matching_ground_truth(tmp_path):
     assert sorted(s for _, s in listing) == sorted(list(synsets) * 2)
     stems = {p.stem for p in (raw / "groundtruth/depth").iterdir()}
     assert stems == {p.stem for p in (raw / "groundtruth/segmentation").iterdir()}
-    assert len(stems) == 18 and f"ILSVRC2012_val_00000006" in stems
+    assert len(stems) == 18 and "ILSVRC2012_val_00000006" in stems
 
 
 def test_demo_is_deterministic_for_any_number_of_workers_and_the_seed_matters(tmp_path):
