@@ -13,6 +13,7 @@ import argparse
 import io
 import json
 import os
+import resource
 import tarfile
 import tempfile
 import time
@@ -24,10 +25,21 @@ from tasks import acquire, extract, scenes
 from tasks.archives import tar_bytes, write_tar
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the render workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds): on a shared machine the CPU figure is the steadier one."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
     fn()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, cpu_seconds() - cpu
+
+
+def rate(n: int, t: tuple[float, float]) -> str:
+    return f"{n / t[0]:6.0f} images/s ({n / t[1]:5.0f} per CPU-second)"
 
 
 def extractall_baseline(raw: Path, out: Path) -> None:
@@ -63,8 +75,8 @@ def imagenet_sized(raw: Path, classes: int, per_class: int) -> int:
 def compare_extraction(label: str, raw: Path, work: Path, n: int) -> None:
     ours = timed(lambda: extract.run(extract.ExtractConfig(), raw, work / f"{label}-ours", work / f"{label}.json"))
     base = timed(lambda: extractall_baseline(raw, work / f"{label}-extractall"))
-    print(f"extract ({label}): {n / ours:6.0f} images/s safe + verified   "
-          f"{n / base:6.0f} images/s plain extractall   time ratio ours/baseline {ours / base:5.2f}")
+    print(f"extract ({label}, {n} images): safe + verified {rate(n, ours)}   plain extractall {rate(n, base)}"
+          f"   CPU time ours/baseline {ours[1] / base[1]:4.2f}")
 
 
 def main() -> None:
@@ -82,8 +94,8 @@ def main() -> None:
         render = timed(lambda: [scenes.render(scenes.scene_for(0, 0, i % 10, i), args.resolution)
                                 for i in range(500)])
         full = timed(lambda: acquire.acquire_demo(demo, work / "raw", args.workers))
-        print(f"generation ({args.resolution}px, {n} images): render only {500 / render:6.0f} images/s   "
-              f"full acquire ({args.workers} workers) {n / full:6.0f} images/s ({full:.1f} s)")
+        print(f"generation ({args.resolution}px): render only {rate(500, render)}   full acquire of {n} images "
+              f"with {args.workers} workers {rate(n, full)}, {full[0]:.1f} s")
         compare_extraction(f"demo {args.resolution}px", work / "raw", work, n)
         n = imagenet_sized(work / "raw500", 10, args.imagenet_per_class)
         compare_extraction("500x375 JPEG", work / "raw500", work, n)
