@@ -1,0 +1,118 @@
+"""Stage `evaluate`: torch-fidelity distances named honestly, reconstruction metrics and
+codebook usage, on tiny real data with the official-format image VQGAN."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+from tasks.evaluate import (EvaluateConfig, SeededInceptionV3, codebook_usage, distances, frechet_distance,
+                            inception, psnr_ssim, run)
+from test_sample import make_validation_data
+
+DEPTH_DDCONFIG = dict(double_z=False, z_channels=8, resolution=32, in_channels=1, out_ch=1, ch=32,
+                      ch_mult=[1, 1, 1], num_res_blocks=1, attn_resolutions=[], dropout=0.0)
+
+
+def make_depth_vqgan(folder):
+    """A random-weight 1-channel VQGAN saved in the run-folder layout (checkpoint + project YAML)."""
+    from models.vqgan import VQModel
+
+    torch.manual_seed(0)
+    model = VQModel(DEPTH_DDCONFIG, n_embed=16, embed_dim=4)
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "configs").mkdir()
+    torch.save({"state_dict": model.state_dict(), "global_step": 0}, folder / "checkpoints" / "last.ckpt")
+    config = {"model": {"target": "taming.models.vqgan.VQModel",
+                        "params": {"ddconfig": DEPTH_DDCONFIG, "n_embed": 16, "embed_dim": 4}}}
+    (folder / "configs" / "depth-project.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, shared_reference):
+    """evaluate on 4 validation images, with those very images (resized) as the 'samples'."""
+    root = tmp_path_factory.mktemp("evaluate")
+    data = make_validation_data(root / "data", classes=2, per_class=2, size=32)
+    samples = root / "samples"
+    samples.mkdir()
+    for i, rel in enumerate(sorted((data / "imagenet" / "validation").glob("*/*.JPEG"))):
+        Image.open(rel).convert("RGB").crop((4, 0, 36, 32)).save(samples / f"{i:05d}.png")
+    vqgans = {"image": f"{shared_reference}/taming_small/vqgan_image", "depth": make_depth_vqgan(root / "depth_vq")}
+    cfg = EvaluateConfig(batch_size=4, kid_subsets=5)
+    summary = run(cfg, samples, data, vqgans, root / "metrics")
+    return root, summary
+
+
+def test_offline_distances_are_never_called_fid(evaluated):
+    root, summary = evaluated
+    files = {name: json.loads((root / "metrics" / f"{name}.json").read_text())
+             for name in ("samples", "reconstruction", "codebook")}
+    assert files["samples"] == summary["samples"]
+    text = json.dumps(files)
+    assert '"fid"' not in text and '"rfid"' not in text and '"kid_mean"' not in text
+    s = files["samples"]
+    assert s["comparable_to_published"] is False and "random init" in s["feature_extractor"]
+    assert s["num_samples"] == s["num_reference"] == 4
+    # the 'samples' are the reference images: their distance is ~0, the reconstructions' is not
+    rfd = files["reconstruction"]["image"]["rfd_random_inception"]
+    assert abs(s["fd_random_inception"]) < 1e-3 * rfd and rfd > 0
+
+
+def test_reconstruction_and_codebook(evaluated):
+    _, summary = evaluated
+    for name in ("image", "depth"):
+        r = summary["reconstruction"][name]
+        assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["images"] == 4
+        c = summary["codebook"][name]
+        assert c["tokens"] == 4 * 8 * 8                 # every image's 8x8 token grid counted
+        assert 1 <= c["codes_used"] <= c["codebook_size"] and c["usage"] == c["codes_used"] / c["codebook_size"]
+        assert 1 <= c["perplexity"] <= c["codes_used"] + 1e-9
+    assert summary["codebook"]["image"]["codebook_size"] == 64 and summary["codebook"]["depth"]["codebook_size"] == 16
+
+
+@pytest.mark.parametrize("n", [5, 20])
+def test_frechet_distance_is_torch_fidelitys(n):
+    """Fewer images than feature dimensions: the low-rank route gives torch-fidelity's number."""
+    g = torch.Generator().manual_seed(n)
+    a = torch.randn(n, 64, generator=g, dtype=torch.float64)
+    b = torch.randn(n + 3, 64, generator=g, dtype=torch.float64) * 1.5 + 0.3
+    reference = fid_statistics_to_metric(fid_features_to_statistics(a), fid_features_to_statistics(b), False)
+    assert frechet_distance(a, b) == pytest.approx(reference["frechet_inception_distance"], rel=1e-6)
+
+
+def test_pretrained_distances_are_fid_and_kid():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(20, 8, generator=g, dtype=torch.float64), torch.randn(20, 8, generator=g, dtype=torch.float64) + 1
+    m = distances(a, b, True, EvaluateConfig(kid_subsets=3, kid_subset_size=10))
+    assert set(m) == {"fid", "kid_mean", "kid_std", "kid_subset_size"} and m["fid"] > 1
+    assert set(distances(a, b, False, EvaluateConfig(kid_subsets=3), prefix="r")) == \
+        {"rfd_random_inception", "rkd_random_inception_mean", "rkd_random_inception_std", "kid_subset_size"}
+
+
+def test_random_inception_is_fixed_and_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("TAMING_WEIGHTS_DIR", str(tmp_path))   # an empty cache: the resolver must give up
+    monkeypatch.delenv("TAMING_WEIGHTS_S3", raising=False)
+    net, pretrained = inception()
+    assert not pretrained and isinstance(net, SeededInceptionV3)
+    again = SeededInceptionV3("x", ["2048"])
+    for (k, v), (_, w) in zip(net.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(v, w), k
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    features = net(x)[0]
+    assert features.shape == (2, 2048) and features.std() > 1e-3    # He init keeps the signal alive
+
+
+def test_psnr_ssim_and_usage_values():
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    psnr, ssim = psnr_ssim(x, x)
+    assert torch.allclose(ssim, torch.ones(2)) and (psnr > 90).all()
+    psnr, _ = psnr_ssim(torch.zeros(1, 1, 8, 8), torch.full((1, 1, 8, 8), 1.0))   # 0.5 apart in [0, 1]
+    assert math.isclose(psnr.item(), 10 * math.log10(4), rel_tol=1e-5)
+    u = codebook_usage(torch.tensor([5, 5, 0, 0]))
+    assert u == {"codebook_size": 4, "codes_used": 2, "usage": 0.5, "perplexity": pytest.approx(2.0), "tokens": 10}
