@@ -157,11 +157,12 @@ class Net2NetTransformer(nn.Module):
 
     def _check_tokens(self, name: str, tokens: torch.Tensor) -> None:
         vocab = self.transformer.config.vocab_size
-        if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        if tokens.dim() != 2 or tokens.is_floating_point() or tokens.dtype == torch.bool:
             raise ValueError(f"{name} must be integer tokens shaped (B, n), got {tokens.dtype} {tuple(tokens.shape)}")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab):
-            raise ValueError(f"{name} has tokens outside the transformer vocabulary [0, {vocab}): "
-                             f"{tokens.min().item()}..{tokens.max().item()}")
+        if tokens.numel():
+            low, high = torch.stack(torch.aminmax(tokens.long())).tolist()  # one device sync
+            if low < 0 or high >= vocab:
+                raise ValueError(f"{name} has tokens outside the transformer vocabulary [0, {vocab}): {low}..{high}")
 
     def _condition(self, c_indices: torch.Tensor | None, batch_size: int, device) -> torch.Tensor:
         """The condition tokens (B, n_c); the SOS token for an unconditional model."""
