@@ -47,3 +47,18 @@ push: install
 
 pull: install
 	$(BIN)/dvc pull --run-cache
+
+# Prefect orchestration (README, "Orchestration with Prefect"): a local server
+# whose SQLite database lives in .prefect/, and the process that serves the
+# deployments. Then, in a shell with the same two variables exported:
+#   prefect deployment run train-drin/train-drin
+PREFECT_PORT ?= 4200
+PREFECT_ENV  := PREFECT_HOME=$(CURDIR)/.prefect PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+                PREFECT_SERVER_ANALYTICS_ENABLED=false
+.PHONY: prefect-server prefect-serve
+
+prefect-server: install
+	$(PREFECT_ENV) $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+prefect-serve: install
+	$(PREFECT_ENV) $(BIN)/python -m flows.deployments --repo $(CURDIR)

@@ -165,34 +165,45 @@ def repro_stage(repo: Path, stage: str) -> None:
 
 @task(task_run_name="dvc pull")
 def pull(repo: Path) -> None:
-    """Fetch what the remote already holds; outputs it lacks are simply computed."""
-    stream([*DVC, "pull", "--allow-missing"], repo, "dvc pull")
+    """Fetch what the remote already holds; outputs it lacks are simply computed.
+    The run-cache comes too, so stages someone else already ran are checked out."""
+    stream([*DVC, "pull", "--run-cache", "--allow-missing"], repo, "dvc pull")
 
 
 @task(task_run_name="dvc push")
 def push(repo: Path) -> None:
-    stream([*DVC, "push"], repo, "dvc push")
+    stream([*DVC, "push", "--run-cache"], repo, "dvc push")
 
 
 def has_remote(repo: Path) -> bool:
     return bool(dvc_output(repo, "remote", "list").strip())
 
 
+def pull_if_remote(repo: Path, enabled: bool) -> bool:
+    """``dvc pull`` when a remote is configured; True if the run should push at the end.
+    A remote that cannot be reached (offline, no credentials) is a warning, not an
+    error: DVC computes what it could not fetch, and the run keeps its results local."""
+    logger = get_run_logger()
+    if not enabled or not has_remote(repo):
+        logger.info("no DVC remote sync: %s", "disabled (sync_remote=false)" if not enabled else "no remote configured")
+        return False
+    if pull(repo, return_state=True).is_failed():
+        logger.warning("dvc pull failed (see its log above); continuing without the remote: stages compute "
+                       "what is missing and nothing is pushed (`make push` later, or sync_remote=false)")
+        return False
+    return True
+
+
 def reproduce(repo: Path, targets: Iterable[str] | None, *, sync_remote: bool, retries: int,
               retry_delay_seconds: float) -> list[str]:
     """Pull (if a remote is configured), run the stages of ``targets`` (all stages when
     None) one task each in dependency order, push. Returns the stages run."""
-    logger = get_run_logger()
     opts = retry_options(retries, retry_delay_seconds)
-    remote = sync_remote and has_remote(repo)
-    if remote:
-        pull.with_options(**opts)(repo)
+    pushing = pull_if_remote(repo, sync_remote)
     stages = stage_order(repo, targets)
-    logger.info("%d stages, in order: %s", len(stages), ", ".join(stages))
+    get_run_logger().info("%d stages, in order: %s", len(stages), ", ".join(stages))
     for stage in stages:
         repro_stage.with_options(**opts)(repo, stage)
-    if remote:
+    if pushing:
         push.with_options(**opts)(repo)
-    else:
-        logger.info("no DVC remote configured%s: nothing pushed", "" if sync_remote else " (sync disabled)")
     return stages

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.dvc_tasks import (DVC, dvc_output, has_remote, pull, push, repro_stage, resolve_repo, retry_options,
+from flows.dvc_tasks import (DVC, dvc_output, pull_if_remote, push, repro_stage, resolve_repo, retry_options,
                              stage_matches, stage_order, stream)
 
 DEPTH_STAGE = "depth"
@@ -49,9 +49,7 @@ def extract_depth(
     root = resolve_repo(repo)
     logger = get_run_logger()
     opts = retry_options(retries, retry_delay_seconds)
-    remote = sync_remote and has_remote(root)
-    if remote:
-        pull.with_options(**opts)(root)
+    pushing = pull_if_remote(root, sync_remote)
     order = stage_order(root, [stage])
     sharded = [s for s in order if stage_matches(s, stage)]
     for upstream in (s for s in order if s not in sharded):
@@ -67,7 +65,7 @@ def extract_depth(
         for future in futures:
             future.result()  # raises the first failed shard's error
         commit_stage.with_options(**opts)(root, name)
-    if remote:
+    if pushing:
         push.with_options(**opts)(root)
     return sharded
 
