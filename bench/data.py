@@ -72,10 +72,11 @@ def imagenet_sized(raw: Path, classes: int, per_class: int) -> int:
     return classes * per_class + 1
 
 
-def compare_extraction(label: str, raw: Path, work: Path, n: int) -> None:
-    ours = timed(lambda: extract.run(extract.ExtractConfig(), raw, work / f"{label}-ours", work / f"{label}.json"))
+def compare_extraction(label: str, raw: Path, work: Path, n: int, workers: int) -> None:
+    ours = timed(lambda: extract.run(extract.ExtractConfig(), raw, work / f"{label}-ours", work / f"{label}.json",
+                                     workers))
     base = timed(lambda: extractall_baseline(raw, work / f"{label}-extractall"))
-    print(f"extract ({label}, {n} images): safe + verified {rate(n, ours)}   plain extractall {rate(n, base)}"
+    print(f"extract ({label}, {n} images): safe + verified ({workers} workers) {rate(n, ours)}   plain extractall {rate(n, base)}"
           f"   CPU time ours/baseline {ours[1] / base[1]:4.2f}")
 
 
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     parser.add_argument("--per-class", type=int, default=100, help="training images per class (10 classes)")
     parser.add_argument("--imagenet-per-class", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="acquire's render processes")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes for acquire and extract")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,9 +97,9 @@ def main() -> None:
         full = timed(lambda: acquire.acquire_demo(demo, work / "raw", args.workers))
         print(f"generation ({args.resolution}px): render only {rate(500, render)}   full acquire of {n} images "
               f"with {args.workers} workers {rate(n, full)}, {full[0]:.1f} s")
-        compare_extraction(f"demo {args.resolution}px", work / "raw", work, n)
+        compare_extraction(f"demo {args.resolution}px", work / "raw", work, n, args.workers)
         n = imagenet_sized(work / "raw500", 10, args.imagenet_per_class)
-        compare_extraction("500x375 JPEG", work / "raw500", work, n)
+        compare_extraction("500x375 JPEG", work / "raw500", work, n, args.workers)
 
 
 if __name__ == "__main__":

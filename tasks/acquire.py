@@ -126,8 +126,8 @@ def _demo_image(job: tuple[DemoConfig, int, int, int, str, Path]) -> bytes:
 
 
 @contextlib.contextmanager
-def _mapper(workers: int) -> Iterator[Callable]:
-    """An order-preserving map: the builtin one, or over ``workers`` processes."""
+def ordered_map(workers: int) -> Iterator[Callable]:
+    """An order-preserving ``map``: the builtin one, or over ``workers`` processes (the same results)."""
     if workers <= 1:
         yield map
         return
@@ -144,7 +144,7 @@ def acquire_demo(cfg: DemoConfig, out: Path, workers: int = 1) -> dict:
     order = np.random.default_rng([cfg.seed, 1]).permutation(len(pairs))
     val = [(cfg, 1, *pairs[j], f"ILSVRC2012_val_{n + 1:08d}.JPEG", out) for n, j in enumerate(order)]
     jobs = train + val
-    with _mapper(workers) as map_:
+    with ordered_map(workers) as map_:
         images = zip((job[4] for job in jobs), tqdm(map_(_demo_image, jobs), total=len(jobs), desc="demo scenes",
                                                     unit="img"))
         by_synset = itertools.groupby(itertools.islice(images, len(train)), key=lambda m: m[0].split("_")[0])

@@ -27,6 +27,9 @@ are reused only while the inputs are unchanged (``.inputs.sha256``: a hash of ev
 tar member's header and of the synset lists), so with DVC's ``persist: true`` an
 interrupted ``dvc repro`` resumes, and new archives start over.
 
+Train synsets are independent units: ``--workers`` processes take them in parallel,
+with byte-identical results for any number of workers.
+
 ``sub_indices`` ("32-123, 256") restricts classes by their synsets.json index with
 the original's ``str_to_indices`` semantics (a range ``a-b`` excludes ``b``);
 members of other classes are counted as ``skipped``.
@@ -37,6 +40,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 from collections import Counter
@@ -45,7 +49,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tasks.acquire import TRAIN_TAR, VAL_SYNSETS, VAL_TAR
+from tasks.acquire import TRAIN_TAR, VAL_SYNSETS, VAL_TAR, ordered_map
 from tasks.archives import is_plain_name, member_problem
 from tasks.config import check, from_params
 from tasks.io import write_json, write_text
@@ -157,41 +161,62 @@ def _done(split_dir: Path, synset: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _extract_synset(outer: tarfile.TarFile, member: tarfile.TarInfo, split_dir: Path, synset: str) -> dict:
-    part = _Synset(split_dir, synset)
+def _extract_synset(job: tuple[Path, int, int, str, Path]) -> dict | str:
+    """Extract one synset tar (at ``offset``, ``size`` bytes into the outer tar): its manifest,
+    or why the synset tar is unreadable. Runs in a worker; reads the synset tar into memory."""
+    archive, offset, size, member_name, split_dir = job
+    with open(archive, "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    part = _Synset(split_dir, member_name[:-len(".tar")])
     try:
-        with tarfile.open(fileobj=outer.extractfile(member), mode="r|") as inner:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as inner:
             for m in inner:
                 problem = member_problem(m)
                 part.add(m.name, None if problem else inner.extractfile(m).read(), problem,
-                         f"{TRAIN_TAR}/{member.name}")
-    except tarfile.TarError:
+                         f"{TRAIN_TAR}/{member_name}")
+    except tarfile.TarError as e:
         shutil.rmtree(part.tmp)
-        raise
+        return f"corrupt synset tar: {e}"
     return part.finish()
 
 
-def _extract_train(archive: Path, split_dir: Path, selected: set[str], known: set[str]) -> tuple[list, list, int]:
+def _extract_train(archive: Path, split_dir: Path, selected: set[str], known: set[str],
+                   workers: int) -> tuple[list, list, int]:
     """Returns (synset manifests, outer-level rejections, skipped member count)."""
-    manifests, rejected, skipped = [], [], 0
-    with tarfile.open(archive, mode="r:") as outer:
-        for member in tqdm(outer, desc="train synsets", unit="synset"):
+    manifests, rejected, skipped, todo = [], [], 0, []
+    with tarfile.open(archive, mode="r:") as outer:     # headers only: seeks over the synset tars
+        seen = set()
+        for member in outer:
             problem = member_problem(member) or (None if member.name.endswith(".tar") else "not a synset .tar")
             synset = member.name[:-len(".tar")]
             if not problem and synset not in known:
                 problem = "synset not in synsets.json"
-            if problem:
-                rejected.append({"archive": TRAIN_TAR, "member": member.name, "synset": None, "reason": problem})
-                continue
-            try:
-                if synset not in selected:
+            if not problem and synset in seen:
+                problem = "duplicate name"
+            seen.add(synset)
+            if not problem and synset not in selected:
+                try:
                     with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
-                        skipped += len(inner.getmembers())     # headers only: counted, not read
+                        skipped += len(inner.getmembers())     # counted, not read
                     continue
-                manifests.append(_done(split_dir, synset) or _extract_synset(outer, member, split_dir, synset))
-            except tarfile.TarError as e:
-                rejected.append({"archive": TRAIN_TAR, "member": member.name, "synset": synset,
-                                 "reason": f"corrupt synset tar: {e}"})
+                except tarfile.TarError as e:
+                    problem = f"corrupt synset tar: {e}"
+            if problem:
+                rejected.append({"archive": TRAIN_TAR, "member": member.name,
+                                 "synset": synset if synset in known else None, "reason": problem})
+            elif done := _done(split_dir, synset):
+                manifests.append(done)
+            else:
+                todo.append((archive, member.offset_data, member.size, member.name, split_dir))
+    with ordered_map(workers) as map_:
+        results = tqdm(map_(_extract_synset, todo), total=len(todo), desc="train synsets", unit="synset")
+        for (*_, name, _), result in zip(todo, results):
+            if isinstance(result, str):
+                rejected.append({"archive": TRAIN_TAR, "member": name, "synset": name[:-len(".tar")],
+                                 "reason": result})
+            else:
+                manifests.append(result)
     return manifests, rejected, skipped
 
 
@@ -305,7 +330,9 @@ def _drop_unlisted(split_dir: Path, synsets: set[str]) -> None:
 
 
 def run(cfg: ExtractConfig, raw_dir: str | Path = "data/raw", out_dir: str | Path = "data/imagenet",
-        metrics_path: str | Path = "metrics/extract.json") -> dict:
+        metrics_path: str | Path = "metrics/extract.json", workers: int = 1) -> dict:
+    """Extract ``raw_dir``'s archives into ``out_dir``; ``workers`` processes take train synsets in
+    parallel (the output does not depend on their number)."""
     raw, out = Path(raw_dir), Path(out_dir)
     for name in (TRAIN_TAR, VAL_TAR, VAL_SYNSETS, "synsets.json"):
         if not (raw / name).is_file():
@@ -322,7 +349,7 @@ def run(cfg: ExtractConfig, raw_dir: str | Path = "data/raw", out_dir: str | Pat
         selected = known
     try:
         _start(out, _fingerprint(raw))
-        results = {"train": _extract_train(raw / TRAIN_TAR, out / "train", selected, known),
+        results = {"train": _extract_train(raw / TRAIN_TAR, out / "train", selected, known, workers),
                    "validation": _extract_validation(raw / VAL_TAR, raw / VAL_SYNSETS, out / "validation",
                                                      selected, known)}
     except tarfile.TarError as e:
@@ -349,6 +376,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", default="data/raw", help="acquire's output folder (default: %(default)s)")
     parser.add_argument("--out", default="data/imagenet", help="output folder (default: %(default)s)")
     parser.add_argument("--metrics", default="metrics/extract.json", help="counts file (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes extracting train synsets (default: all cores); the output does not depend on it")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -356,7 +385,7 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = from_params(ExtractConfig, args.params, "extract", args.overrides)
     try:
-        run(cfg, args.raw, args.out, args.metrics)
+        run(cfg, args.raw, args.out, args.metrics, args.workers)
     except ExtractError as e:
         print(f"taming extract: {e}", file=sys.stderr)
         return 1

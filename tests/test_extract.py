@@ -103,6 +103,9 @@ def test_good_archives_give_synset_trees_and_sorted_filelists(tmp_path):
     assert (out / "rejected.jsonl").read_text() == ""
     # No temp debris is left behind.
     assert not [p for p in out.rglob(".tmp-*")]
+    # Worker processes give the same bytes.
+    extract.run(ExtractConfig(), raw, tmp_path / "parallel", tmp_path / "parallel.json", workers=2)
+    assert tree(tmp_path / "parallel") == tree(out)
 
 
 def test_unsafe_members_are_refused_and_nothing_lands_outside_the_target(tmp_path):
@@ -182,17 +185,19 @@ def test_bad_images_are_rejected_or_kept_for_conversion_with_reconciling_counts(
            ("ILSVRC2012_val_00000009.JPEG", image_bytes(8))]                 # not in the synset list
     listing = [("ILSVRC2012_val_00000001.JPEG", SYNSETS[1]), ("ILSVRC2012_val_00000002.JPEG", SYNSETS[1]),
                ("ILSVRC2012_val_00000003.JPEG", SYNSETS[1])]                 # listed, not in the tar
-    outer_extra = [(f"{SYNSETS[2]}.tar", b"definitely not a tar archive" * 40)]
+    outer_extra = [(f"{SYNSETS[2]}.tar", b"definitely not a tar archive" * 40),
+                   (f"{s}.tar", tar_of([(f"{s}_again.JPEG", image_bytes(9))]))]      # a second tar for s
     raw = write_raw(tmp_path / "raw", {s: entries}, val, outer_extra, val_listing=listing)
     metrics = run(tmp_path, raw)
 
     reasons = {r["member"]: r["reason"] for r in rejected(tmp_path) if r["split"] == "train"}
     assert reasons.pop(f"{s}_trunc.JPEG").startswith("truncated or corrupt")
     assert reasons.pop(f"{SYNSETS[2]}.tar").startswith("corrupt synset tar")
+    assert reasons.pop(f"{s}.tar") == "duplicate name"
     assert reasons == {f"{s}_zero.JPEG": "zero-byte file", f"{s}_garbage.JPEG": "not an image",
                        f"{s}_good.JPEG": "duplicate name", f"{s}_notes.txt": "not a .JPEG name"}
     train = metrics["train"]
-    assert (train["members"], train["extracted"], train["rejected"]) == (10, 4, 6)
+    assert (train["members"], train["extracted"], train["rejected"]) == (11, 4, 7)
     assert train["converted"] == {"CMYK JPEG": 1, "L JPEG": 1, "PNG data under a .JPEG name": 1}
     # Kept files are byte-identical and read back as RGB.
     folder = tmp_path / "out" / "train" / s
