@@ -14,6 +14,11 @@ def expected(shared_reference):
     return torch.load(os.path.join(shared_reference, "midas_deeplab", "expected.pt"), weights_only=True)
 
 
+@pytest.fixture(scope="module")
+def small():
+    return fill_reference(midas.MidasNet_small())
+
+
 @pytest.mark.parametrize("name", ["midas_v21", "midas_v21_small"])
 def test_reference_layout_and_outputs(name, shared_reference, expected):
     model = midas.ARCHITECTURES[name]()
@@ -40,9 +45,9 @@ def test_net_input_size_is_the_hub_transform(hw, net_size, expected_size):
     assert midas.net_input_size(*hw, net_size) == expected_size
 
 
-def test_predict_batched_equals_one_by_one_and_has_image_size():
+def test_predict_batched_equals_one_by_one_and_has_image_size(small):
     torch.manual_seed(0)
-    model = fill_reference(midas.MidasNet_small())
+    model = small
     images = [torch.randint(0, 256, (3, 40, 44), dtype=torch.uint8) for _ in range(3)]
     batched = midas.predict(model, images)
     for im, d in zip(images, batched):
@@ -52,8 +57,8 @@ def test_predict_batched_equals_one_by_one_and_has_image_size():
         midas.predict(model, [images[0], torch.zeros(3, 40, 100, dtype=torch.uint8)])
 
 
-def test_load_midas_reads_a_weights_file_strictly(tmp_path):
-    model = fill_reference(midas.MidasNet_small())
+def test_load_midas_reads_a_weights_file_strictly(small, tmp_path):
+    model = small
     path = tmp_path / "small.pt"
     torch.save(model.state_dict(), path)
     loaded = midas.load_midas("midas_v21_small", path)
