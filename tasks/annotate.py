@@ -26,9 +26,6 @@ import numpy as np
 from tasks.config import check
 from tasks.formats import load_depth_png, load_label_png, save_depth_png, save_label_png
 
-KINDS = ("depth", "segmentation")
-
-
 @dataclass
 class AnnotateConfig:
     model: str
