@@ -10,42 +10,18 @@ Writes three metric files (``dvc metrics show`` reads them):
 - ``metrics/codebook.json``: per VQGAN, how many codebook entries the whole
   validation split uses, and the perplexity of their distribution.
 
-FID needs torch-fidelity's Inception weights (``models.weights.resolve
-("inception_fid")``). Offline the same network (torch-fidelity's
-FeatureExtractorInceptionV3) runs with fixed-seed random weights: the Fréchet
-distance is then still a consistent yardstick between runs of this project,
-but not comparable to any published FID, so it is named
-``fd_random_inception`` (and ``comparable_to_published: false``), never ``fid``.
-The distances are torch-fidelity's (``kid_features_to_metric``; the Fréchet
-distance as ``fid_statistics_to_metric``, exactly, see ``frechet_distance``), on
-features computed once per image set.
+Offline (no Inception weights) the Fréchet distance is reported as
+``fd_random_inception``, never ``fid``: see tasks/fidelity.py.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
-
-import numpy as np
-import torch
-from torch import nn
-from torch_fidelity import FeatureExtractorInceptionV3
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-from tqdm import tqdm
 
 from tasks.config import check, from_params
 from tasks.io import write_json
-
-log = logging.getLogger(__name__)
-
-FEATURE_LAYER = "2048"  # the pool3 features FID is defined on
-RANDOM_INCEPTION_SEED = 0
 
 
 @dataclass
@@ -64,138 +40,6 @@ class EvaluateConfig:
         check(self.kid_subset_size > 1, "evaluate.kid_subset_size", "must be > 1")
 
 
-class SeededInceptionV3(FeatureExtractorInceptionV3):
-    """torch-fidelity's InceptionV3 architecture with fixed-seed random weights.
-
-    The parent's constructor builds the layers and then loads a weights file;
-    we hand it an empty one and initialise instead (He-normal, so activations
-    keep their scale through the 40-odd layers and the features are not ~0).
-    """
-
-    def __init__(self, name: str, features_list: list[str], **kwargs):
-        empty = io.BytesIO()
-        torch.save({}, empty)
-        empty.seek(0)
-        super().__init__(name, features_list, feature_extractor_weights_path=empty, **kwargs)
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        assert not state_dict, "SeededInceptionV3 is never loaded with weights"
-        g = torch.Generator().manual_seed(RANDOM_INCEPTION_SEED)
-        with torch.no_grad():
-            for m in self.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    fan_in = m.weight[0].numel()
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))
-                    if m.bias is not None:
-                        m.bias.zero_()
-        return nn.modules.module._IncompatibleKeys([], [])
-
-
-def inception(weights: str | None = None) -> tuple[FeatureExtractorInceptionV3, bool]:
-    """(feature extractor, pretrained?): the FID Inception, or offline its seeded random twin."""
-    from models.weights import WeightsNotFound, resolve
-
-    try:
-        path = resolve("inception_fid", weights)
-    except WeightsNotFound as e:
-        log.warning("%s\nFalling back to a fixed-seed random-init Inception: the Fréchet distance is "
-                    "reported as fd_random_inception, not comparable to published FIDs.", e)
-        return SeededInceptionV3("inception-v3-random", [FEATURE_LAYER]), False
-    # torch-fidelity unpickles this file itself; resolve() verified its SHA-256 against the published hash
-    return FeatureExtractorInceptionV3("inception-v3-compat", [FEATURE_LAYER],
-                                       feature_extractor_weights_path=str(path)), True
-
-
-@torch.inference_mode()
-def inception_features(net: nn.Module, batches: Iterable[torch.Tensor], desc: str) -> torch.Tensor:
-    """(N, 2048) float64 pool features of uint8 (B, 3, H, W) batches."""
-    feats = [net(b)[0].double() for b in tqdm(batches, desc=desc, unit="batch", leave=False)]
-    return torch.cat(feats)
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr sqrt(S_a S_b) of two feature sets (n, d).
-
-    With at least d images per set this is torch-fidelity's own computation. With
-    fewer (every CPU run here), S_a S_b has rank < n and its non-zero eigenvalues are
-    the squared singular values of A B^T / sqrt((n_a - 1)(n_b - 1)), A and B the
-    centred features: the same number from an n x n problem instead of a 2048 x 2048
-    non-symmetric eigendecomposition (about 20 s on two CPU cores).
-    """
-    if min(len(a), len(b)) >= a.shape[1]:
-        return fid_statistics_to_metric(fid_features_to_statistics(a), fid_features_to_statistics(b),
-                                        verbose=False)[KEY_METRIC_FID]
-    a, b = a.double(), b.double()
-    ac, bc = a - a.mean(0), b - b.mean(0)
-    na, nb = len(a) - 1, len(b) - 1
-    tr_covmean = torch.linalg.svdvals(ac @ bc.T).sum() / math.sqrt(na * nb)
-    mean_term = (a.mean(0) - b.mean(0)).pow(2).sum()
-    return float(mean_term + ac.pow(2).sum() / na + bc.pow(2).sum() / nb - 2 * tr_covmean)
-
-
-def distances(a: torch.Tensor, b: torch.Tensor, pretrained: bool, cfg: EvaluateConfig, prefix: str = "") -> dict:
-    """Fréchet and kernel distances between two feature sets, named honestly.
-
-    With the real Inception weights: ``fid``, ``kid_mean``, ``kid_std``; with
-    the random-init stand-in: ``fd_random_inception``, ``kd_random_inception_*``.
-    ``prefix`` names a variant (``r`` for reconstruction FID: ``rfid``).
-    """
-    subset = min(cfg.kid_subset_size, len(a), len(b))
-    kd = kid_features_to_metric(a, b, kid_subsets=cfg.kid_subsets, kid_subset_size=subset,
-                                rng_seed=cfg.seed, verbose=False)
-    fd_name, kd_name = (f"{prefix}fid", f"{prefix}kid") if pretrained else \
-        (f"{prefix}fd_random_inception", f"{prefix}kd_random_inception")
-    return {
-        fd_name: frechet_distance(a, b),
-        f"{kd_name}_mean": kd[KEY_METRIC_KID_MEAN],
-        f"{kd_name}_std": kd[KEY_METRIC_KID_STD],
-        "kid_subset_size": subset,
-    }
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float images -> uint8 in [0, 255], as saved to PNG."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-def png_batches(folder: Path, batch_size: int) -> Iterator[torch.Tensor]:
-    """uint8 (B, 3, H, W) batches of the PNGs in ``folder``, in name order."""
-    from PIL import Image
-
-    paths = sorted(folder.glob("*.png"))
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no sample PNGs (run the sample stage first)")
-    for i in range(0, len(paths), batch_size):
-        arrays = []
-        for p in paths[i:i + batch_size]:
-            with Image.open(p) as im:
-                arrays.append(np.asarray(im.convert("RGB")))
-        yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def psnr_ssim(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image PSNR (dB) and SSIM (11x11 Gaussian, sigma 1.5) of images in [-1, 1]."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    x01, y01 = (x.clamp(-1, 1) + 1) / 2, (y.clamp(-1, 1) + 1) / 2
-    mse = (x01 - y01).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    ssim = structural_similarity_index_measure(x01, y01, data_range=1.0, reduction="none")
-    return 10 * torch.log10(1 / mse), ssim
-
-
-def codebook_usage(counts: torch.Tensor) -> dict:
-    """Used entries, their fraction, and the perplexity exp(H) of the code distribution."""
-    p = counts.double() / counts.sum()
-    nz = p[p > 0]
-    return {
-        "codebook_size": int(counts.numel()),
-        "codes_used": int((counts > 0).sum()),
-        "usage": float((counts > 0).double().mean()),
-        "perplexity": float(torch.exp(-(nz * nz.log()).sum())),
-        "tokens": int(counts.sum()),
-    }
-
-
 # ---- the stage ------------------------------------------------------------------------
 
 def vqgan_size(folder: str | Path) -> int:
@@ -209,10 +53,14 @@ def run(cfg: EvaluateConfig, samples: str | Path = "data/samples/images", data_d
         vqgans: dict[str, str | Path] | None = None, metrics_dir: str | Path = "metrics",
         inception_weights: str | None = None) -> dict:
     """Score the samples and the VQGANs ``vqgans`` ({"image": folder, "depth": folder})."""
+    import torch
     from torch.utils.data import DataLoader, Subset
+    from tqdm import tqdm
 
     from models import load_pretrained
     from tasks.datasets import ImageNetDataset
+    from tasks.fidelity import (codebook_usage, distances, extractor_info, inception, inception_features,
+                                png_batches, psnr_ssim, to_uint8)
     from tasks.sample import pick_conditions
 
     data_dir, metrics_dir = Path(data_dir), Path(metrics_dir)
@@ -248,16 +96,15 @@ def run(cfg: EvaluateConfig, samples: str | Path = "data/samples/images", data_d
     reference, reconstructed = torch.cat(reference), torch.cat(reconstructed)
     sample_features = inception_features(net, png_batches(Path(samples), cfg.batch_size), "evaluate: samples")
 
-    honesty = {"comparable_to_published": pretrained,
-               "feature_extractor": "inception-v3-compat (pt_inception-2015-12-05)" if pretrained
-               else f"inception-v3-compat architecture, random init (seed {RANDOM_INCEPTION_SEED}): offline stand-in"}
-    sample_metrics = {**distances(sample_features, reference, pretrained, cfg), **honesty,
+    kid = dict(kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size, seed=cfg.seed)
+    sample_metrics = {**distances(sample_features, reference, pretrained, **kid), **extractor_info(pretrained),
                       "num_samples": len(sample_features), "num_reference": len(reference)}
     reconstruction = {}
     for name, s in stats.items():
         reconstruction[name] = {"psnr": float(torch.cat(s["psnr"]).mean()), "ssim": float(torch.cat(s["ssim"]).mean()),
                                 "images": len(reference)}
-    reconstruction["image"].update(distances(reconstructed, reference, pretrained, cfg, prefix="r"), **honesty)
+    reconstruction["image"].update(distances(reconstructed, reference, pretrained, prefix="r", **kid),
+                                   **extractor_info(pretrained))
     codebook = {name: codebook_usage(s["counts"]) for name, s in stats.items()}
 
     write_json(metrics_dir / "samples.json", sample_metrics)

@@ -11,8 +11,8 @@ from PIL import Image
 
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-from tasks.evaluate import (EvaluateConfig, SeededInceptionV3, codebook_usage, distances, frechet_distance,
-                            inception, psnr_ssim, run)
+from tasks.evaluate import EvaluateConfig, run
+from tasks.fidelity import SeededInceptionV3, codebook_usage, distances, frechet_distance, inception, psnr_ssim
 from test_sample import make_validation_data
 
 DEPTH_DDCONFIG = dict(double_z=False, z_channels=8, resolution=32, in_channels=1, out_ch=1, ch=32,
@@ -89,9 +89,9 @@ def test_frechet_distance_is_torch_fidelitys(n):
 def test_pretrained_distances_are_fid_and_kid():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(20, 8, generator=g, dtype=torch.float64), torch.randn(20, 8, generator=g, dtype=torch.float64) + 1
-    m = distances(a, b, True, EvaluateConfig(kid_subsets=3, kid_subset_size=10))
+    m = distances(a, b, True, kid_subsets=3, kid_subset_size=10)
     assert set(m) == {"fid", "kid_mean", "kid_std", "kid_subset_size"} and m["fid"] > 1
-    assert set(distances(a, b, False, EvaluateConfig(kid_subsets=3), prefix="r")) == \
+    assert set(distances(a, b, False, kid_subsets=3, prefix="r")) == \
         {"rfd_random_inception", "rkd_random_inception_mean", "rkd_random_inception_std", "kid_subset_size"}
 
 
