@@ -32,6 +32,11 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 
+# The stages of dvc.yaml: they read params.yaml (tasks/params.py checks all of it first).
+PIPELINE_STAGES = ("acquire", "extract", "depth", "segment", "train-vqgan", "tokenize", "train-transformer",
+                   "sample", "evaluate")
+
+
 def _top_parser() -> argparse.ArgumentParser:
     width = max(map(len, STAGES))
     lines = "\n".join(f"  {n:<{width}}  {h}" for n, (_, h) in STAGES.items())
@@ -68,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser, module = stage_parser(name)
     args = parser.parse_args(rest)
     try:
+        if name in PIPELINE_STAGES:  # a bad value anywhere in params.yaml stops the first stage, before work
+            from tasks.params import validate
+            validate(args.params, args.overrides)
         return int(module.main(args) or 0)
     except ConfigError as e:
         print(f"taming {name}: invalid parameters: {e}", file=sys.stderr)
