@@ -64,6 +64,14 @@ def small_weights(tmp_path_factory):
     return path
 
 
+def write_params(path: Path, **sections) -> Path:
+    """The repository's params.yaml with some sections replaced (every command checks the whole file)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(sections)
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
 def filelist(data: Path, split: str) -> list[str]:
     return (data / "imagenet" / split / "filelist.txt").read_text().split()
 
@@ -134,8 +142,8 @@ def test_sigkilled_stage_resumes_and_ends_identical(data, tmp_path, small_weight
     expected = outputs(uninterrupted, "depth")
     assert len(expected) == 6
 
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"depth": {**settings, "weights": str(small_weights), "data_dir": str(data)}}))
+    params = write_params(tmp_path / "params.yaml",
+                          depth={**settings, "weights": str(small_weights), "data_dir": str(data)})
     stage = [sys.executable, "-m", "tasks.cli", "depth", "--params", str(params)]
     proc = subprocess.Popen(stage, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -176,9 +184,8 @@ def test_config_is_validated():
 
 
 def test_cli_runs_a_shard_and_reports_missing_weights_offline(data, tmp_path, monkeypatch, capsys):
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"depth": {"data_dir": str(data), "num_workers": 0},
-                                      "segment": {"data_dir": str(data), "model": "deeplabv2_cocostuff"}}))
+    params = write_params(tmp_path / "params.yaml", depth={"data_dir": str(data), "num_workers": 0},
+                          segment={"data_dir": str(data), "model": "deeplabv2_cocostuff"})
     assert cli.main(["depth", "--params", str(params), "--split", "validation", "--shard", "1",
                      "--num-shards", "2"]) == 0
     assert len(outputs(data, "depth")) == 2
