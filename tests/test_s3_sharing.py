@@ -111,8 +111,7 @@ def test_shipped_remote_is_s3_and_default():
 
 def test_push_then_fresh_clone_pulls_and_is_up_to_date(s3_up, tmp_path):
     server, bucket = s3_up, s3_up.create_bucket("taming-pipeline")  # the shipped remote's bucket
-    a = make_toy_repo(tmp_path / "a")
-    use_remote(a, server)
+    a = make_toy_repo(tmp_path / "a")  # endpoint from the environment: AWS_ENDPOINT_URL_S3
     first_request = len(server.requests)
     make(a, "push", env=NO_CHECKSUM_ENV)  # the Makefile alone must provide the checksum setting
     uploads = [h for m, _, h in server.requests[first_request:] if m == "PUT"]
