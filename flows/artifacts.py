@@ -19,13 +19,14 @@ def find_grids(repo: Path, pattern: str = GRID_GLOB) -> list[Path]:
 
 
 @task(task_run_name="publish metrics")
-def publish_metrics(repo: Path, key: str) -> dict[str, Any]:
-    """A table artifact of ``dvc metrics show``: one row per metric."""
+def publish_metrics(repo: Path, key: str) -> dict[str, dict[str, Any]]:
+    """A table artifact of ``dvc metrics show``: one row per (file, metric)."""
     metrics = read_metrics(repo)
-    rows = [{"metric": name, "value": value} for name, value in metrics.items()]
+    rows = [{"file": path, "metric": name, "value": value}
+            for path, values in metrics.items() for name, value in values.items()]
     if not rows:
         get_run_logger().warning("no metrics in %s (dvc metrics show is empty)", repo)
-    create_table_artifact(table=rows or [{"metric": "(none)", "value": None}], key=key,
+    create_table_artifact(table=rows or [{"file": None, "metric": None, "value": None}], key=key,
                           description=f"`dvc metrics show` in `{repo}`")
     return metrics
 

@@ -48,6 +48,10 @@ def child_env() -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["DVC_NO_ANALYTICS"] = "1"
     env.setdefault("TQDM_MININTERVAL", "10")
+    # As `make push` / `make pull`: S3-compatible stores reject botocore >= 1.36's
+    # default checksums (README, "Sharing through S3").
+    env.setdefault("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    env.setdefault("AWS_RESPONSE_CHECKSUM_VALIDATION", "when_required")
     return env
 
 
@@ -129,22 +133,31 @@ def apply_overrides(repo: Path, overrides: Mapping[str, Any], params_file: str =
 
 # --- metrics --------------------------------------------------------------------
 
-def read_metrics(repo: Path) -> dict[str, Any]:
-    """The workspace's metrics (``dvc metrics show``) as ``{"<file stem>.<key>": value}``."""
+def read_metrics(repo: Path) -> dict[str, dict[str, Any]]:
+    """The workspace's metrics (``dvc metrics show``): ``{file: {"dotted.key": value}}``."""
     shown = json.loads(dvc_output(repo, "metrics", "show", "--json") or "{}")
-    flat: dict[str, Any] = {}
+    metrics: dict[str, dict[str, Any]] = {}
     for path, entry in shown.get("", {}).get("data", {}).items():
         if "error" in entry:
             get_run_logger().warning("metrics file %s unreadable: %s", path, entry["error"])
             continue
-        _flatten(entry.get("data", {}), Path(path).stem, flat)
-    return flat
+        metrics[path] = {}
+        _flatten(entry.get("data", {}), "", metrics[path])
+    return metrics
+
+
+def metric_columns(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One flat row: ``samples.fid`` (file stem + key), or the file's whole path
+    without its suffix where stems repeat (``data/vqgan/image/dvclive/metrics.step``)."""
+    stems = collections.Counter(Path(path).stem for path in metrics)
+    return {f"{Path(path).stem if stems[Path(path).stem] == 1 else str(Path(path).with_suffix(''))}.{key}": value
+            for path, values in metrics.items() for key, value in values.items()}
 
 
 def _flatten(node: Any, prefix: str, out: dict[str, Any]) -> None:
     if isinstance(node, Mapping):
         for key, value in node.items():
-            _flatten(value, f"{prefix}.{key}", out)
+            _flatten(value, f"{prefix}.{key}" if prefix else str(key), out)
     else:
         out[prefix] = node
 
@@ -172,7 +185,11 @@ def pull(repo: Path) -> None:
 
 @task(task_run_name="dvc push")
 def push(repo: Path) -> None:
-    stream([*DVC, "push", "--run-cache"], repo, "dvc push")
+    try:
+        stream([*DVC, "push", "--run-cache"], repo, "dvc push")
+    except CommandFailed as e:
+        raise CommandFailed(f"{e}\nEvery stage finished and dvc.lock records it; only sharing failed. Fix the remote "
+                            "(README, 'Sharing through S3') and run `make push`, or run with sync_remote=false.") from None
 
 
 def has_remote(repo: Path) -> bool:

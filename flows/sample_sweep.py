@@ -20,8 +20,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.artifacts import GRID_GLOB, find_grids, publish_grids
-from flows.dvc_tasks import (apply_overrides, read_metrics, repro_stage, resolve_repo, retry_options,
-                             stage_matches, stage_order)
+from flows.dvc_tasks import (apply_overrides, metric_columns, read_metrics, repro_stage, resolve_repo,
+                             retry_options, stage_matches, stage_order)
 from tasks.io import write_bytes
 
 SWEPT_STAGES = ("sample", "evaluate")  # the stages that read top_k / top_p, in order
@@ -58,7 +58,7 @@ def sample_sweep(
                 apply_overrides(root, setting)
                 for stage in swept:
                     repro_stage.with_options(**opts, task_run_name=f"{stage} top_k={k} top_p={p}")(root, stage)
-                rows.append({**setting, **read_metrics(root)})
+                rows.append({**setting, **metric_columns(read_metrics(root))})
                 grids += _keep_grids(root, grid_glob, root / SWEEP_DIR / f"k{k}-p{p}")
     finally:
         apply_overrides(root, original)

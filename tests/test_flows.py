@@ -2,9 +2,9 @@
 ``python -m flows.deployments`` in a subprocess, runs triggered with the
 ``prefect`` CLI exactly as a user types them, and real DVC underneath.
 
-The flows run on a toy DVC project with the real pipeline's shape
+Most runs use a toy DVC project with the real pipeline's shape
 (tests/toy_dvc_project.py), so a run takes seconds; the last test runs the
-real pipeline on the smoke profile.
+real pipeline on the smoke profile (a couple of minutes).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRu
                                             LogFilter, LogFilterFlowRunId)
 from prefect.client.schemas.sorting import LogSort
 
+from fixtures_pipeline import make_smoke_repo
 from fixtures_prefect import stop_process_group
 from toy_dvc_project import make_toy_repo
 
@@ -133,8 +134,8 @@ def test_train_drin_runs_every_stage_retries_a_transient_failure_and_publishes(p
     assert any(remote.rglob("*")), "dvc push sent nothing"
 
     published = artifacts(run)
-    assert {"metric": "eval.fid", "value": pytest.approx(1.7)} in published["train-drin-metrics"]
-    assert {"metric": "eval.top_k", "value": 7} in published["train-drin-metrics"]
+    assert {"file": "metrics/eval.json", "metric": "fid", "value": pytest.approx(1.7)} in published["train-drin-metrics"]
+    assert {"file": "metrics/eval.json", "metric": "top_k", "value": 7} in published["train-drin-metrics"]
     assert (repo / "data/samples/grid.png").as_uri() in published["train-drin-samples"]
 
 
@@ -195,3 +196,30 @@ def test_extract_depth_fans_shards_out_concurrently_and_records_the_stage(prefec
     # Recorded as if `dvc repro depth` had run: DVC now considers it up to date.
     assert json.loads(dvc(repo, "status", "--json", "depth")) == {}
     assert "Stage 'depth' didn't change, skipping" in dvc(repo, "repro", "--single-item", "depth")
+
+
+@pytest.mark.slow
+def test_train_drin_on_the_smoke_profile_of_the_real_pipeline(prefect_server, served_repo, tmp_path):
+    repo = make_smoke_repo(tmp_path / "smoke")
+    # The shipped DVC remote is a placeholder bucket: this run works offline.
+    params = {"repo": str(repo), "sync_remote": False, **FAST_RETRY}
+
+    cli, run = deployment_run(prefect_server, "train-drin/train-drin", params, timeout=900)
+
+    logs = run_logs(run, "Updating lock file")
+    assert cli.returncode == 0 and run.state.is_completed(), f"{run.state}\n{cli.stdout}\n{logs[-6000:]}"
+    stages = set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
+    assert {"extract", "depth", "train-vqgan@image", "train-vqgan@depth", "tokenize", "train-transformer",
+            "sample", "evaluate"} <= stages
+    tasks = task_runs(run)
+    assert set(tasks) == stages | {"publish metrics", "publish grids"}
+    assert json.loads(dvc(repo, "status", "--json")) == {}  # every stage recorded by DVC
+    assert "Running stage 'train-transformer'" in logs
+
+    grid = repo / "data/samples/grid.png"
+    assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    published = artifacts(run)
+    assert grid.as_uri() in published["train-drin-samples"]
+    codebook = json.loads((repo / "metrics/codebook.json").read_text())
+    row = {"file": "metrics/codebook.json", "metric": "image.usage", "value": codebook["image"]["usage"]}
+    assert row in published["train-drin-metrics"]
