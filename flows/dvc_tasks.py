@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import re
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 from prefect.tasks import exponential_backoff
 
 DVC = [sys.executable, "-m", "dvc"]  # the DVC installed beside this interpreter
@@ -30,6 +32,15 @@ TAIL_LINES = 30  # lines of a failed command's output kept in its error
 
 class CommandFailed(RuntimeError):
     """A stage (or DVC) command exited with a non-zero status."""
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The flow/task run's logger (its lines go to the Prefect API); a plain logger
+    when these helpers are called outside a run."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("flows")
 
 
 def resolve_repo(repo: str | os.PathLike) -> Path:
@@ -57,7 +68,7 @@ def child_env() -> dict[str, str]:
 
 def stream(cmd: list[str] | str, cwd: Path, what: str) -> None:
     """Run ``cmd`` (a list, or a shell string), logging each output line as it arrives."""
-    logger = get_run_logger()
+    logger = run_logger()
     logger.info("$ %s", cmd if isinstance(cmd, str) else " ".join(map(str, cmd)))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     with subprocess.Popen(cmd, cwd=cwd, env=child_env(), shell=isinstance(cmd, str), text=True, errors="replace",
@@ -127,7 +138,7 @@ def apply_overrides(repo: Path, overrides: Mapping[str, Any], params_file: str =
     except InvalidArgumentError as e:
         cause = f": {e.__cause__}" if e.__cause__ else ""
         raise ValueError(f"{repo / params_file}: cannot apply {', '.join(items)}{cause}") from e
-    get_run_logger().info("set in %s: %s", params_file, ", ".join(items))
+    run_logger().info("set in %s: %s", params_file, ", ".join(items))
     return items
 
 
@@ -139,7 +150,7 @@ def read_metrics(repo: Path) -> dict[str, dict[str, Any]]:
     metrics: dict[str, dict[str, Any]] = {}
     for path, entry in shown.get("", {}).get("data", {}).items():
         if "error" in entry:
-            get_run_logger().warning("metrics file %s unreadable: %s", path, entry["error"])
+            run_logger().warning("metrics file %s unreadable: %s", path, entry["error"])
             continue
         metrics[path] = {}
         _flatten(entry.get("data", {}), "", metrics[path])

@@ -25,6 +25,7 @@ from prefect.client.schemas.sorting import LogSort
 
 from fixtures_pipeline import make_smoke_repo
 from fixtures_prefect import stop_process_group
+from flows.dvc_tasks import apply_overrides, stage_order
 from toy_dvc_project import make_toy_repo
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -38,10 +39,37 @@ def dvc(repo: Path, *args: str) -> str:
     return proc.stdout
 
 
+def test_stage_order_is_dvcs_graph_with_foreach_items_expanded(tmp_path):
+    repo = make_toy_repo(tmp_path / "toy")
+    assert stage_order(repo) == ["acquire", "depth", "train-vqgan@image", "train-vqgan@depth", "sample", "evaluate"]
+    assert stage_order(repo, ["train-vqgan"]) == ["acquire", "depth", "train-vqgan@image", "train-vqgan@depth"]
+    assert stage_order(repo, ["depth", "train-vqgan@image"]) == ["acquire", "depth", "train-vqgan@image"]
+    # Dependencies first even when dvc.yaml lists the stages the other way round.
+    (repo / "dvc.yaml").write_text(
+        "stages:\n"
+        "  last: {cmd: cat b > c, deps: [b], outs: [c]}\n"
+        "  middle: {cmd: cat a > b, deps: [a], outs: [b]}\n"
+        "  first: {cmd: echo > a, outs: [a]}\n"
+        "  alone: {cmd: echo > z, outs: [z]}\n")
+    assert stage_order(repo) == ["first", "middle", "last", "alone"]
+
+
+def test_overrides_are_written_as_dvc_exp_run_set_param_writes_them(tmp_path):
+    repo = make_toy_repo(tmp_path / "toy")
+    apply_overrides(repo, {"top_k": 250, "train.steps": 5, "evaluate.fail": True, "+sample_note": "a b"})
+    text = (repo / "params.yaml").read_text()
+    assert "top_k: 250     # sampling: keep the k most likely tokens" in text  # layout and comments kept
+    assert "# Toy parameters. Comments must survive overrides.\n" in text and "# true makes evaluate fail" in text
+    params = yaml.safe_load(text)
+    assert (params["top_k"], params["train"]["steps"], params["sample_note"]) == (250, 5, "a b")
+    with pytest.raises(ValueError, match=r"params.yaml: cannot apply top_kk=1.*top_kk"):
+        apply_overrides(repo, {"top_kk": 1})  # a typo is refused, not added
+
+
 @pytest.fixture(scope="module")
 def served_repo(prefect_server, tmp_path_factory):
     """A toy repo, and `python -m flows.deployments --repo <it>` serving all deployments."""
-    repo = make_toy_repo(tmp_path_factory.mktemp("served") / "toy", env=prefect_server.env())
+    repo = make_toy_repo(tmp_path_factory.mktemp("served") / "toy")
     log_path = repo.parent / "serve.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "flows.deployments", "--repo", str(repo)],
@@ -141,7 +169,7 @@ def test_train_drin_runs_every_stage_retries_a_transient_failure_and_publishes(p
 
 
 def test_a_stage_that_keeps_failing_fails_the_run_with_its_error(prefect_server, served_repo, tmp_path):
-    repo = make_toy_repo(tmp_path / "toy", env=prefect_server.env())
+    repo = make_toy_repo(tmp_path / "toy")
     params = {"repo": str(repo), "overrides": {"evaluate.fail": True}, "retries": 1, **FAST_RETRY}
 
     cli, run = deployment_run(prefect_server, "train-drin/train-drin", params)
@@ -158,7 +186,7 @@ def test_a_stage_that_keeps_failing_fails_the_run_with_its_error(prefect_server,
 
 
 def test_sample_sweep_collects_every_setting_and_restores_params(prefect_server, served_repo, tmp_path):
-    repo = make_toy_repo(tmp_path / "toy", env=prefect_server.env())
+    repo = make_toy_repo(tmp_path / "toy")
     params_before = (repo / "params.yaml").read_text()
 
     cli, run = deployment_run(prefect_server, "sample/sample",
@@ -180,7 +208,7 @@ def test_sample_sweep_collects_every_setting_and_restores_params(prefect_server,
 
 
 def test_extract_depth_fans_shards_out_concurrently_and_records_the_stage(prefect_server, served_repo, tmp_path):
-    repo = make_toy_repo(tmp_path / "toy", env=prefect_server.env())
+    repo = make_toy_repo(tmp_path / "toy")
 
     cli, run = deployment_run(prefect_server, "extract-depth/extract-depth",
                               {"repo": str(repo), "num_shards": 3, **FAST_RETRY})

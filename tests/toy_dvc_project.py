@@ -12,6 +12,7 @@ Two switches drive failures:
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 TOY_SCRIPT = '''\
@@ -49,7 +50,7 @@ elif a.stage == "depth":
     out = Path("data/depth")
     out.mkdir(parents=True, exist_ok=True)
     if a.num_shards > 1:
-        time.sleep(1)  # a shard takes a while, so concurrent shards visibly overlap
+        time.sleep(2)  # a shard takes a while, so concurrent shards visibly overlap
     for i, name in enumerate(Path("data/raw.txt").read_text().split()):
         if i % a.num_shards == a.shard:
             (out / f"{name}.txt").write_text(f"depth of {name} by shard {a.shard}/{a.num_shards}\\n")
@@ -114,7 +115,7 @@ stages:
 """
 
 
-def make_toy_repo(dest: Path, env: dict | None = None) -> Path:
+def make_toy_repo(dest: Path) -> Path:
     """Create the toy project in ``dest``: a git repo with DVC and one commit."""
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "toy.py").write_text(TOY_SCRIPT)
@@ -123,13 +124,13 @@ def make_toy_repo(dest: Path, env: dict | None = None) -> Path:
     (dest / ".gitignore").write_text("FAIL_ONCE\n")
 
     def run(*cmd):
-        subprocess.run(cmd, cwd=dest, env=env, check=True, capture_output=True, text=True)
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True, text=True)
 
     run("git", "init", "-q", "-b", "main")
     run("git", "config", "user.email", "toy@example.invalid")
     run("git", "config", "user.name", "toy")
-    run("dvc", "init", "-q")
-    run("dvc", "config", "core.analytics", "false")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    run(sys.executable, "-m", "dvc", "config", "core.analytics", "false")
     run("git", "add", "-A")
     run("git", "commit", "-q", "-m", "toy pipeline")
     return dest
