@@ -69,6 +69,7 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     otherwise a draw from the filtered distribution (see filter_logits)."""
     if greedy:
         return logits.argmax(dim=-1, keepdim=True)
+    _check_filters(temperature, top_k, top_p)
     values, ids = _candidates(logits, temperature, top_k, top_p)
     choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)
     return choice if ids is None else ids.gather(-1, choice)
