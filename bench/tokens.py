@@ -1,0 +1,135 @@
+"""Transformer training fed from Parquet tokens vs encoding images with the VQGANs every step.
+
+The original taming code trains the transformer on images: each step decodes the
+JPEGs and depth maps, runs both VQGAN encoders, then the GPT. The pipeline
+encodes once (`taming tokenize`) and trains from Parquet. This script times both
+with the same GPT, VQGANs and batch size (taken from params.yaml, the demo
+profile by default), on a freshly rendered scene dataset, and prints steps/s,
+the ratio, and the share of a Parquet-fed step spent in the loader.
+
+    .venv/bin/python bench/tokens.py [--params params.yaml] [--steps 30] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from models.vqgan import VQModel  # noqa: E402
+from scene_data import make_scene_data  # noqa: E402
+from tasks.config import build, load_params  # noqa: E402
+from tasks.datasets import ImageNetDataset  # noqa: E402
+from tasks.lit_transformer import LitTransformer  # noqa: E402
+from tasks.tokens import Codes, TokenDataset, TokenMeta, part_name, token_loader, write_part  # noqa: E402
+from tasks.train_transformer import TransformerConfig, Vocabulary, gpt_params  # noqa: E402
+from tasks.train_vqgan import config_for  # noqa: E402
+
+
+def timed_steps(batches, step, n: int, warmup: int = 3) -> tuple[float, float]:
+    """(steps per CPU-second, fraction of it spent getting batches) over n steps after warmup.
+
+    CPU time of this process, not wall time: on a shared machine it does not count the
+    time other processes hold the cores (with --threads 1 it equals wall time on an idle core)."""
+    it = iter(batches)
+    for _ in range(warmup):
+        step(next(it))
+    fetch = total = 0.0
+    for _ in range(n):
+        t0 = time.process_time()
+        batch = next(it)
+        t1 = time.process_time()
+        step(batch)
+        t2 = time.process_time()
+        fetch, total = fetch + (t1 - t0), total + (t2 - t0)
+    return n / total, fetch / total
+
+
+def forever(loader):
+    while True:
+        yield from loader
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--images", type=int, default=20, help="scene images per class (10 classes)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    params = load_params(args.params)
+    image_cfg, depth_cfg = config_for(params, "image"), config_for(params, "depth")
+    tcfg = build(TransformerConfig, params.get("transformer"), "transformer")
+    image_vq = VQModel(**image_cfg.model_params()).eval()
+    depth_vq = VQModel(**depth_cfg.model_params()).eval()
+    batch_size = tcfg.batch_size
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_scene_data(Path(tmp), n_train=args.images, n_val=1, classes=10, resolution=image_cfg.size)
+        data = root / "data"
+        images = ImageNetDataset(data / "imagenet", "train", size=image_cfg.size, random_crop=True,
+                                 depth_root=data / "depth", synsets_json=data / "raw/synsets.json")
+        image_loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=True, drop_last=True)
+
+        # tokenize once (what `taming tokenize` does), then train from the Parquet part
+        meta = TokenMeta(image=Codes("image", image_cfg.n_embed, image_cfg.grid, "0" * 64),
+                         cond=Codes("depth", depth_cfg.n_embed, depth_cfg.grid, "0" * 64), size=image_cfg.size)
+        rows = {"ids": [], "labels": [], "image": [], "cond": []}
+        with torch.no_grad():
+            for b in torch.utils.data.DataLoader(images, batch_size=64):
+                rows["ids"] += b["relpath"]
+                rows["labels"].append(b["class_label"].numpy())
+                rows["image"].append(image_vq.encode(b["image"])[2].numpy())
+                rows["cond"].append(depth_vq.encode(b["depth"])[2].numpy())
+        part = root / "tokens" / part_name(0)
+        write_part(part, meta, rows["ids"], np.concatenate(rows["labels"]), np.zeros(len(rows["ids"])),
+                   np.concatenate(rows["image"]), np.concatenate(rows["cond"]))
+        t0 = time.perf_counter()
+        tokens = TokenDataset(part.parent)
+        load_s = time.perf_counter() - t0
+        token_batches = token_loader(tokens, batch_size, shuffle=True, drop_last=True)
+
+        vocab = Vocabulary.of(meta, tcfg.label_dropout)
+        module = LitTransformer(gpt=gpt_params(tcfg, vocab), unconditional=False, pkeep=tcfg.pkeep,
+                                cond_dropout=0.0, null_token=None, learning_rate=tcfg.learning_rate(),
+                                weight_decay=tcfg.weight_decay, betas=tcfg.betas, warmup_steps=0,
+                                max_steps=10 ** 9, min_lr_ratio=1.0, stage_checkpoints={})
+        module.train()
+        optimizer = module.configure_optimizers()["optimizer"]
+
+        def train_step(batch):
+            loss = module._loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        def encode_then_train(batch):  # the original: VQGAN encoders inside every training step
+            with torch.no_grad():
+                z = image_vq.encode(batch["image"])[2]
+                c = depth_vq.encode(batch["depth"])[2]
+            train_step({"image_tokens": z, "cond_tokens": c})
+
+        parquet_rate, parquet_share = timed_steps(forever(token_batches), train_step, args.steps)
+        images_rate, images_share = timed_steps(forever(image_loader), encode_then_train, args.steps)
+
+    n_params = sum(p.numel() for p in module.model.transformer.parameters())
+    print(f"transformer {tcfg.n_layer}L/{tcfg.n_head}H/{tcfg.n_embd}d ({n_params / 1e6:.2f} M params), "
+          f"batch {batch_size}, sequence {vocab.block_size - 1}, {image_cfg.size}px, {args.threads} thread(s)")
+    print(f"  Parquet tokens       : {parquet_rate:7.2f} steps/CPU-s  (loader {100 * parquet_share:.1f}% of a step; "
+          f"whole split loaded in {1e3 * load_s:.0f} ms)")
+    print(f"  images + VQGAN encode: {images_rate:7.2f} steps/CPU-s  (image/depth loading {100 * images_share:.1f}% of a step)")
+    print(f"  ratio                : {parquet_rate / images_rate:7.2f}x  (target >= 3x; loader share target < 20%)")
+
+
+if __name__ == "__main__":
+    main()
