@@ -173,3 +173,22 @@ def test_decay_split_and_schedule():
     assert no_decay["weight_decay"] == 0.0
     factors = [warmup_cosine(s, 10, 110, 0.1) for s in (0, 9, 10, 60, 110, 200)]
     assert factors == pytest.approx([0.1, 1.0, 1.0, 0.55, 0.1, 0.1])
+
+
+def test_checkpoint_layout_round_trip_restores_the_transformer(vqgans):
+    """What resume relies on: the saved original-layout state_dict loads back strictly."""
+    stages = {"first_stage_model": str(vqgans / "data/vqgan/image/checkpoints/last.ckpt")}
+    kwargs = dict(gpt={"vocab_size": 32, "block_size": 8, "n_layer": 1, "n_head": 2, "n_embd": 16}, unconditional=True,
+                  pkeep=1.0, cond_dropout=0.0, null_token=None, learning_rate=1e-3, weight_decay=0.01,
+                  betas=(0.9, 0.95), warmup_steps=1, max_steps=4, min_lr_ratio=0.1, stage_checkpoints=stages)
+    saved = LitTransformer(**kwargs)
+    checkpoint = {"state_dict": saved.state_dict()}
+    saved.on_save_checkpoint(checkpoint)
+    assert "transformer.tok_emb.weight" in checkpoint["state_dict"]
+    assert "first_stage_model.encoder.conv_in.weight" in checkpoint["state_dict"]
+    assert not any(k.startswith(("model.", "first_stage_model.loss.")) for k in checkpoint["state_dict"])
+
+    restored = LitTransformer(**kwargs)
+    restored.on_load_checkpoint(checkpoint)
+    restored.load_state_dict(checkpoint["state_dict"], strict=True)
+    torch.testing.assert_close(restored.model.transformer.head.weight, saved.model.transformer.head.weight)
