@@ -34,6 +34,7 @@ def commit_stage(repo: Path, stage: str) -> None:
     stream([*DVC, "commit", "--force", stage], repo, f"dvc commit {stage}")
 
 
+# Threads only wait on shard subprocesses; num_shards sets how many run at once (up to 16).
 @flow(name="extract-depth", task_runner=ThreadPoolTaskRunner(max_workers=16))
 def extract_depth(
     repo: str = ".",

@@ -7,8 +7,9 @@ for each setting, the parameters are set as ``dvc exp run -S`` sets them and
 the sampling stages are reproduced. DVC's run-cache keeps every setting's
 outputs, so trying one of them again later (``dvc exp run -S top_k=250``, or
 this flow) checks its results out instead of sampling again. Each setting's
-grid is copied to ``data/sweeps/k<top_k>-p<top_p>/``; one table artifact holds
-all settings' metrics. The original parameters are restored at the end.
+grid is copied to ``data/sweeps/k<top_k>-p<top_p>/`` (``off`` for null); one
+table artifact holds all settings' metrics. The original parameters are
+restored at the end.
 """
 from __future__ import annotations
 
@@ -31,13 +32,14 @@ SWEEP_DIR = "data/sweeps"
 @flow(name="sample")
 def sample_sweep(
     repo: str = ".",
-    top_k: tuple[int, ...] = (50, 100, 250),
-    top_p: tuple[float, ...] = (1.0,),
+    top_k: tuple[int | None, ...] = (50, 100, 250),
+    top_p: tuple[float | None, ...] = (None,),
     retries: int = 2,
     retry_delay_seconds: float = 30.0,
     grid_glob: str = GRID_GLOB,
 ) -> list[dict[str, Any]]:
-    """Sample and evaluate every combination of ``top_k`` x ``top_p``; returns the table."""
+    """Sample and evaluate every combination of ``top_k`` x ``top_p`` (null: that filter
+    off, as in params.yaml); returns the table, one row per setting."""
     root = resolve_repo(repo)
     logger = get_run_logger()
     opts = retry_options(retries, retry_delay_seconds)
@@ -59,7 +61,7 @@ def sample_sweep(
                 for stage in swept:
                     repro_stage.with_options(**opts, task_run_name=f"{stage} top_k={k} top_p={p}")(root, stage)
                 rows.append({**setting, **metric_columns(read_metrics(root))})
-                grids += _keep_grids(root, grid_glob, root / SWEEP_DIR / f"k{k}-p{p}")
+                grids += _keep_grids(root, grid_glob, root / SWEEP_DIR / f"k{_off(k)}-p{_off(p)}")
     finally:
         apply_overrides(root, original)
     # Leave the workspace as it was found: the original setting's outputs come
@@ -71,6 +73,10 @@ def sample_sweep(
                           description=f"metrics per sampling setting in `{root}` (params restored to {original})")
     publish_grids(root, key="sample-sweep-grids", grids=grids)
     return rows
+
+
+def _off(value: float | None) -> str:
+    return "off" if value is None else str(value)
 
 
 def _keep_grids(root: Path, pattern: str, dest: Path) -> list[Path]:

@@ -232,7 +232,7 @@ def test_train_drin_on_the_smoke_profile_of_the_real_pipeline(prefect_server, se
     # The shipped DVC remote is a placeholder bucket: this run works offline.
     params = {"repo": str(repo), "sync_remote": False, **FAST_RETRY}
 
-    cli, run = deployment_run(prefect_server, "train-drin/train-drin", params, timeout=900)
+    cli, run = deployment_run(prefect_server, "train-drin/train-drin", params, timeout=600)
 
     logs = run_logs(run, "Updating lock file")
     assert cli.returncode == 0 and run.state.is_completed(), f"{run.state}\n{cli.stdout}\n{logs[-6000:]}"
