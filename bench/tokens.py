@@ -7,7 +7,7 @@ with the same GPT, VQGANs and batch size (taken from params.yaml, the demo
 profile by default), on a freshly rendered scene dataset, and prints steps/s,
 the ratio, and the share of a Parquet-fed step spent in the loader.
 
-    .venv/bin/python bench/tokens.py [--params params.yaml] [--steps 30] [--threads 1]
+    .venv/bin/python bench/tokens.py [--params params.yaml] [-S key=value ...] [--steps 30] [--threads 1]
 """
 from __future__ import annotations
 
@@ -60,6 +60,8 @@ def forever(loader):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a parameter, e.g. -S vqgan.image.size=64 (repeatable)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--images", type=int, default=20, help="scene images per class (10 classes)")
@@ -67,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    params = load_params(args.params)
+    params = load_params(args.params, args.overrides)
     image_cfg, depth_cfg = config_for(params, "image"), config_for(params, "depth")
     tcfg = build(TransformerConfig, params.get("transformer"), "transformer")
     image_vq = VQModel(**image_cfg.model_params()).eval()
