@@ -22,6 +22,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId,
                                             LogFilter, LogFilterFlowRunId)
 from prefect.client.schemas.sorting import LogSort
+from prefect.exceptions import ObjectNotFound
 
 from fixtures_pipeline import make_smoke_repo
 from fixtures_prefect import stop_process_group
@@ -84,7 +85,7 @@ def served_repo(prefect_server, tmp_path_factory):
                     try:
                         client.read_deployment_by_name(name)
                         break
-                    except Exception:
+                    except ObjectNotFound:
                         assert time.monotonic() < deadline, f"{name} not served:\n{log_path.read_text()[-3000:]}"
                         time.sleep(0.5)
         yield repo
@@ -99,8 +100,11 @@ def deployment_run(server, name: str, params: dict, timeout: int = 150):
                          env=server.env(COLUMNS="200"), capture_output=True, text=True, timeout=timeout + 60)
     found = re.search(r"UUID: ([0-9a-f-]{36})", cli.stdout)
     assert found, f"no flow run created:\n{cli.stdout}\n{cli.stderr}"
+    deadline = time.monotonic() + 30  # --watch returns at the final state; the API may lag a moment
     with get_client(sync_client=True) as client:
-        return cli, client.read_flow_run(UUID(found[1]))
+        while not (run := client.read_flow_run(UUID(found[1]))).state.is_final() and time.monotonic() < deadline:
+            time.sleep(0.5)
+    return cli, run
 
 
 def run_logs(flow_run, expect: str, wait_s: float = 15) -> str:
@@ -183,6 +187,18 @@ def test_a_stage_that_keeps_failing_fails_the_run_with_its_error(prefect_server,
     assert "toy evaluate failed on purpose: evaluate.fail is true" in logs
     assert "DVC stage 'evaluate' failed with exit code" in logs
     assert "evaluate" not in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+
+
+def test_train_vqgan_runs_only_the_first_stages_and_what_they_need(prefect_server, served_repo, tmp_path):
+    repo = make_toy_repo(tmp_path / "toy")
+
+    cli, run = deployment_run(prefect_server, "train-vqgan/train-vqgan",
+                              {"repo": str(repo), "overrides": {"train.steps": 4}, **FAST_RETRY})
+
+    assert run.state.is_completed(), f"{run.state}\n{cli.stdout}\n{run_logs(run, '')[-4000:]}"
+    assert list(task_runs(run)) == ["acquire", "depth", "train-vqgan@image", "train-vqgan@depth", "publish metrics"]
+    assert (repo / "data/vqgan/depth.txt").read_text() == "depth trained 4 steps\n"
+    assert not (repo / "data/samples").exists()
 
 
 def test_sample_sweep_collects_every_setting_and_restores_params(prefect_server, served_repo, tmp_path):
