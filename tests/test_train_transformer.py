@@ -131,7 +131,7 @@ def test_tokens_from_other_vqgan_weights_are_refused(repo, capsys):
     ckpt = torch.load(ckpt_path, weights_only=True)
     ckpt["state_dict"]["quantize.embedding.weight"] += 1  # "retrained" without re-tokenizing
     torch.save(ckpt, ckpt_path)
-    Path("params.yaml").write_text(yaml.safe_dump({"transformer": GPT}))
+    Path("params.yaml").write_text(yaml.safe_dump({"vqgan": {"image": VQ, "depth": VQ}, "transformer": GPT}))
     from tasks.cli import main
     assert main(["train-transformer"]) == 1
     err = capsys.readouterr().err

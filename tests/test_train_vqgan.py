@@ -34,7 +34,10 @@ def scene_repo(tmp_path_factory):
 
 
 def _params(root: Path, **models) -> Path:
-    (root / "params.yaml").write_text(yaml.safe_dump({"vqgan": models}))
+    """A params file the CLI's whole-file check accepts: tokenize names only configured VQGANs."""
+    image_model = "image" if "image" in models else next(iter(models))
+    tokenize = {"image_model": image_model, "cond": "depth" if "depth" in models and image_model != "depth" else "none"}
+    (root / "params.yaml").write_text(yaml.safe_dump({"vqgan": models, "tokenize": tokenize}))
     return root / "params.yaml"
 
 
