@@ -184,7 +184,7 @@ def run(cfg: VQGANConfig) -> Path:
     resume = resume_checkpoint(out, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     train_set, val_set = dataset(cfg.model, "train", cfg.size, True), dataset(cfg.model, "validation", cfg.size, False)
-    train = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+    train = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size,
                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
     val = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     module = LitVQGAN(cfg.model, cfg.model_params(), cfg.loss_params(), cfg.learning_rate(),
