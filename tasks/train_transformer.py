@@ -18,11 +18,14 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from tasks.config import check, from_params
-from tasks.tokens import Codes, TokenMeta
+
+if TYPE_CHECKING:  # pyarrow only when the stage runs: tasks/params.py builds this config for every stage
+    from tasks.tokens import Codes, TokenMeta
 
 TOKENS = Path("data/tokens")
 OUT = Path("data/transformer")
