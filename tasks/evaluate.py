@@ -28,14 +28,15 @@ from tasks.io import write_json
 class EvaluateConfig:
     """params.yaml section ``evaluate``."""
     batch_size: int = 32
-    max_images: int | None = None   # validation images for reference/reconstruction; None = the whole split
+    fid_images: int | None = None   # validation images in the FID reference and rFID (null: all);
+                                    # PSNR, SSIM and codebook usage always cover the whole split
     kid_subsets: int = 100
     kid_subset_size: int = 1000     # capped at the smaller image set
     seed: int = 0                   # KID subset draws
 
     def __post_init__(self):
         check(self.batch_size > 0, "evaluate.batch_size", "must be positive")
-        check(self.max_images is None or self.max_images > 1, "evaluate.max_images", "must be > 1 or null")
+        check(self.fid_images is None or self.fid_images > 1, "evaluate.fid_images", "must be > 1 or null")
         check(self.kid_subsets > 0, "evaluate.kid_subsets", "must be positive")
         check(self.kid_subset_size > 1, "evaluate.kid_subset_size", "must be > 1")
 
@@ -54,7 +55,7 @@ def run(cfg: EvaluateConfig, samples: str | Path = "data/samples/images", data_d
         inception_weights: str | None = None) -> dict:
     """Score the samples and the VQGANs ``vqgans`` ({"image": folder, "depth": folder})."""
     import torch
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     from models import load_pretrained
@@ -75,14 +76,18 @@ def run(cfg: EvaluateConfig, samples: str | Path = "data/samples/images", data_d
     dataset = ImageNetDataset(data_dir / "imagenet", "validation", size=size,
                               synsets_json=data_dir / "raw" / "synsets.json",
                               depth_root=data_dir / "depth" if "depth" in models else None)
-    indices = pick_conditions(dataset, cfg.max_images or len(dataset), None)
-    loader = DataLoader(Subset(dataset, indices), batch_size=cfg.batch_size, shuffle=False)
+    # Inception is the expensive part on a CPU: a subset, spread over the classes, is the FID reference
+    in_fid = torch.zeros(len(dataset), dtype=torch.bool)
+    in_fid[pick_conditions(dataset, cfg.fid_images or len(dataset), None)] = True
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=False)
 
     reference, reconstructed = [], []
     stats = {name: {"psnr": [], "ssim": [], "counts": torch.zeros(m.n_embed, dtype=torch.long)}
              for name, m in models.items()}
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="evaluate: validation reconstructions", unit="batch"):
+        for start, batch in zip(range(0, len(dataset), cfg.batch_size),
+                                tqdm(loader, desc="evaluate: validation reconstructions", unit="batch")):
+            fid = in_fid[start:start + len(batch["image"])]
             for name, model in models.items():
                 x = batch[name]
                 xrec, _, idx = model(x)
@@ -90,9 +95,9 @@ def run(cfg: EvaluateConfig, samples: str | Path = "data/samples/images", data_d
                 stats[name]["psnr"].append(psnr)
                 stats[name]["ssim"].append(ssim)
                 stats[name]["counts"] += torch.bincount(idx.flatten(), minlength=model.n_embed)
-                if name == "image":
-                    reference.append(net(to_uint8(x))[0].double())
-                    reconstructed.append(net(to_uint8(xrec))[0].double())
+                if name == "image" and fid.any():
+                    reference.append(net(to_uint8(x[fid]))[0].double())
+                    reconstructed.append(net(to_uint8(xrec[fid]))[0].double())
     reference, reconstructed = torch.cat(reference), torch.cat(reconstructed)
     sample_features = inception_features(net, png_batches(Path(samples), cfg.batch_size), "evaluate: samples")
 
@@ -102,7 +107,7 @@ def run(cfg: EvaluateConfig, samples: str | Path = "data/samples/images", data_d
     reconstruction = {}
     for name, s in stats.items():
         reconstruction[name] = {"psnr": float(torch.cat(s["psnr"]).mean()), "ssim": float(torch.cat(s["ssim"]).mean()),
-                                "images": len(reference)}
+                                "images": len(dataset)}
     reconstruction["image"].update(distances(reconstructed, reference, pretrained, prefix="r", **kid),
                                    **extractor_info(pretrained))
     codebook = {name: codebook_usage(s["counts"]) for name, s in stats.items()}

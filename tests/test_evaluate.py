@@ -36,15 +36,17 @@ def make_depth_vqgan(folder):
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, shared_reference):
-    """evaluate on 4 validation images, with those very images (resized) as the 'samples'."""
+    """evaluate on 6 validation images, 4 of them the FID reference; the 'samples' are
+    those 4 reference images themselves (centre crops, as the dataset gives them)."""
     root = tmp_path_factory.mktemp("evaluate")
-    data = make_validation_data(root / "data", classes=2, per_class=2, size=32)
+    data = make_validation_data(root / "data", classes=3, per_class=2, size=32)
     samples = root / "samples"
     samples.mkdir()
-    for i, rel in enumerate(sorted((data / "imagenet" / "validation").glob("*/*.JPEG"))):
-        Image.open(rel).convert("RGB").crop((4, 0, 36, 32)).save(samples / f"{i:05d}.png")
+    listed = (data / "imagenet" / "validation" / "filelist.txt").read_text().split()
+    for i, k in enumerate([0, 1, 3, 4]):     # what pick_conditions spreads 4 of 6 over
+        Image.open(data / "imagenet" / "validation" / listed[k]).crop((4, 0, 36, 32)).save(samples / f"{i:05d}.png")
     vqgans = {"image": f"{shared_reference}/taming_small/vqgan_image", "depth": make_depth_vqgan(root / "depth_vq")}
-    cfg = EvaluateConfig(batch_size=4, kid_subsets=5)
+    cfg = EvaluateConfig(batch_size=4, kid_subsets=5, fid_images=4)
     summary = run(cfg, samples, data, vqgans, root / "metrics")
     return root, summary
 
@@ -68,9 +70,9 @@ def test_reconstruction_and_codebook(evaluated):
     _, summary = evaluated
     for name in ("image", "depth"):
         r = summary["reconstruction"][name]
-        assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["images"] == 4
+        assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["images"] == 6
         c = summary["codebook"][name]
-        assert c["tokens"] == 4 * 8 * 8                 # every image's 8x8 token grid counted
+        assert c["tokens"] == 6 * 8 * 8                 # the whole split's 8x8 token grids
         assert 1 <= c["codes_used"] <= c["codebook_size"] and c["usage"] == c["codes_used"] / c["codebook_size"]
         assert 1 <= c["perplexity"] <= c["codes_used"] + 1e-9
     assert summary["codebook"]["image"]["codebook_size"] == 64 and summary["codebook"]["depth"]["codebook_size"] == 16
