@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,19 +68,48 @@ def child_env() -> dict[str, str]:
 
 
 def stream(cmd: list[str] | str, cwd: Path, what: str) -> None:
-    """Run ``cmd`` (a list, or a shell string), logging each output line as it arrives."""
+    """Run ``cmd`` (a list, or a shell string), logging each output line as it arrives.
+
+    The command gets its own process group, so that when the run is cancelled or
+    interrupted (Prefect raises in this thread), the stage and everything it started
+    stop too, instead of running on orphaned and holding DVC's lock on the repo."""
     logger = run_logger()
     logger.info("$ %s", cmd if isinstance(cmd, str) else " ".join(map(str, cmd)))
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    with subprocess.Popen(cmd, cwd=cwd, env=child_env(), shell=isinstance(cmd, str), text=True, errors="replace",
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) as proc:
+    proc = subprocess.Popen(cmd, cwd=cwd, env=child_env(), shell=isinstance(cmd, str), text=True, errors="replace",
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
         for line in proc.stdout:  # universal newlines: tqdm's '\r' updates end lines too
             line = line.rstrip()
             if line:
                 (logger.error if line.startswith("ERROR") else logger.info)(line)
                 tail.append(line)
+        proc.wait()
+    except BaseException:
+        stop_process_group(proc)
+        raise
+    finally:
+        proc.stdout.close()
     if proc.returncode != 0:
         raise CommandFailed(f"{what} failed with exit code {proc.returncode}; last output:\n" + "\n".join(tail))
+
+
+def stop_process_group(proc: subprocess.Popen, grace_s: float = 10) -> None:
+    """SIGTERM the process group ``proc`` leads (started with start_new_session),
+    give its leader ``grace_s`` to exit, then SIGKILL whatever is left of the group."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace_s)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def dvc_output(repo: Path, *args: str) -> str:

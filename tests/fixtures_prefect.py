@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -44,22 +43,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop_process_group(proc: subprocess.Popen, timeout: float = 15) -> None:
-    """SIGTERM the group ``proc`` leads (started with start_new_session); SIGKILL what outlives it."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout)
-    except ProcessLookupError:
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -79,6 +62,8 @@ def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) ->
 def prefect_server(tmp_path_factory):
     """A running ``prefect server start --host 127.0.0.1`` with its own PREFECT_HOME."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    from flows.dvc_tasks import stop_process_group
 
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -25,8 +26,7 @@ from prefect.client.schemas.sorting import LogSort
 from prefect.exceptions import ObjectNotFound
 
 from fixtures_pipeline import make_smoke_repo
-from fixtures_prefect import stop_process_group
-from flows.dvc_tasks import apply_overrides, stage_order
+from flows.dvc_tasks import CommandFailed, apply_overrides, stage_order, stop_process_group, stream
 from toy_dvc_project import make_toy_repo
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
@@ -65,6 +65,30 @@ def test_overrides_are_written_as_dvc_exp_run_set_param_writes_them(tmp_path):
     assert (params["top_k"], params["train"]["steps"], params["sample_note"]) == (250, 5, "a b")
     with pytest.raises(ValueError, match=r"params.yaml: cannot apply top_kk=1.*top_kk"):
         apply_overrides(repo, {"top_kk": 1})  # a typo is refused, not added
+
+
+def test_stream_logs_each_line_and_a_failure_carries_the_last_lines(tmp_path, caplog):
+    caplog.set_level("INFO", logger="flows")
+    with pytest.raises(CommandFailed, match=r"(?s)demo failed with exit code 3.*one\ntwo"):
+        stream("echo one; echo two >&2; exit 3", tmp_path, "demo")
+    assert [r.getMessage() for r in caplog.records][1:] == ["one", "two"]  # after the "$ command" line
+
+
+def test_an_interrupted_stream_stops_everything_the_command_started(tmp_path):
+    def interrupt(signum, frame):  # stands in for Prefect's TerminationSignal on cancellation
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.alarm(2)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stream("sleep 60 & echo $! > child.pid; echo started; wait", tmp_path, "sleeper")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    child = int((tmp_path / "child.pid").read_text())
+    status = Path(f"/proc/{child}/status")
+    assert not status.exists() or "\nState:\tZ" in status.read_text(), "the command's child outlived the stream"
 
 
 @pytest.fixture(scope="module")
