@@ -94,7 +94,7 @@ def make_trainer(out_dir: Path, *, max_steps: int, devices: int, val_every: int,
         val_check_interval=val_every * accumulate_grad_batches, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=logger, callbacks=[checkpoint],
         accumulate_grad_batches=1 if optimizer_steps_per_update > 1 else accumulate_grad_batches,
-        log_every_n_steps=max(1, min(50, val_every // 5)), enable_model_summary=False,
+        log_every_n_steps=max(1, min(10, val_every // 5)), enable_model_summary=False,
         default_root_dir=str(out_dir),
     )
 
