@@ -117,3 +117,27 @@ def test_invalid_params_name_the_key(tmp_path, override, key):
     proc = subprocess.run([sys.executable, "-m", "tasks.cli", "sample", "--params", str(params), "-S", override,
                            "--transformer", str(tmp_path / "missing")], capture_output=True, text=True)
     assert proc.returncode == 2 and key in proc.stderr
+
+
+@pytest.mark.parametrize("cond_key, cond_config", [
+    ("class_label", {"target": "taming.modules.util.Labelator", "params": {"n_classes": 3}}),
+    ("image", "__is_unconditional__"),
+])
+def test_class_conditional_and_unconditional_models(tmp_path, drin, cond_key, cond_config):
+    """The D-RIN weights re-read as a class-conditional / unconditional model (the GPT does not
+    care what its prefix tokens mean): rows show the real image, then the samples."""
+    import yaml
+
+    folder = tmp_path / "model"
+    shutil.copytree(drin, folder)
+    config_path = next((folder / "configs").glob("*.yaml"))
+    config = yaml.safe_load(config_path.read_text())
+    config["model"]["params"].update(cond_stage_key=cond_key, cond_stage_config=cond_config)
+    config_path.write_text(yaml.safe_dump(config))
+    data = make_validation_data(tmp_path / "data")
+    cfg = SampleConfig(conditions=3, per_condition=1, batch_size=3, grid_conditions=3)
+    with pytest.warns(UserWarning, match="unexpected key"):   # the depth VQGAN's weights are not used
+        summary = run(cfg, SamplingParams(top_k=4), folder, data, tmp_path / "s")
+    assert summary["conditioning"] == ("class_label" if cond_key == "class_label" else "none")
+    grid = Image.open(tmp_path / "s" / "grid.png")
+    assert grid.size == (4 + 2 * 100 + 12, 4 + 3 * 100)   # real image | one sample
