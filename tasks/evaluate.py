@@ -85,9 +85,8 @@ def run(cfg: EvaluateConfig, samples: str | Path = "data/samples/images", data_d
     stats = {name: {"psnr": [], "ssim": [], "counts": torch.zeros(m.n_embed, dtype=torch.long)}
              for name, m in models.items()}
     with torch.inference_mode():
-        for start, batch in zip(range(0, len(dataset), cfg.batch_size),
-                                tqdm(loader, desc="evaluate: validation reconstructions", unit="batch")):
-            fid = in_fid[start:start + len(batch["image"])]
+        for i, batch in enumerate(tqdm(loader, desc="evaluate: validation reconstructions", unit="batch")):
+            fid = in_fid[i * cfg.batch_size:i * cfg.batch_size + len(batch["image"])]
             for name, model in models.items():
                 x = batch[name]
                 xrec, _, idx = model(x)
