@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from params_files import write_params
 from tasks import acquire, cli, extract, scenes
 from tasks.acquire import (OFFICIAL_SIZES, TRAIN_TAR, VAL_SYNSETS, VAL_TAR, AcquireError, CustomConfig, DataConfig,
                            DemoConfig, ImagenetConfig)
@@ -161,10 +162,10 @@ def test_config_errors_name_the_key(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    params = tmp_path / "params.yaml"
-    params.write_text("data:\n  source: demo\n  demo: {resolution: 16, classes: 2, n_train: 2, n_val: 1}\n")
+    params = write_params(tmp_path / "params.yaml", data={
+        "source": "demo", "demo": {"resolution": 16, "classes": 2, "n_train": 2, "n_val": 1}})
     assert cli.main(["acquire", "--params", str(params), "--out", str(tmp_path / "raw")]) == 0
     assert "acquire: source=demo, train=4, validation=2, classes=2" in capsys.readouterr().out
-    params.write_text("data:\n  source: custom\n  custom: {train_list: nope.txt, test_list: nope.txt}\n")
+    write_params(params, data={"source": "custom", "custom": {"train_list": "nope.txt", "test_list": "nope.txt"}})
     assert cli.main(["acquire", "--params", str(params), "--out", str(tmp_path / "raw")]) == 1
     assert "nope.txt: image list not found" in capsys.readouterr().err

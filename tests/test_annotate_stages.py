@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from models import deeplab, midas
+from params_files import write_params
 from reference_weights import fill_reference
 from tasks import annotate, cli, scenes
 from tasks.config import ConfigError
@@ -61,14 +62,6 @@ def data(tmp_path):
 def small_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "midas_small_random.pt"
     torch.save(fill_reference(midas.MidasNet_small()).state_dict(), path)
-    return path
-
-
-def write_params(path: Path, **sections) -> Path:
-    """The repository's params.yaml with some sections replaced (every command checks the whole file)."""
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params.update(sections)
-    path.write_text(yaml.safe_dump(params))
     return path
 
 

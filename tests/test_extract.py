@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from params_files import write_params
 from tasks import cli, extract
 from tasks.acquire import TRAIN_TAR, VAL_SYNSETS, VAL_TAR
 from tasks.datasets import load_rgb
@@ -288,8 +289,7 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, k
 
 def test_cli_runs_the_stage_and_reports_missing_inputs(tmp_path, capsys):
     raw = good_raw(tmp_path / "raw")
-    params = tmp_path / "params.yaml"
-    params.write_text("extract:\n  sub_indices: '0-2'\n")
+    params = write_params(tmp_path / "params.yaml", extract={"sub_indices": "0-2"})
     out = tmp_path / "out"
     assert cli.main(["extract", "--params", str(params), "--raw", str(raw), "--out", str(out),
                      "--metrics", str(tmp_path / "m.json")]) == 0
