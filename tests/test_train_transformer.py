@@ -30,14 +30,14 @@ GPT = {"n_layer": 1, "n_head": 2, "n_embd": 32, "batch_size": 4, "max_steps": 4,
 
 @pytest.fixture(scope="module")
 def vqgans(tmp_path_factory):
-    """A scene dataset with image and depth VQGANs trained (2 steps) by the stage itself."""
+    """A scene dataset with image, depth and segmentation VQGANs trained (2 steps) by the stage itself."""
     root = make_scene_data(tmp_path_factory.mktemp("tokens"), n_train=3, n_val=1, classes=2)
     cwd = os.getcwd()
     os.chdir(root)
     try:
         from tasks.train_vqgan import run
-        for name in ("image", "depth"):
-            run(config_for({"vqgan": {name: VQ}}, name))
+        for name in ("image", "depth", "segmentation"):
+            run(config_for({"vqgan": {name: {**VQ, "n_classes": 12}}}, name))
     finally:
         os.chdir(cwd)
     return root
@@ -82,6 +82,19 @@ def test_tokenize_shards_resume_and_record_sources(repo):
         for aug, flip in ((0, lambda x: x), (1, lambda x: torch.flip(x, [-1]))):
             assert image_vq.encode(flip(sample["image"])[None])[2][0].tolist() == ds.image_tokens[rows[aug]].tolist()
             assert depth_vq.encode(flip(sample["depth"])[None])[2][0].tolist() == ds.cond_tokens[rows[aug]].tolist()
+
+
+def test_segmentation_tokens_encode_one_hot_label_maps(repo):
+    tokenize.run(_tokenize(cond="segmentation", hflip=False), splits=("validation",))
+    ds = TokenDataset("data/tokens/validation")
+    assert (ds.meta.cond.kind, ds.meta.cond.vocab_size) == ("segmentation", 32)
+    from models.pretrained import load_pretrained
+    from tasks.datasets import ImageNetDataset
+    sample = ImageNetDataset("data/imagenet", "validation", size=32, segmentation_root="data/segmentation")[0]
+    one_hot = torch.nn.functional.one_hot(sample["segmentation"], 12).permute(2, 0, 1).float()[None]
+    with torch.no_grad():
+        tokens = load_pretrained("data/vqgan/segmentation").encode(one_hot)[2][0]
+    assert tokens.tolist() == ds.cond_tokens[ds.ids.index(sample["relpath"])].tolist()
 
 
 def test_class_and_unconditional_tokens(repo):
