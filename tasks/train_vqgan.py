@@ -191,8 +191,8 @@ def run(cfg: VQGANConfig) -> Path:
                       accumulate_grad_batches=cfg.accumulate_grad_batches)
     trainer = make_trainer(out, max_steps=cfg.max_steps, devices=cfg.devices, val_every=cfg.val_every,
                            ckpt_every=cfg.ckpt_every, resuming=resume is not None,
-                           optimizer_steps_per_update=module.optimizer_steps_per_update,
-                           accumulate_grad_batches=cfg.accumulate_grad_batches, find_unused_parameters=True)
+                           accumulate_grad_batches=cfg.accumulate_grad_batches, manual_optimization=True,
+                           optimizer_steps_per_update=module.optimizer_steps_per_update, find_unused_parameters=True)
     trainer.fit(module, train, val, ckpt_path=resume)
     return finish(trainer, out, out / "configs" / f"{cfg.model}-project.yaml", project_yaml(cfg))
 

@@ -64,13 +64,14 @@ def accelerator() -> tuple[str, str]:
 
 
 def make_trainer(out_dir: Path, *, max_steps: int, devices: int, val_every: int, ckpt_every: int,
-                 resuming: bool, optimizer_steps_per_update: int = 1, accumulate_grad_batches: int = 1,
-                 find_unused_parameters: bool = False):
+                 resuming: bool, accumulate_grad_batches: int = 1, manual_optimization: bool = False,
+                 optimizer_steps_per_update: int = 1, find_unused_parameters: bool = False):
     """A Trainer that logs to ``<out>/dvclive`` and checkpoints to ``<out>/resume``.
 
     ``max_steps``/``ckpt_every`` count parameter updates; Lightning counts one
     global step per ``optimizer.step()``, so a GAN with two optimisers passes
-    ``optimizer_steps_per_update=2``.
+    ``optimizer_steps_per_update=2``. With ``manual_optimization`` the module
+    accumulates gradients itself (Lightning refuses to).
     """
     import lightning as L
     from dvclive.lightning import DVCLiveLogger
@@ -93,7 +94,7 @@ def make_trainer(out_dir: Path, *, max_steps: int, devices: int, val_every: int,
         max_steps=max_steps * optimizer_steps_per_update, max_epochs=-1,
         val_check_interval=val_every * accumulate_grad_batches, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=logger, callbacks=[checkpoint],
-        accumulate_grad_batches=1 if optimizer_steps_per_update > 1 else accumulate_grad_batches,
+        accumulate_grad_batches=1 if manual_optimization else accumulate_grad_batches,
         log_every_n_steps=max(1, min(10, val_every // 5)), enable_model_summary=False,
         default_root_dir=str(out_dir),
     )

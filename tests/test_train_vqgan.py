@@ -94,10 +94,14 @@ def test_stage_writes_original_layout_metrics_and_grids(scene_repo, monkeypatch)
     assert Image.open(grids[-1]).size == (4 * 34 - 2, 2 * 34 - 2)  # 4 val images; inputs row, reconstructions row
 
 
-def test_segmentation_model_takes_one_hot_labels(scene_repo, monkeypatch):
+def test_segmentation_model_takes_one_hot_labels_and_accumulates(scene_repo, monkeypatch):
     monkeypatch.chdir(scene_repo)
-    cfg = config_for({"vqgan": {"segmentation": {**TINY, "n_classes": 12, "max_steps": 2}}}, "segmentation")
+    cfg = config_for({"vqgan": {"segmentation": {**TINY, "n_classes": 12, "max_steps": 2, "accumulate_grad_batches": 2}}},
+                     "segmentation")
     run(cfg)
+    ckpt = torch.load(scene_repo / "data/vqgan/segmentation/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 4
+    assert ckpt["hyper_parameters"]["learning_rate"] == pytest.approx(1e-4 * 4 * 2)  # base x batch x accumulation
     model, report = load_with_report(scene_repo / "data/vqgan/segmentation")
     assert type(model).__name__ == "VQSegmentationModel" and report.missing == []
     assert model.encoder.conv_in.in_channels == 12 and model.decoder.conv_out.out_channels == 12
