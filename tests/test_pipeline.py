@@ -114,4 +114,4 @@ def test_each_stage_declares_the_params_it_reads():
                for name, s in stages.items()}
     for key in ("top_k", "top_p", "temperature"):
         assert [n for n, p in readers.items() if key in p] == ["sample"]
-    assert readers["evaluate"] == ["evaluate"] and readers["train-vqgan"] == ["vqgan.${item}"]
+    assert readers["evaluate"] == ["evaluate"] and readers["train-vqgan"] == ["vqgan.${key}"]
