@@ -21,6 +21,7 @@ and the checksum settings the project documents for S3-compatible stores.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -30,8 +31,10 @@ from pathlib import Path
 
 import pytest
 
-ACCESS_KEY = "AKIATAMINGFAKE7Q3XZW"
-SECRET_KEY = "tamingFakeSecret+9kQz/Ve8rLp2NwY4uTb6sHd"
+# Fake, distinctive and made fresh each session, so that finding one anywhere (even in a
+# copy of this repository's sources) can only mean it leaked.
+ACCESS_KEY = "AKIATAMING" + secrets.token_hex(5).upper()
+SECRET_KEY = "tamingFakeSecret/" + secrets.token_urlsafe(18)
 
 
 def _free_loopback_port() -> int:
