@@ -230,29 +230,48 @@ def push(repo: Path) -> None:
         stream([*DVC, "push", "--run-cache"], repo, "dvc push")
     except CommandFailed as e:
         raise CommandFailed(f"{e}\nEvery stage finished and dvc.lock records it; only sharing failed. Fix the remote "
-                            "(README, 'Sharing through S3') and run `make push`, or run with sync_remote=false.") from None
+                            "(README, 'Sharing through S3') and run `make push`.") from None
 
 
 def has_remote(repo: Path) -> bool:
     return bool(dvc_output(repo, "remote", "list").strip())
 
 
-def pull_if_remote(repo: Path, enabled: bool) -> bool:
+def pull_if_remote(repo: Path, sync_remote: bool | None) -> bool:
     """``dvc pull`` when a remote is configured; True if the run should push at the end.
-    A remote that cannot be reached (offline, no credentials) is a warning, not an
-    error: DVC computes what it could not fetch, and the run keeps its results local."""
+
+    ``sync_remote``: None (auto, the default) syncs when a remote is configured and treats
+    an unreachable one (offline, no credentials, the shipped placeholder) as a warning:
+    DVC computes what it could not fetch and the results stay local. True makes the
+    remote required (a failed pull or push fails the run); False turns syncing off."""
     logger = get_run_logger()
-    if not enabled or not has_remote(repo):
-        logger.info("no DVC remote sync: %s", "disabled (sync_remote=false)" if not enabled else "no remote configured")
+    if sync_remote is False or not has_remote(repo):
+        logger.info("no DVC remote sync: %s", "disabled (sync_remote=false)" if sync_remote is False
+                    else "no remote configured")
         return False
-    if pull(repo, return_state=True).is_failed():
+    state = pull(repo, return_state=True)
+    if state.is_failed():
+        if sync_remote:
+            state.result()  # raises the pull's error: the remote was required
         logger.warning("dvc pull failed (see its log above); continuing without the remote: stages compute "
-                       "what is missing and nothing is pushed (`make push` later, or sync_remote=false)")
+                       "what is missing and nothing is pushed (`make push` later; sync_remote=true requires it)")
         return False
     return True
 
 
-def reproduce(repo: Path, targets: Iterable[str] | None, *, sync_remote: bool, retries: int,
+def push_if_pulled(repo: Path, pushing: bool, sync_remote: bool | None, opts: dict[str, Any]) -> None:
+    """Push the run's results after a successful pull; in auto mode a failed push is a warning."""
+    if not pushing:
+        return
+    state = push.with_options(**opts)(repo, return_state=True)
+    if state.is_failed():
+        if sync_remote:
+            state.result()
+        get_run_logger().warning("dvc push failed (see its log above): the results are complete but only local; "
+                                 "fix the remote and run `make push` (sync_remote=true makes this an error)")
+
+
+def reproduce(repo: Path, targets: Iterable[str] | None, *, sync_remote: bool | None, retries: int,
               retry_delay_seconds: float) -> list[str]:
     """Pull (if a remote is configured), run the stages of ``targets`` (all stages when
     None) one task each in dependency order, push. Returns the stages run."""
@@ -262,6 +281,5 @@ def reproduce(repo: Path, targets: Iterable[str] | None, *, sync_remote: bool, r
     get_run_logger().info("%d stages, in order: %s", len(stages), ", ".join(stages))
     for stage in stages:
         repro_stage.with_options(**opts)(repo, stage)
-    if pushing:
-        push.with_options(**opts)(repo)
+    push_if_pulled(repo, pushing, sync_remote, opts)
     return stages

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.dvc_tasks import (DVC, dvc_output, pull_if_remote, push, repro_stage, resolve_repo, retry_options,
+from flows.dvc_tasks import (DVC, dvc_output, pull_if_remote, push_if_pulled, repro_stage, resolve_repo, retry_options,
                              stage_matches, stage_order, stream)
 
 DEPTH_STAGE = "depth"
@@ -40,7 +40,7 @@ def extract_depth(
     repo: str = ".",
     num_shards: int = 4,
     stage: str = DEPTH_STAGE,
-    sync_remote: bool = True,
+    sync_remote: bool | None = None,
     retries: int = 2,
     retry_delay_seconds: float = 30.0,
 ) -> list[str]:
@@ -66,8 +66,7 @@ def extract_depth(
         for future in futures:
             future.result()  # raises the first failed shard's error
         commit_stage.with_options(**opts)(root, name)
-    if pushing:
-        push.with_options(**opts)(root)
+    push_if_pulled(root, pushing, sync_remote, opts)
     return sharded
 
 

@@ -21,7 +21,7 @@ def train_drin(
     repo: str = ".",
     overrides: dict[str, Any] | None = None,
     targets: list[str] | None = None,
-    sync_remote: bool = True,
+    sync_remote: bool | None = None,
     retries: int = 2,
     retry_delay_seconds: float = 30.0,
     grid_glob: str = GRID_GLOB,
@@ -32,7 +32,8 @@ def train_drin(
         repo: the pipeline checkout (the deployment sets it to the served one).
         overrides: parameters to set first, as ``dvc exp run -S`` would, e.g. ``{"top_k": 250}``.
         targets: stages to reproduce with everything upstream; all of dvc.yaml when empty.
-        sync_remote: ``dvc pull`` before and ``dvc push`` after, if a DVC remote is configured.
+        sync_remote: ``dvc pull`` before and ``dvc push`` after, if a DVC remote is configured;
+            None (auto): an unreachable remote is a warning; True: required; False: off.
         retries, retry_delay_seconds: per stage; the delay doubles on each retry.
         grid_glob: where the sample grids are, for the artifact.
     """
@@ -49,7 +50,7 @@ def train_drin(
 def train_vqgan(
     repo: str = ".",
     overrides: dict[str, Any] | None = None,
-    sync_remote: bool = True,
+    sync_remote: bool | None = None,
     retries: int = 2,
     retry_delay_seconds: float = 30.0,
 ) -> dict[str, Any]:

@@ -213,6 +213,20 @@ def test_a_stage_that_keeps_failing_fails_the_run_with_its_error(prefect_server,
     assert "evaluate" not in yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
 
 
+def test_a_required_remote_that_cannot_be_reached_fails_the_run(prefect_server, served_repo, tmp_path):
+    repo = make_toy_repo(tmp_path / "toy")
+    dvc(repo, "remote", "add", "-d", "store", "s3://nowhere/dvc")
+    dvc(repo, "remote", "modify", "--local", "store", "endpointurl", "http://127.0.0.1:9")  # closed port
+    params = {"repo": str(repo), "sync_remote": True, "retries": 0, **FAST_RETRY}
+
+    cli, run = deployment_run(prefect_server, "train-drin/train-drin", params)
+
+    assert cli.returncode != 0 and run.state.is_failed(), f"{run.state}\n{cli.stdout}"
+    tasks = task_runs(run)
+    assert tasks["dvc pull"].state.is_failed() and "acquire" not in tasks  # nothing ran on a missing remote
+    assert "dvc pull failed with exit code" in run_logs(run, "dvc pull failed")
+
+
 def test_train_vqgan_runs_only_the_first_stages_and_what_they_need(prefect_server, served_repo, tmp_path):
     repo = make_toy_repo(tmp_path / "toy")
 
@@ -269,8 +283,10 @@ def test_extract_depth_fans_shards_out_concurrently_and_records_the_stage(prefec
 @pytest.mark.slow
 def test_train_drin_on_the_smoke_profile_of_the_real_pipeline(prefect_server, served_repo, tmp_path):
     repo = make_smoke_repo(tmp_path / "smoke")
-    # The shipped DVC remote is a placeholder bucket: this run works offline.
-    params = {"repo": str(repo), "sync_remote": False, **FAST_RETRY}
+    # The shipped DVC remote is a placeholder bucket, here behind a closed loopback port
+    # (as unreachable as it is offline): the default sync mode warns and the run completes.
+    dvc(repo, "remote", "modify", "--local", "storage", "endpointurl", "http://127.0.0.1:9")
+    params = {"repo": str(repo), **FAST_RETRY}
 
     cli, run = deployment_run(prefect_server, "train-drin/train-drin", params, timeout=600)
 
@@ -280,9 +296,10 @@ def test_train_drin_on_the_smoke_profile_of_the_real_pipeline(prefect_server, se
     assert {"extract", "depth", "train-vqgan@image", "train-vqgan@depth", "tokenize", "train-transformer",
             "sample", "evaluate"} <= stages
     tasks = task_runs(run)
-    assert set(tasks) == stages | {"publish metrics", "publish grids"}
+    assert set(tasks) == stages | {"dvc pull", "publish metrics", "publish grids"}  # no push after a failed pull
     assert json.loads(dvc(repo, "status", "--json")) == {}  # every stage recorded by DVC
     assert "Running stage 'train-transformer'" in logs
+    assert "dvc pull failed" in logs and "nothing is pushed" in logs
 
     grid = repo / "data/samples/grid.png"
     assert grid.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
