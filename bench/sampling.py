@@ -24,7 +24,7 @@ def tokens_per_second(sampler, gpt, prefix, steps, seed) -> float:
     start = time.perf_counter()
     out = sampler(gpt, prefix, steps, top_k=100, top_p=0.95, generator=generator)
     elapsed = time.perf_counter() - start
-    return out.numel() / elapsed
+    return prefix.shape[0] * steps / elapsed  # generated tokens only, not the prefix
 
 
 def main() -> None:
