@@ -6,6 +6,9 @@ import pytest
 
 # Keep the 2-core CI machine responsive: one intra-op thread per test process.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Tests talk to loopback only: the weights resolver never tries an official URL
+# (tests of the download path serve their files from 127.0.0.1 and lift this).
+os.environ.setdefault("TAMING_OFFLINE", "1")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("TAMING_SHARED", os.path.join(os.path.dirname(REPO_ROOT), "shared"))
