@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # dvc stages call `taming`, tests call `dvc` and `prefect`: use the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test lint clean-venv bench
+.PHONY: install demo test clean-venv bench
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
