@@ -25,9 +25,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
+
+from models.atomic import atomic_path
 
 MANIFEST = "manifest.json"
 
@@ -116,20 +117,13 @@ def fetch_published(uri: str, dest: str | Path | None = None) -> Path:
         local = dest / _safe_relpath(rel, uri)
         if local.is_file() and sha256_file(local) == meta["sha256"]:
             continue
-        local.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{local.name}.", dir=local.parent)
-        os.close(fd)
-        try:
-            c.download_file(bucket, f"{prefix.rstrip('/')}/{rel}", tmp)
+        with atomic_path(local) as tmp:
+            c.download_file(bucket, f"{prefix.rstrip('/')}/{rel}", str(tmp))
             got = sha256_file(tmp)
             if got != meta["sha256"]:
                 raise ValueError(f"{join(uri, rel)}: SHA-256 {got} does not match the manifest's "
                                  f"{meta['sha256']} (republished while downloading? fetch again)")
-            os.replace(tmp, local)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
     # the local copy, last as on S3: a complete folder is one with a manifest
-    tmp = dest / f".tmp-{MANIFEST}"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, dest / MANIFEST)
+    with atomic_path(dest / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return dest

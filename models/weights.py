@@ -20,17 +20,19 @@ Environment:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import shutil
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 from models import s3
+from models.atomic import atomic_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,17 +203,13 @@ def _not_found_message(w: WeightsFile, target: Path, tried: list[str]) -> str:
             f"    (fill one with: taming weights push {w.name} s3://bucket/prefix)")
 
 
-def _install(name: str, tmp: Path, target: Path) -> None:
-    """Verify a completed temporary file and rename it into the cache."""
-    verify(name, tmp)
-    os.replace(tmp, target)
-
-
-def _temp_beside(target: Path) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{target.name}.", dir=target.parent)
-    os.close(fd)
-    return Path(tmp)
+@contextlib.contextmanager
+def _installing(name: str, target: Path) -> Iterator[Path]:
+    """A temporary file beside ``target`` to fill; verified, then renamed into the cache.
+    A failed fill or check leaves nothing in the cache."""
+    with atomic_path(target) as tmp:
+        yield tmp
+        verify(name, tmp)
 
 
 def _fetch_s3(name: str, uri: str, target: Path) -> str | None:
@@ -219,18 +217,15 @@ def _fetch_s3(name: str, uri: str, target: Path) -> str | None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket, key = s3.split_uri(uri)
-    tmp = _temp_beside(target)
     try:
-        s3.client().download_file(bucket, key, str(tmp))
-        _install(name, tmp, target)
+        with _installing(name, target) as tmp:
+            s3.client().download_file(bucket, key, str(tmp))
         return None
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
         return "not there" if code in ("404", "NoSuchKey", "NoSuchBucket") else f"S3 error: {e}"
     except BotoCoreError as e:  # no endpoint, no credentials, connection refused
         return f"unreachable: {e}"
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fetch_url(name: str, target: Path, timeout: float = 30.0) -> str | None:
@@ -238,21 +233,18 @@ def _fetch_url(name: str, target: Path, timeout: float = 30.0) -> str | None:
     from tqdm import tqdm
 
     w = entry(name)
-    tmp = _temp_beside(target)
     try:
         request = urllib.request.Request(w.url, headers={"User-Agent": "taming-pipeline"})
-        with urllib.request.urlopen(request, timeout=timeout) as r, open(tmp, "wb") as f:
+        with _installing(name, target) as tmp, urllib.request.urlopen(request, timeout=timeout) as r, \
+                open(tmp, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=w.filename, file=sys.stderr) as bar:
                 for chunk in iter(lambda: r.read(1 << 20), b""):
                     f.write(chunk)
                     bar.update(len(chunk))
-        _install(name, tmp, target)
         return None
     except (urllib.error.URLError, OSError) as e:  # offline, DNS, HTTP errors, timeouts
         return f"download failed: {e}"
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def import_file(name: str, src: str | Path) -> Path:
@@ -260,12 +252,8 @@ def import_file(name: str, src: str | Path) -> Path:
     src, target = Path(src), cached_path(name)
     if not src.is_file():
         raise WeightsNotFound(f"{src}: no such file to import as {name!r}")
-    tmp = _temp_beside(target)
-    try:
+    with _installing(name, target) as tmp:
         shutil.copyfile(src, tmp)
-        _install(name, tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
