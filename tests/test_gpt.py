@@ -67,7 +67,7 @@ def test_sequence_longer_than_cache_or_block_is_refused():
         gpt.new_cache(1, 25)
 
 
-def test_fused_inference_path_matches_autograd_path_and_tracks_weight_updates():
+def test_inference_path_matches_autograd_path_and_tracks_weight_updates():
     gpt = tiny_gpt()
     idx = torch.randint(0, 37, (2, 9))
     with_grad, _ = gpt(idx)
@@ -75,7 +75,7 @@ def test_fused_inference_path_matches_autograd_path_and_tracks_weight_updates():
         fused, _ = gpt(idx)
     torch.testing.assert_close(fused, with_grad.detach(), rtol=1e-5, atol=1e-6)
 
-    # an optimizer step changes the weights in place: the cached fused weight must follow
+    # an optimizer step changes the weights in place: the packed inference copies must follow
     optimizer = torch.optim.SGD(gpt.parameters(), lr=0.5)
     gpt(idx, targets=idx)[1].backward()
     optimizer.step()
