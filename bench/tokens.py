@@ -5,9 +5,12 @@ JPEGs and depth maps, runs both VQGAN encoders, then the GPT. The pipeline
 encodes once (`taming tokenize`) and trains from Parquet. This script times both
 with the same GPT, VQGANs and batch size (taken from params.yaml, the demo
 profile by default), on a freshly rendered scene dataset, and prints steps/s,
-the ratio, and the share of a Parquet-fed step spent in the loader.
+the ratio, and the share of a Parquet-fed step spent in the loader. It also counts
+the FLOPs of a GPT training step and of the two encoders: with both compute-bound,
+1 + encoders / GPT is what skipping the encoders can buy at these sizes.
 
     .venv/bin/python bench/tokens.py [--params params.yaml] [-S key=value ...] [--steps 30] [--threads 1]
+    .venv/bin/python bench/tokens.py --params profiles/drin-paper.yaml --flops-only
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -65,6 +69,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--images", type=int, default=20, help="scene images per class (10 classes)")
+    ap.add_argument("--flops-only", action="store_true",
+                    help="count FLOPs at batch 1 and time nothing (paper-size profiles on a CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -74,7 +80,9 @@ def main() -> None:
     tcfg = build(TransformerConfig, params.get("transformer"), "transformer")
     image_vq = VQModel(**image_cfg.model_params()).eval()
     depth_vq = VQModel(**depth_cfg.model_params()).eval()
-    batch_size = tcfg.batch_size
+    batch_size = 1 if args.flops_only else tcfg.batch_size
+    if args.flops_only:
+        args.images = 1
 
     with tempfile.TemporaryDirectory() as tmp:
         root = make_scene_data(Path(tmp), n_train=args.images, n_val=1, classes=10, resolution=image_cfg.size)
@@ -121,16 +129,32 @@ def main() -> None:
                 c = depth_vq.encode(batch["depth"])[2]
             train_step({"image_tokens": z, "cond_tokens": c})
 
-        parquet_rate, parquet_share = timed_steps(forever(token_batches), train_step, args.steps)
-        images_rate, images_share = timed_steps(forever(image_loader), encode_then_train, args.steps)
+        # what bounds the ratio: the arithmetic of a GPT training step vs the two encoders
+        sample_batch = next(iter(image_loader))
+        with FlopCounterMode(display=False) as gpt_flops:
+            train_step(next(iter(token_batches)))
+        with FlopCounterMode(display=False) as encoder_flops, torch.no_grad():
+            image_vq.encode(sample_batch["image"])
+            depth_vq.encode(sample_batch["depth"])
+
+        if not args.flops_only:
+            parquet_rate, parquet_share = timed_steps(forever(token_batches), train_step, args.steps)
+            images_rate, images_share = timed_steps(forever(image_loader), encode_then_train, args.steps)
 
     n_params = sum(p.numel() for p in module.model.transformer.parameters())
     print(f"transformer {tcfg.n_layer}L/{tcfg.n_head}H/{tcfg.n_embd}d ({n_params / 1e6:.2f} M params), "
           f"batch {batch_size}, sequence {vocab.block_size - 1}, {image_cfg.size}px, {args.threads} thread(s)")
+    gpt_g, enc_g = gpt_flops.get_total_flops() / 1e9, encoder_flops.get_total_flops() / 1e9
+    flops = (f"  FLOPs per step       : GPT train {gpt_g:.2f} G, VQGAN encoders {enc_g:.2f} G -> "
+             f"arithmetic bound on the ratio (1 + encoders / GPT) {1 + enc_g / gpt_g:.2f}x")
+    if args.flops_only:
+        print(flops)
+        return
     print(f"  Parquet tokens       : {parquet_rate:7.2f} steps/CPU-s  (loader {100 * parquet_share:.1f}% of a step; "
           f"whole split loaded in {1e3 * load_s:.0f} ms)")
     print(f"  images + VQGAN encode: {images_rate:7.2f} steps/CPU-s  (image/depth loading {100 * images_share:.1f}% of a step)")
     print(f"  ratio                : {parquet_rate / images_rate:7.2f}x  (target >= 3x; loader share target < 20%)")
+    print(flops)
 
 
 if __name__ == "__main__":
