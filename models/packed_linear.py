@@ -59,6 +59,15 @@ class PackedLinear:
         self._key = None  # (versions and addresses of the source parameters, packed?)
         self._weight = self._bias = None
 
+    # The packed copy is an opaque oneDNN tensor without storage: it cannot be
+    # deep-copied or pickled, so copies (copy.deepcopy, torch.save of a model) leave
+    # it behind and pack again on first use.
+    def __getstate__(self) -> dict:
+        return {"_layers": self._layers, "gelu": self.gelu}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _key=None, _weight=None, _bias=None)
+
     def _params(self) -> list[torch.Tensor]:
         return [p for layer in self._layers for p in (layer.weight, layer.bias) if p is not None]
 

@@ -63,3 +63,19 @@ def test_the_copy_follows_optimizer_steps_load_state_dict_and_dtype_changes():
         got = packed(xb)
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), layer(xb).float(), rtol=2e-2, atol=2e-2)
+
+
+def test_a_model_that_has_sampled_can_be_deep_copied_and_saved(tmp_path):
+    import copy
+
+    from models.gpt import GPT, GPTConfig
+    gpt = GPT(GPTConfig(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    idx = torch.randint(0, 37, (2, 5))
+    with torch.inference_mode():
+        before, _ = gpt(idx)  # packs every Linear
+    twin = copy.deepcopy(gpt)
+    torch.save(twin, tmp_path / "gpt.pt")
+    with torch.no_grad():
+        twin.head.weight.mul_(2)  # the copy packs its own weights, not the original's
+        torch.testing.assert_close(gpt(idx)[0], before)
+        assert not torch.allclose(twin(idx)[0], before)
