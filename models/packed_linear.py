@@ -48,7 +48,8 @@ class PackedLinear:
     concatenated along their outputs (query, key and value as one product).
 
     Not a module: it holds no parameters of its own, only a derived copy of the
-    layers' weights, so state_dicts and optimizers are unaffected.
+    layers' weights, so state_dicts and optimizers are unaffected. It follows the
+    layer objects it was given: a model that swaps in a new nn.Linear builds a new one.
     """
 
     def __init__(self, *layers: nn.Linear, gelu: bool = False):
