@@ -10,16 +10,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 # (tests of the download path serve their files from 127.0.0.1 and lift this).
 os.environ.setdefault("TAMING_OFFLINE", "1")
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.environ.get("TAMING_SHARED", os.path.join(os.path.dirname(REPO_ROOT), "shared"))
+REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "reference")
 
 
 @pytest.fixture(scope="session")
-def shared_reference():
-    """../shared/reference: vectors made by the original implementations."""
-    path = os.path.join(SHARED, "reference")
-    assert os.path.isdir(path), f"reference vectors not found at {path} (set TAMING_SHARED)"
-    return path
+def reference_dir():
+    """tests/reference: vectors made by the original implementations (its README says how)."""
+    return REFERENCE
 
 # Fixture plugins, one module per area (S3 server on loopback, Prefect server,
 # the smoke pipeline in a temporary repo copy).

@@ -1,4 +1,4 @@
-"""The reference vectors' weight-fill rule (../shared/reference/midas_deeplab/README.md):
+"""The reference vectors' weight-fill rule (tests/reference/midas_deeplab/README.md):
 deterministic weights that depend only on each state_dict entry's name."""
 from __future__ import annotations
 

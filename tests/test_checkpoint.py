@@ -33,22 +33,22 @@ class CallsFunction:
         return open, (str(self.marker), "w")
 
 
-def _ref_ckpt(shared_reference):
-    return os.path.join(shared_reference, "taming_small", "vqgan_image", "checkpoints", "last.ckpt")
+def _ref_ckpt(reference_dir):
+    return os.path.join(reference_dir, "taming_small", "vqgan_image", "checkpoints", "last.ckpt")
 
 
-def test_reference_lightning_1x_checkpoint_loads_without_lightning(shared_reference):
+def test_reference_lightning_1x_checkpoint_loads_without_lightning(reference_dir):
     # a fresh interpreter where importing pytorch_lightning/lightning fails, as if not installed
     code = (
         "import sys\n"
         "for m in ('pytorch_lightning', 'lightning', 'lightning_fabric'): sys.modules[m] = None\n"
         "from models.checkpoint import LightningStandIn, read_checkpoint, read_state_dict\n"
-        f"ck = read_checkpoint({_ref_ckpt(shared_reference)!r})\n"
+        f"ck = read_checkpoint({_ref_ckpt(reference_dir)!r})\n"
         "(key,) = ck['callbacks']\n"
         "assert key.__module__ == 'pytorch_lightning.callbacks.model_checkpoint', key\n"
         "assert issubclass(key, LightningStandIn) and key.__name__ == 'ModelCheckpoint'\n"
         "assert ck['callbacks'][key]['best_model_path'].endswith('last.ckpt')\n"
-        f"sd, step = read_state_dict({_ref_ckpt(shared_reference)!r})\n"
+        f"sd, step = read_state_dict({_ref_ckpt(reference_dir)!r})\n"
         "assert step == 1234 and 'quantize.embedding.weight' in sd, step\n"
         "print(len(sd))\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)

@@ -16,9 +16,9 @@ def model():
     return fill_reference(deeplab.deeplabv2_cocostuff())
 
 
-def test_reference_layout_and_outputs(model, shared_reference):
-    assert layout(model) == reference_layout(shared_reference, NAME)
-    expected = torch.load(os.path.join(shared_reference, "midas_deeplab", "expected.pt"), weights_only=True)
+def test_reference_layout_and_outputs(model, reference_dir):
+    assert layout(model) == reference_layout(reference_dir, NAME)
+    expected = torch.load(os.path.join(reference_dir, "midas_deeplab", "expected.pt"), weights_only=True)
     with torch.no_grad():
         out = model(expected[f"{NAME}.input"])
     ref = expected[f"{NAME}.output"]

@@ -35,7 +35,7 @@ def make_depth_vqgan(folder):
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, shared_reference):
+def evaluated(tmp_path_factory, reference_dir):
     """evaluate on 6 validation images, 4 of them the FID reference; the 'samples' are
     those 4 reference images themselves (centre crops, as the dataset gives them)."""
     root = tmp_path_factory.mktemp("evaluate")
@@ -45,7 +45,7 @@ def evaluated(tmp_path_factory, shared_reference):
     listed = (data / "imagenet" / "validation" / "filelist.txt").read_text().split()
     for i, k in enumerate([0, 1, 3, 4]):     # what pick_conditions spreads 4 of 6 over
         Image.open(data / "imagenet" / "validation" / listed[k]).crop((4, 0, 36, 32)).save(samples / f"{i:05d}.png")
-    vqgans = {"image": f"{shared_reference}/taming_small/vqgan_image", "depth": make_depth_vqgan(root / "depth_vq")}
+    vqgans = {"image": f"{reference_dir}/taming_small/vqgan_image", "depth": make_depth_vqgan(root / "depth_vq")}
     cfg = EvaluateConfig(batch_size=4, kid_subsets=5, fid_images=4)
     summary = run(cfg, samples, data, vqgans, root / "metrics")
     return root, summary

@@ -126,8 +126,8 @@ def test_lpips_loads_weight_files_in_the_official_layouts(tmp_path):
         assert torch.equal(lp.state_dict()[k], v), k
 
 
-def test_discriminator_loads_the_reference_checkpoint_and_actnorm_initialises(shared_reference):
-    sd, _ = read_state_dict(os.path.join(shared_reference, "taming_small/vqgan_image/checkpoints/last.ckpt"))
+def test_discriminator_loads_the_reference_checkpoint_and_actnorm_initialises(reference_dir):
+    sd, _ = read_state_dict(os.path.join(reference_dir, "taming_small/vqgan_image/checkpoints/last.ckpt"))
     disc = {k.removeprefix("loss.discriminator."): v for k, v in sd.items() if k.startswith("loss.discriminator.")}
     NLayerDiscriminator(3, ndf=16, n_layers=2).load_state_dict(disc)  # strict: the original's layout
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
 """MiDaS v2.1: the official key layouts load strictly and the original code's outputs are
-reproduced (../shared/reference/midas_deeplab); the hub transform's sizes; batching."""
+reproduced (tests/reference/midas_deeplab); the hub transform's sizes; batching."""
 import os
 
 import pytest
@@ -10,8 +10,8 @@ from reference_weights import fill_reference, layout, reference_layout, relative
 
 
 @pytest.fixture(scope="module")
-def expected(shared_reference):
-    return torch.load(os.path.join(shared_reference, "midas_deeplab", "expected.pt"), weights_only=True)
+def expected(reference_dir):
+    return torch.load(os.path.join(reference_dir, "midas_deeplab", "expected.pt"), weights_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +20,10 @@ def small():
 
 
 @pytest.mark.parametrize("name", ["midas_v21", "midas_v21_small"])
-def test_reference_layout_and_outputs(name, shared_reference, expected):
+def test_reference_layout_and_outputs(name, reference_dir, expected):
     model = midas.ARCHITECTURES[name]()
     # Same names, shapes and dtypes as the official state dict (order included).
-    assert layout(model) == reference_layout(shared_reference, name)
+    assert layout(model) == reference_layout(reference_dir, name)
     fill_reference(model)
     with torch.no_grad():
         out = model(expected[f"{name}.input"])

@@ -19,8 +19,8 @@ def rel(a, b):
 
 
 @pytest.fixture(scope="module")
-def reference(shared_reference):
-    folder = os.path.join(shared_reference, "taming_small")
+def reference(reference_dir):
+    folder = os.path.join(reference_dir, "taming_small")
     model = load_pretrained(os.path.join(folder, "drin_transformer"), strict=True)
     expected = torch.load(os.path.join(folder, "expected.pt"), weights_only=True)
     return model, expected

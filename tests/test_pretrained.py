@@ -1,4 +1,4 @@
-"""load_pretrained on checkpoints made by the original code (../shared/reference) and
+"""load_pretrained on checkpoints made by the original code (tests/reference) and
 on a Lightning 2 checkpoint written like our training stage writes them."""
 import os
 import shutil
@@ -17,8 +17,8 @@ def rel_err(a, b):
 
 
 @pytest.fixture(scope="module")
-def ref(shared_reference):
-    root = Path(shared_reference) / "taming_small"
+def ref(reference_dir):
+    root = Path(reference_dir) / "taming_small"
     return root, torch.load(root / "expected.pt", weights_only=True)
 
 

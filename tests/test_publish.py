@@ -22,8 +22,8 @@ CKPT, CONFIG = "checkpoints/last.ckpt", "configs/2026-01-01T00-00-00-project.yam
 
 
 @pytest.fixture
-def model_folder(shared_reference, tmp_path) -> Path:
-    return Path(shutil.copytree(Path(shared_reference) / "taming_small" / "vqgan_image", tmp_path / "vqgan_image"))
+def model_folder(reference_dir, tmp_path) -> Path:
+    return Path(shutil.copytree(Path(reference_dir) / "taming_small" / "vqgan_image", tmp_path / "vqgan_image"))
 
 
 @pytest.fixture

@@ -36,8 +36,8 @@ def make_validation_data(root, classes=3, per_class=2, size=40):
 
 
 @pytest.fixture
-def drin(shared_reference):
-    return f"{shared_reference}/taming_small/drin_transformer"
+def drin(reference_dir):
+    return f"{reference_dir}/taming_small/drin_transformer"
 
 
 def test_samples_grid_and_manifest(tmp_path, drin):
