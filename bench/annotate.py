@@ -25,7 +25,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tasks import annotate, depth, scenes, segment  # noqa: E402
+from tasks import depth, segment  # noqa: E402
+from tasks.config.schema import DepthConfig, SegmentConfig  # noqa: E402
+from tasks.data import annotation as annotate  # noqa: E402
+from tasks.data import scenes  # noqa: E402
 
 
 def make_images(data: Path, n: int, height: int, width: int) -> None:
@@ -67,10 +70,10 @@ def main() -> None:
         make_images(data, args.images, height, width)
         if args.model == "deeplabv2_cocostuff":
             from models.deeplab import deeplabv2_cocostuff as build
-            stage, cls = segment, segment.SegmentConfig
+            stage, cls = segment, SegmentConfig
         else:
             from models.midas import ARCHITECTURES
-            build, stage, cls = ARCHITECTURES[args.model], depth, depth.DepthConfig
+            build, stage, cls = ARCHITECTURES[args.model], depth, DepthConfig
         weights = Path(tmp) / "random.pt"
         torch.save(build().state_dict(), weights)
 

@@ -21,8 +21,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from tasks import acquire, extract, scenes
-from tasks.archives import tar_bytes, write_tar
+from tasks import acquire, extract
+from tasks.config.schema import DemoConfig, ExtractConfig
+from tasks.data import scenes
+from tasks.data.layout import TRAIN_TAR, VAL_SYNSETS, VAL_TAR
+from tasks.data.archives import tar_bytes, write_tar
 
 
 def cpu_seconds() -> float:
@@ -44,12 +47,12 @@ def rate(n: int, t: tuple[float, float]) -> str:
 
 def extractall_baseline(raw: Path, out: Path) -> None:
     """What the original taming repo does: trust the archive, extract everything, no checks."""
-    with tarfile.open(raw / acquire.TRAIN_TAR) as outer:
+    with tarfile.open(raw / TRAIN_TAR) as outer:
         outer.extractall(out, filter="fully_trusted")
     for sub in sorted(out.glob("*.tar")):
         with tarfile.open(sub) as inner:
             inner.extractall(out / sub.stem, filter="fully_trusted")
-    with tarfile.open(raw / acquire.VAL_TAR) as val:
+    with tarfile.open(raw / VAL_TAR) as val:
         val.extractall(out / "val", filter="fully_trusted")
 
 
@@ -62,18 +65,18 @@ def imagenet_sized(raw: Path, classes: int, per_class: int) -> int:
         return buf.getvalue()
 
     kinds = scenes.KINDS[:classes]
-    write_tar(raw / acquire.TRAIN_TAR, [(f"{k.synset}.tar", tar_bytes((f"{k.synset}_{i}.JPEG", jpeg(n, i))
+    write_tar(raw / TRAIN_TAR, [(f"{k.synset}.tar", tar_bytes((f"{k.synset}_{i}.JPEG", jpeg(n, i))
                                                                       for i in range(per_class)))
                                         for n, k in enumerate(kinds)])
-    write_tar(raw / acquire.VAL_TAR, [("ILSVRC2012_val_00000001.JPEG", jpeg(0, per_class))])
-    (raw / acquire.VAL_SYNSETS).write_text(f"ILSVRC2012_val_00000001.JPEG {kinds[0].synset}\n")
+    write_tar(raw / VAL_TAR, [("ILSVRC2012_val_00000001.JPEG", jpeg(0, per_class))])
+    (raw / VAL_SYNSETS).write_text(f"ILSVRC2012_val_00000001.JPEG {kinds[0].synset}\n")
     (raw / "synsets.json").write_text(
         json.dumps({k.synset: {"index": n, "human": k.name} for n, k in enumerate(kinds)}))
     return classes * per_class + 1
 
 
 def compare_extraction(label: str, raw: Path, work: Path, n: int, workers: int) -> None:
-    ours = timed(lambda: extract.run(extract.ExtractConfig(), raw, work / f"{label}-ours", work / f"{label}.json",
+    ours = timed(lambda: extract.run(ExtractConfig(), raw, work / f"{label}-ours", work / f"{label}.json",
                                      workers))
     base = timed(lambda: extractall_baseline(raw, work / f"{label}-extractall"))
     print(f"extract ({label}, {n} images): safe + verified ({workers} workers) {rate(n, ours)}   plain extractall {rate(n, base)}"
@@ -90,7 +93,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        demo = acquire.DemoConfig(resolution=args.resolution, n_train=args.per_class, n_val=args.per_class // 5)
+        demo = DemoConfig(resolution=args.resolution, n_train=args.per_class, n_val=args.per_class // 5)
         n = demo.classes * (demo.n_train + demo.n_val)
         render = timed(lambda: [scenes.render(scenes.scene_for(0, 0, i % 10, i), args.resolution)
                                 for i in range(500)])

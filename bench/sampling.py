@@ -13,19 +13,22 @@ the KV-cache sampler with plain F.linear, to show what packing the weights for o
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 
 import torch
 
 from models.gpt import GPT, GPTConfig
-from models.packed_linear import unpacked
 from models.sampling import generate, generate_without_cache
+from models.sampling_settings import SamplingSettings
+
+SETTINGS = SamplingSettings(top_k=100, top_p=0.95)
 
 
 def tokens_per_second(sampler, gpt, prefix, steps, seed) -> float:
     generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    out = sampler(gpt, prefix, steps, top_k=100, top_p=0.95, generator=generator)
+    sampler(gpt, prefix, steps, SETTINGS, generator=generator)
     elapsed = time.perf_counter() - start
     return prefix.shape[0] * steps / elapsed  # generated tokens only, not the prefix
 
@@ -52,15 +55,15 @@ def main() -> None:
     print(f"GPT {n_params / 1e6:.1f}M params, batch {args.batch}, {steps} tokens per sample, "
           f"top-k 100, top-p 0.95, {args.dtype}, {torch.get_num_threads()} threads")
 
-    generate(gpt, prefix, 8, top_k=100, top_p=0.95)  # warm-up (allocator, kernels)
+    generate(gpt, prefix, 8, SETTINGS)  # warm-up (allocator, kernels)
     kv = [tokens_per_second(generate, gpt, prefix, steps, seed) for seed in range(args.repeats)]
     print(f"  kv-cache runs: {', '.join(f'{x:.0f}' for x in kv)} tokens/s", flush=True)
     full = tokens_per_second(generate_without_cache, gpt, prefix, steps, 0)
     print(f"  full-recompute run: {full:.1f} tokens/s", flush=True)
     kv += [tokens_per_second(generate, gpt, prefix, steps, seed) for seed in range(args.repeats)]
     print(f"  kv-cache runs: {', '.join(f'{x:.0f}' for x in kv[args.repeats:])} tokens/s", flush=True)
-    with unpacked():  # the same loop with F.linear (MKL sgemm) instead of oneDNN's packed weights
-        plain = max(tokens_per_second(generate, gpt, prefix, steps, seed) for seed in range(args.repeats))
+    unpacked = functools.partial(generate, pack_weights=False)  # F.linear (MKL sgemm), not oneDNN's packed weights
+    plain = max(tokens_per_second(unpacked, gpt, prefix, steps, seed) for seed in range(args.repeats))
     print(f"kv-cache sampling:       {max(kv):8.0f} tokens/s")
     print(f"full-recompute sampling: {full:8.1f} tokens/s")
     print(f"speed-up:                {max(kv) / full:8.1f}x  (target >= 5x; >= 600 tokens/s)")

@@ -25,16 +25,14 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from models.vqgan import VQModel  # noqa: E402
-from scene_data import make_scene_data  # noqa: E402
-from tasks.config import build, load_params  # noqa: E402
-from tasks.datasets import ImageNetDataset  # noqa: E402
-from tasks.lit_transformer import LitTransformer  # noqa: E402
-from tasks.tokens import Codes, TokenDataset, TokenMeta, part_name, token_loader, write_part  # noqa: E402
-from tasks.train_transformer import TransformerConfig, Vocabulary, gpt_params  # noqa: E402
-from tasks.train_vqgan import config_for  # noqa: E402
+from tasks.config.params import validate  # noqa: E402
+from tasks.data.datasets import ImageNetDataset  # noqa: E402
+from tasks.data.scenes import write_extracted_dataset  # noqa: E402
+from tasks.data.token_store import Codes, TokenDataset, TokenMeta, part_name, token_loader, write_part  # noqa: E402
+from tasks.train_transformer import Vocabulary, gpt_params  # noqa: E402
+from tasks.training.lit_transformer import LitTransformer  # noqa: E402
 
 
 def timed_steps(batches, step, n: int, warmup: int = 3) -> tuple[float, float]:
@@ -65,7 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a parameter, e.g. -S vqgan.image.size=64 (repeatable)")
+                    help="override a parameter, e.g. -S vqgan.image.resolution=64 (repeatable)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--images", type=int, default=20, help="scene images per class (10 classes)")
@@ -75,9 +73,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    params = load_params(args.params, args.overrides)
-    image_cfg, depth_cfg = config_for(params, "image"), config_for(params, "depth")
-    tcfg = build(TransformerConfig, params.get("transformer"), "transformer")
+    config = validate(args.params, args.overrides)
+    image_cfg, depth_cfg, tcfg = config.vqgan["image"], config.vqgan["depth"], config.transformer
     image_vq = VQModel(**image_cfg.model_params()).eval()
     depth_vq = VQModel(**depth_cfg.model_params()).eval()
     batch_size = 1 if args.flops_only else tcfg.batch_size
@@ -85,15 +82,16 @@ def main() -> None:
         args.images = 1
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_scene_data(Path(tmp), n_train=args.images, n_val=1, classes=10, resolution=image_cfg.size)
+        root = write_extracted_dataset(Path(tmp), n_train=args.images, n_val=1, classes=10,
+                                       resolution=image_cfg.resolution)
         data = root / "data"
-        images = ImageNetDataset(data / "imagenet", "train", size=image_cfg.size, random_crop=True,
+        images = ImageNetDataset(data / "imagenet", "train", size=image_cfg.resolution, random_crop=True,
                                  depth_root=data / "depth", synsets_json=data / "raw/synsets.json")
         image_loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=True, drop_last=True)
 
         # tokenize once (what `taming tokenize` does), then train from the Parquet part
         meta = TokenMeta(image=Codes("image", image_cfg.n_embed, image_cfg.grid, "0" * 64),
-                         cond=Codes("depth", depth_cfg.n_embed, depth_cfg.grid, "0" * 64), size=image_cfg.size)
+                         cond=Codes("depth", depth_cfg.n_embed, depth_cfg.grid, "0" * 64), size=image_cfg.resolution)
         rows = {"ids": [], "labels": [], "image": [], "cond": []}
         with torch.no_grad():
             for b in torch.utils.data.DataLoader(images, batch_size=64):
@@ -143,7 +141,7 @@ def main() -> None:
 
     n_params = sum(p.numel() for p in module.model.transformer.parameters())
     print(f"transformer {tcfg.n_layer}L/{tcfg.n_head}H/{tcfg.n_embd}d ({n_params / 1e6:.2f} M params), "
-          f"batch {batch_size}, sequence {vocab.block_size - 1}, {image_cfg.size}px, {args.threads} thread(s)")
+          f"batch {batch_size}, sequence {vocab.block_size - 1}, {image_cfg.resolution}px, {args.threads} thread(s)")
     gpt_g, enc_g = gpt_flops.get_total_flops() / 1e9, encoder_flops.get_total_flops() / 1e9
     flops = (f"  FLOPs per step       : GPT train {gpt_g:.2f} G, VQGAN encoders {enc_g:.2f} G -> "
              f"arithmetic bound on the ratio (1 + encoders / GPT) {1 + enc_g / gpt_g:.2f}x")

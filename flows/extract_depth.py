@@ -18,8 +18,18 @@ from prefect import flow, get_run_logger, task
 from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.dvc_tasks import (DVC, dvc_output, pull_if_remote, push_if_pulled, repro_stage, resolve_repo, retry_options,
-                             stage_matches, stage_order, stream)
+from flows.dvc_tasks import (
+    DVC,
+    dvc_output,
+    pull_if_remote,
+    push_if_pulled,
+    repro_stage,
+    resolve_repo,
+    retry_options,
+    stage_matches,
+    stage_order,
+    stream,
+)
 
 DEPTH_STAGE = "depth"
 

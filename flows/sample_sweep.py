@@ -21,9 +21,17 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from flows.artifacts import GRID_GLOB, find_grids, publish_grids
-from flows.dvc_tasks import (apply_overrides, metric_columns, read_metrics, repro_stage, resolve_repo,
-                             retry_options, stage_matches, stage_order)
-from tasks.io import write_bytes
+from flows.dvc_tasks import (
+    apply_overrides,
+    metric_columns,
+    read_metrics,
+    repro_stage,
+    resolve_repo,
+    retry_options,
+    stage_matches,
+    stage_order,
+)
+from tasks.data.files import write_bytes
 
 SWEPT_STAGES = ("sample", "evaluate")  # the stages that read top_k / top_p, in order
 SWEEP_DIR = "data/sweeps"

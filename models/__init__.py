@@ -10,6 +10,7 @@ import importlib
 _LAZY = {
     "load_pretrained": "models.pretrained",
     "load_with_report": "models.pretrained",
+    "ModelFolder": "models.folder",
     "read_checkpoint": "models.checkpoint",
     "UnsafeCheckpointError": "models.checkpoint",
     "VQModel": "models.vqgan",

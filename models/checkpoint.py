@@ -18,12 +18,18 @@ from pathlib import Path
 
 import torch
 
+from models.errors import ModelFileError
+
 # bookkeeping classes a Lightning checkpoint may name (callbacks, hparams containers)
 LIGHTNING_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.")
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(pickle.UnpicklingError, ModelFileError):
     """The checkpoint's pickle names code we will not run."""
+
+
+class CheckpointError(ModelFileError, ValueError):
+    """The file is not a readable checkpoint, or not the checkpoint that was expected."""
 
 
 class LightningStandIn(dict):
@@ -57,7 +63,7 @@ def read_checkpoint(path: str | Path) -> dict:
         try:
             names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception as e:  # noqa: BLE001 - a broken archive, whatever the library raises
-            raise ValueError(f"{path}: not a readable torch checkpoint ({e})") from None
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
         refused = sorted(n for n in names if not n.startswith(LIGHTNING_PREFIXES))
         if refused:
             raise UnsafeCheckpointError(
@@ -73,9 +79,9 @@ def read_checkpoint(path: str | Path) -> dict:
                                     f"and plain containers ({_refusal_reason(e)})") from None
     except (RuntimeError, EOFError, OSError, AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
         # truncated or malformed archives, pickles that do not fit the stand-ins
-        raise ValueError(f"{path}: not a readable torch checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from None
     if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
+        raise CheckpointError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
     return ckpt
 
 
@@ -96,5 +102,5 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], int | No
         state_dict, step = ckpt, None
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise ValueError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")
+        raise CheckpointError(f"{path}: state_dict entries that are not tensors: {bad[:5]}")
     return dict(state_dict), (int(step) if step is not None else None)

@@ -5,8 +5,8 @@ The state_dict is key-for-key the one of taming/modules/transformer/mingpt.py
 `ln_f`, `head`), so official checkpoints load unchanged. Two things differ:
 attention runs through F.scaled_dot_product_attention, and generation can use a
 preallocated key/value cache (`KVCache`) so each new token costs one position,
-not a recomputation of the whole sequence, and without autograd every Linear runs
-through a packed inference copy of its weight (models/packed_linear.py).
+not a recomputation of the whole sequence. How the sampler speeds up the Linears
+on the CPU is its own business (models/sampling.py, models/packed_linear.py).
 """
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
-
-from models.packed_linear import PackedLinear
 
 
 @dataclass
@@ -78,20 +76,13 @@ class CausalSelfAttention(nn.Module):
         mask = torch.tril(torch.ones(config.block_size, config.block_size))
         mask[:config.n_unmasked, :config.n_unmasked] = 1
         self.register_buffer("mask", mask.view(1, 1, config.block_size, config.block_size))
-        # Inference copies (see models/packed_linear.py): q, k and v as one product.
-        self._qkv_packed = PackedLinear(self.query, self.key, self.value)
-        self._proj_packed = PackedLinear(self.proj)
-
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if torch.is_grad_enabled():
-            return self.query(x), self.key(x), self.value(x)
-        return self._qkv_packed(x).chunk(3, dim=-1)
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, pos: int = 0) -> torch.Tensor:
         """x (B, T, C). With `kv` (2, B, nh, max_len, hs), this layer's slice of a KVCache,
         x's keys/values are written at [pos, pos+T) and attention spans [0, pos+T)."""
         B, T, C = x.shape
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in self._qkv(x))
+        q, k, v = (t(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for t in (self.query, self.key, self.value))
         if kv is not None:
             kv[0, :, :, pos:pos + T] = k
             kv[1, :, :, pos:pos + T] = v
@@ -104,7 +95,7 @@ class CausalSelfAttention(nn.Module):
         dropout = self.attn_pdrop if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)
-        return self.resid_drop(self.proj(y) if torch.is_grad_enabled() else self._proj_packed(y))
+        return self.resid_drop(self.proj(y))
 
 
 class Block(nn.Module):
@@ -119,17 +110,10 @@ class Block(nn.Module):
             nn.Linear(4 * config.n_embd, config.n_embd),
             nn.Dropout(config.resid_pdrop),
         )
-        self._mlp_packed = (PackedLinear(self.mlp[0], gelu=True), PackedLinear(self.mlp[2]))
-
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled():
-            return self.mlp(x)
-        up, down = self._mlp_packed
-        return self.mlp[3](down(up(x)))
 
     def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, pos: int = 0) -> torch.Tensor:
         x = x + self.attn(self.ln1(x), kv, pos)
-        return x + self._mlp(self.ln2(x))
+        return x + self.mlp(self.ln2(x))
 
 
 class GPT(nn.Module):
@@ -146,7 +130,6 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.apply(self._init_weights)
-        self._head_packed = PackedLinear(self.head)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -190,7 +173,7 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, cache.kv[i] if cache is not None else None, pos)
         x = self.ln_f(x)
-        logits = self.head(x) if torch.is_grad_enabled() else self._head_packed(x)
+        logits = self.head(x)
         if cache is not None:
             cache.pos += T
         loss = None

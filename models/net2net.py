@@ -28,6 +28,7 @@ from models import sampling
 from models.conditioning import SOSProvider, conditioner_from_original_config
 from models.gpt import GPT, GPTConfig
 from models.permuter import Identity, build_permuter
+from models.sampling_settings import SamplingSettings
 
 _ORIGINAL_PARAMS = {"transformer_config", "first_stage_config", "cond_stage_config", "permuter_config",
                     "ckpt_path", "ignore_keys", "first_stage_key", "cond_stage_key",
@@ -194,46 +195,44 @@ class Net2NetTransformer(nn.Module):
         return logits[:, c.shape[1] - 1:], target
 
     def _sample_sequence(self, c: torch.Tensor, z_prefix: torch.Tensor | None, steps: int,
-                         guidance_scale: float = 1.0, **sampling_kwargs) -> torch.Tensor:
+                         settings: SamplingSettings, generator: torch.Generator | None = None,
+                         callback=None) -> torch.Tensor:
         """Condition c (B, n_c) + image prefix in generation order -> prefix + `steps` new tokens."""
         if z_prefix is None:
             z_prefix = c.new_empty(c.shape[0], 0)
         self._check_tokens("z_prefix", z_prefix)
         prefix = torch.cat((c, z_prefix.long()), dim=1)
         uncond_prefix = None
-        if guidance_scale != 1.0:
+        if settings.guided:
             if self.null_token is None:
-                raise ValueError("classifier-free guidance needs a model trained with a null_token")
+                raise ValueError("classifier-free guidance needs a model trained with condition dropout "
+                                 "(a null_token); this one was not")
             uncond_prefix = torch.cat((torch.full_like(c, self.null_token), z_prefix.long()), dim=1)
         with _eval_mode(self.transformer) as gpt:
-            new = sampling.generate(gpt, prefix, steps, uncond_prefix=uncond_prefix,
-                                    guidance_scale=guidance_scale, **sampling_kwargs)
+            new = sampling.generate(gpt, prefix, steps, settings, generator=generator,
+                                    uncond_prefix=uncond_prefix, callback=callback)
         return torch.cat((z_prefix.long(), new), dim=1)
 
     def sample_indices(self, c_indices: torch.Tensor | None, z_prefix: torch.Tensor | None = None,
-                       steps: int = 0, temperature: float = 1.0, top_k: int | None = None,
-                       top_p: float | None = None, generator: torch.Generator | None = None,
-                       greedy: bool = False, guidance_scale: float = 1.0, callback=None) -> torch.Tensor:
+                       steps: int = 0, settings: SamplingSettings = SamplingSettings(),
+                       generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
         """Sample image tokens through the KV cache.
 
         c_indices (B, n_c), or None for an unconditional model; z_prefix (B, p): the
         first image tokens in generation order (raster order for the default
         permuter), or None. Returns all p + steps image tokens in RASTER order
         (B, p + steps); with a non-identity permuter p + steps must fill the grid.
-        guidance_scale != 1 applies classifier-free guidance against null_token."""
+        settings.guidance_scale != 1 applies classifier-free guidance against null_token."""
         batch = c_indices.shape[0] if c_indices is not None else z_prefix.shape[0]
         device = (c_indices if c_indices is not None else z_prefix).device
         c = self._condition(c_indices, batch, device)
-        sequence = self._sample_sequence(c, z_prefix, steps, guidance_scale, temperature=temperature,
-                                         top_k=top_k, top_p=top_p, greedy=greedy, generator=generator,
-                                         callback=callback)
+        sequence = self._sample_sequence(c, z_prefix, steps, settings, generator, callback)
         return self.permuter(sequence, reverse=True)
 
     def sample_indices_sliding(self, c_indices: torch.Tensor | None, grid: tuple[int, int],
                                window: tuple[int, int], z_init: torch.Tensor | None = None,
-                               temperature: float = 1.0, top_k: int | None = None,
-                               top_p: float | None = None, generator: torch.Generator | None = None,
-                               greedy: bool = False, callback=None) -> torch.Tensor:
+                               settings: SamplingSettings = SamplingSettings(),
+                               generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
         """Sample a latent grid (H, W) larger than the training grid `window` (h, w):
         each position from a training-size window around it (sampling.generate_sliding_window).
         c_indices: (B, H*W) condition tokens on the same grid, raster order, or
@@ -250,9 +249,8 @@ class Net2NetTransformer(nn.Module):
         z = torch.zeros(c.shape[0], H, W, dtype=torch.int64, device=c.device) if z_init is None \
             else z_init.long().reshape(-1, H, W)
         with _eval_mode(self.transformer) as gpt:
-            out = sampling.generate_sliding_window(gpt, c, z, window, temperature=temperature,
-                                                   top_k=top_k, top_p=top_p, greedy=greedy,
-                                                   generator=generator, callback=callback)
+            out = sampling.generate_sliding_window(gpt, c, z, window, settings, generator=generator,
+                                                   callback=callback)
         return out.reshape(out.shape[0], -1)
 
     # ---- image level (the original's API) -------------------------------------------
@@ -300,11 +298,9 @@ class Net2NetTransformer(nn.Module):
     @torch.no_grad()
     def sample(self, x: torch.Tensor, c: torch.Tensor, steps: int, temperature: float = 1.0,
                sample: bool = False, top_k: int | None = None, top_p: float | None = None,
-               generator: torch.Generator | None = None, callback=None,
-               guidance_scale: float = 1.0) -> torch.Tensor:
+               generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
         """The original's signature: continue image tokens x (B, p) (generation order)
         given condition tokens c (B, n_c) by `steps` tokens; argmax unless `sample`.
         Returns (B, p + steps) in generation order. Runs through the KV cache."""
-        return self._sample_sequence(c.long(), x, steps, guidance_scale, temperature=temperature,
-                                     top_k=top_k, top_p=top_p, greedy=not sample,
-                                     generator=generator, callback=callback)
+        settings = SamplingSettings(top_k=top_k, top_p=top_p, temperature=temperature, greedy=not sample)
+        return self._sample_sequence(c.long(), x, steps, settings, generator, callback)

@@ -1,19 +1,26 @@
-"""Linear layers for inference, with the weight packed once for the CPU's matmul library.
+"""Linear layers for sampling, with each weight packed once for the CPU's matmul library.
 
 Sampling feeds one token per sequence per step, so every Linear of the GPT is a
-(batch x in) @ (in x out) product whose time is the time to read the weight. On
-the CPU, F.linear goes to MKL's sgemm, which streams a weight at ~10 GB/s on the
-2-core AMD EPYC this was developed on; oneDNN, reading a copy reordered once into
-its blocked layout, streams ~21 GB/s (the layer mix of bench/sampling.py's GPT,
-measured side by side: 10.4 ms vs 4.9 ms per step). The copy is made on first use
-and rebuilt whenever a source parameter changes (optimizer step, load_state_dict,
-.to()), so training never sees it. Everywhere else (CUDA, autograd, a torch built
-without oneDNN) this is plain F.linear over the same weights.
+(batch x in) @ (in x out) product whose time is the time to read the weight. On the
+CPU, F.linear goes to MKL's sgemm; oneDNN, reading a copy of the weight reordered once
+into its blocked layout, streams it about twice as fast (bench/sampling.py measures
+both side by side). The sampler opts in around its loop:
+
+    with packed_linears(gpt):
+        logits, _ = gpt(token, cache=cache)
+
+Inside the block each nn.Linear of the model computes through its packed copy, made on
+first use and rebuilt when the weight changes (optimizer step, load_state_dict, .to());
+outside it, the model is untouched. Layers on other devices, dtypes the CPU cannot run
+in oneDNN (bf16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT) and anything under autograd
+keep plain F.linear, so packing never changes what can run, only how fast.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -28,75 +35,60 @@ def onednn_linear_available() -> bool:
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
-_packing = True
+@functools.cache
+def packing_supported(dtype: torch.dtype) -> bool:
+    """Whether this CPU packs and multiplies weights of ``dtype`` in oneDNN. bf16 needs
+    AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT: on an AVX2-only CPU oneDNN refuses to reorder
+    a bf16 weight, so such models keep F.linear there."""
+    if not onednn_linear_available():
+        return False
+    if dtype == torch.float32:
+        return True
+    if dtype == torch.bfloat16:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+class _PackedWeight:
+    """oneDNN's copy of one layer's weight, tagged with the weight it was made from."""
+
+    def __init__(self, layer: nn.Linear):
+        self.key = self.key_of(layer)
+        with torch.no_grad():
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach())
+
+    @staticmethod
+    def key_of(layer: nn.Linear) -> tuple:
+        w = layer.weight
+        return w._version, w.data_ptr(), w.dtype
+
+
+# Keyed by the layer, outside it: the opaque oneDNN tensor has no storage, so a model that
+# held it could no longer be deep-copied or pickled.
+_copies: weakref.WeakKeyDictionary[nn.Linear, _PackedWeight] = weakref.WeakKeyDictionary()
+
+
+def _packed_forward(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype != layer.weight.dtype or (torch.is_grad_enabled() and layer.weight.requires_grad):
+        return F.linear(x, layer.weight, layer.bias)
+    packed = _copies.get(layer)
+    if packed is None or packed.key != _PackedWeight.key_of(layer):
+        packed = _copies[layer] = _PackedWeight(layer)
+    bias = None if layer.bias is None else layer.bias.detach()
+    return torch.ops.mkldnn._linear_pointwise(x, packed.weight, bias, "none", [], "")
 
 
 @contextlib.contextmanager
-def unpacked():
-    """Within this block every PackedLinear runs plain F.linear (bench/sampling.py
-    times both, side by side)."""
-    global _packing
-    previous, _packing = _packing, False
+def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Within the block, every nn.Linear of ``model`` that this CPU can pack computes
+    through its packed weight; ``enabled=False`` leaves the model as it is (to compare)."""
+    layers = [m for m in model.modules()
+              if enabled and isinstance(m, nn.Linear) and m.weight.device.type == "cpu"
+              and packing_supported(m.weight.dtype) and "forward" not in m.__dict__]
+    for layer in layers:  # an instance attribute shadows nn.Linear.forward
+        layer.forward = functools.partial(_packed_forward, layer)
     try:
-        yield
+        yield model
     finally:
-        _packing = previous
-
-
-class PackedLinear:
-    """x -> x W^T + b (then GELU if `gelu`) for one or more nn.Linear layers
-    concatenated along their outputs (query, key and value as one product).
-
-    Not a module: it holds no parameters of its own, only a derived copy of the
-    layers' weights, so state_dicts and optimizers are unaffected. It follows the
-    layer objects it was given: a model that swaps in a new nn.Linear builds a new one.
-    """
-
-    def __init__(self, *layers: nn.Linear, gelu: bool = False):
-        if not layers:
-            raise ValueError("PackedLinear needs at least one nn.Linear")
-        self._layers = layers
-        self.gelu = gelu
-        self._key = None  # (versions and addresses of the source parameters, packed?)
-        self._weight = self._bias = None
-
-    # The packed copy is an opaque oneDNN tensor without storage: it cannot be
-    # deep-copied or pickled, so copies (copy.deepcopy, torch.save of a model) leave
-    # it behind and pack again on first use.
-    def __getstate__(self) -> dict:
-        return {"_layers": self._layers, "gelu": self.gelu}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _key=None, _weight=None, _bias=None)
-
-    def _params(self) -> list[torch.Tensor]:
-        return [p for layer in self._layers for p in (layer.weight, layer.bias) if p is not None]
-
-    def _refresh(self, pack: bool) -> None:
-        key = (tuple((p._version, p.data_ptr(), p.dtype) for p in self._params()), pack)
-        if key == self._key:
-            return
-        with torch.no_grad():
-            layers = self._layers
-            if len(layers) == 1:  # no copy unless packing makes one
-                weight, bias = layers[0].weight.detach(), layers[0].bias
-                bias = None if bias is None else bias.detach()
-            else:
-                weight = torch.cat([layer.weight for layer in layers])
-                bias = None if all(layer.bias is None for layer in layers) else torch.cat(
-                    [layer.weight.new_zeros(layer.out_features) if layer.bias is None else layer.bias
-                     for layer in layers])
-            self._weight = torch.ops.mkldnn._reorder_linear_weight(weight) if pack else weight
-            self._bias = bias
-        self._key = key
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self._layers[0].weight
-        pack = (_packing and weight.device.type == "cpu" and weight.dtype in (torch.float32, torch.bfloat16)
-                and x.dtype == weight.dtype and onednn_linear_available())
-        self._refresh(pack)
-        if pack:
-            return torch.ops.mkldnn._linear_pointwise(
-                x, self._weight, self._bias, "gelu" if self.gelu else "none", [], "none" if self.gelu else "")
-        y = F.linear(x, self._weight, self._bias)
-        return F.gelu(y) if self.gelu else y
+        for layer in layers:
+            del layer.forward

@@ -6,6 +6,8 @@
     model = load_pretrained("x/last.ckpt", config="x/project.yaml")  # checkpoint + YAML
     model = load_pretrained("s3://bucket/team/vqgan_image")  # published with `taming publish`
 
+Finding the files of a folder (and what it holds without loading it) is models/folder.py.
+
 The YAML's `model.target` picks one of a fixed set of classes (TARGETS); no target
 string is ever imported. The checkpoint is read by models/checkpoint.py, which runs no
 pickled code. Training-only keys (`loss.*`) are dropped; other missing or unexpected
@@ -21,14 +23,12 @@ import warnings
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
-from models import s3
-from models.checkpoint import read_state_dict
+from models.checkpoint import CheckpointError, read_state_dict
+from models.folder import NET2NET, locate, read_config
 from models.vqgan import GumbelVQ, VQModel, VQSegmentationModel
 
-NET2NET = "taming.models.cond_transformer.Net2NetTransformer"
 VQ_TARGETS: dict[str, type[VQModel]] = {
     "taming.models.vqgan.VQModel": VQModel,
     "taming.models.vqgan.GumbelVQ": GumbelVQ,
@@ -61,7 +61,7 @@ def load_pretrained(path: str | Path, config: str | Path | None = None, *, stric
         msg = (f"{report.checkpoint}: {len(report.missing)} missing key(s) {report.missing[:10]}, "
                f"{len(report.unexpected)} unexpected key(s) {report.unexpected[:10]} for {report.target}")
         if strict:
-            raise ValueError(msg)
+            raise CheckpointError(msg)
         warnings.warn(msg, stacklevel=2)
     return model
 
@@ -77,9 +77,9 @@ def load_with_report(path: str | Path, config: str | Path | None = None, *,
     try:
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:  # shape mismatches: the YAML does not describe this checkpoint
-        raise ValueError(f"{ckpt_path} does not fit the model {config_path} describes: {e}") from None
+        raise CheckpointError(f"{ckpt_path} does not fit the model {config_path} describes: {e}") from None
     if not any(k in state_dict for k in model.state_dict()):
-        raise ValueError(f"{ckpt_path}: none of its {len(state_dict)} keys (e.g. {list(state_dict)[:3]}) "
+        raise CheckpointError(f"{ckpt_path}: none of its {len(state_dict)} keys (e.g. {list(state_dict)[:3]}) "
                          f"belongs to the {model_cfg['target']} that {config_path} describes")
     model.to(map_location).eval()
     return model, LoadReport(ckpt_path, config_path, model_cfg["target"], step,
@@ -89,41 +89,6 @@ def load_with_report(path: str | Path, config: str | Path | None = None, *,
 def _training_only(key: str) -> bool:
     # the VQGAN's loss module (discriminator, LPIPS), also inside a Net2Net's stages
     return key.startswith("loss.") or ".loss." in key
-
-
-# ---- files ------------------------------------------------------------------------
-
-def locate(path: str | Path, config: str | Path | None = None) -> tuple[Path, Path]:
-    """(checkpoint, project YAML) on local disk, downloading s3:// URIs first."""
-    if s3.is_s3(path):  # a folder published by `taming publish`: fetched, verified, cached
-        path = s3.fetch_published(str(path))
-    path = Path(path)
-    if path.is_dir():
-        ckpt, run_dir = path / "checkpoints" / "last.ckpt", path
-    else:
-        ckpt, run_dir = path, path.parent.parent  # <run>/checkpoints/<name>.ckpt
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    if config is None:
-        found = sorted((run_dir / "configs").glob("*-project.yaml"))
-        if not found:
-            raise FileNotFoundError(f"no configs/*-project.yaml next to {ckpt} (looked in "
-                                    f"{run_dir / 'configs'}); pass config=<project.yaml>")
-        config = found[-1]  # a resumed run keeps one per start; timestamps sort, the last is current
-    config = Path(config)
-    if not config.is_file():
-        raise FileNotFoundError(f"config not found: {config}")
-    return ckpt, config
-
-
-def read_config(path: str | Path) -> dict:
-    """The `model` section ({target, params}) of a project YAML."""
-    with open(path) as f:
-        cfg = yaml.safe_load(f)  # plain data only; YAML tags cannot construct objects
-    model_cfg = cfg.get("model", cfg) if isinstance(cfg, dict) else None
-    if not isinstance(model_cfg, dict) or "target" not in model_cfg:
-        raise ValueError(f"{path}: expected a `model:` section with `target` and `params`")
-    return model_cfg
 
 
 # ---- models from the original YAML -------------------------------------------------
@@ -136,11 +101,11 @@ def build_model(model_cfg: dict, source: str | Path = "config",
     if target in VQ_TARGETS:
         return build_vqgan(model_cfg, source, state_dict)
     if target != NET2NET:
-        raise ValueError(f"{source}: unsupported model target {target!r}; known: {', '.join(TARGETS)}")
+        raise CheckpointError(f"{source}: unsupported model target {target!r}; known: {', '.join(TARGETS)}")
     from models.net2net import Net2NetTransformer
 
     if "first_stage_config" not in params:
-        raise ValueError(f"{source}: a Net2NetTransformer config needs model.params.first_stage_config")
+        raise CheckpointError(f"{source}: a Net2NetTransformer config needs model.params.first_stage_config")
     first_stage = build_vqgan(params.pop("first_stage_config"), f"{source} first_stage_config",
                               state_dict, prefix="first_stage_model.")
     cond_stage = None
@@ -157,7 +122,7 @@ def build_vqgan(model_cfg: dict, source: str | Path = "config",
                 state_dict: dict[str, torch.Tensor] | None = None, prefix: str = "") -> VQModel:
     target = model_cfg.get("target")
     if target not in VQ_TARGETS:
-        raise ValueError(f"{source}: expected a VQGAN target ({', '.join(VQ_TARGETS)}), got {target!r}")
+        raise CheckpointError(f"{source}: expected a VQGAN target ({', '.join(VQ_TARGETS)}), got {target!r}")
     params = {k: v for k, v in (model_cfg.get("params") or {}).items() if k not in VQ_TRAINING_ONLY}
     remap, used = params.get("remap"), f"{prefix}quantize.used"
     if isinstance(remap, str) and not os.path.exists(remap) and state_dict is not None and used in state_dict:
@@ -165,4 +130,4 @@ def build_vqgan(model_cfg: dict, source: str | Path = "config",
     try:
         return VQ_TARGETS[target](**params)
     except TypeError as e:
-        raise ValueError(f"{source}: params for {target} do not fit: {e}") from None
+        raise CheckpointError(f"{source}: params for {target} do not fit: {e}") from None

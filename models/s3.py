@@ -22,13 +22,12 @@ and verifies every file against it, so a reader never takes a half-published mod
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from models.atomic import atomic_path
+from models.files import atomic_path, sha256_file
 
 MANIFEST = "manifest.json"
 
@@ -66,14 +65,6 @@ def join(uri: str, *parts: str) -> str:
 
 def is_s3(uri: str | Path) -> bool:
     return str(uri).startswith("s3://")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cache_dir() -> Path:

@@ -1,30 +1,26 @@
 """Sampling from the GPT: logit filtering and the autoregressive loop.
 
-Every sampler works on a batch and takes an optional torch.Generator, so a run is
-reproducible. `generate` feeds one token per step through a preallocated key/value
-cache; `generate_without_cache` recomputes the whole sequence each step and exists
-as the baseline that bench/sampling.py compares against. `generate_sliding_window`
-samples latent grids larger than the training grid, as the paper's high-resolution
-results do.
+How to draw is one validated object, `SamplingSettings` (top-k, top-p, temperature,
+guidance, greedy). Every sampler works on a batch and takes an optional
+torch.Generator, so a run is reproducible. `generate` feeds one token per step
+through a preallocated key/value cache, with the CPU's Linears packed for oneDNN
+(models/packed_linear.py); `generate_without_cache` recomputes the whole sequence
+each step and exists as the baseline that bench/sampling.py compares against.
+`generate_sliding_window` samples latent grids larger than the training grid, as
+the paper's high-resolution results do.
 """
 from __future__ import annotations
 
 import torch
 
 from models.gpt import GPT
+from models.packed_linear import packed_linears
+from models.sampling_settings import SamplingSettings
+
+DEFAULT = SamplingSettings()
 
 
-def _check_filters(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature} (use greedy=True for argmax)")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-
-
-def _candidates(logits: torch.Tensor, temperature: float, top_k: int | None,
-                top_p: float | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _candidates(logits: torch.Tensor, settings: SamplingSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The tokens still allowed after temperature, top-k and top-p, as
     (their logits, their token ids); excluded ones get logit -inf. ids is None when
     every token is a candidate (no filtering), so the logits are the full row.
@@ -33,7 +29,8 @@ def _candidates(logits: torch.Tensor, temperature: float, top_k: int | None,
     renormalised top-k distribution (as the original's top-k-then-top-p filter)
     without a full-vocabulary sort.
     """
-    logits = logits / temperature
+    logits = logits / settings.temperature
+    top_k, top_p = settings.top_k, settings.top_p
     if top_p is not None and top_p >= 1.0:
         top_p = None
     if top_k is not None:
@@ -50,27 +47,23 @@ def _candidates(logits: torch.Tensor, temperature: float, top_k: int | None,
     return values, ids
 
 
-def filter_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None) -> torch.Tensor:
+def filter_logits(logits: torch.Tensor, settings: SamplingSettings = DEFAULT) -> torch.Tensor:
     """logits (..., vocab) scaled by 1/temperature, with -inf for every token that
     top-k (the k most likely) or top-p (the smallest set holding mass >= p) removes.
     Each filter works alone or together with the other."""
-    _check_filters(temperature, top_k, top_p)
-    values, ids = _candidates(logits, temperature, top_k, top_p)
+    values, ids = _candidates(logits, settings)
     if ids is None:
         return values
     return torch.full_like(logits, float("-inf")).scatter_(-1, ids, values)
 
 
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None, greedy: bool = False,
+def sample_logits(logits: torch.Tensor, settings: SamplingSettings = DEFAULT,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """One token per row of logits (B, vocab) -> (B, 1): the argmax when greedy,
     otherwise a draw from the filtered distribution (see filter_logits)."""
-    if greedy:
+    if settings.greedy:
         return logits.argmax(dim=-1, keepdim=True)
-    _check_filters(temperature, top_k, top_p)
-    values, ids = _candidates(logits, temperature, top_k, top_p)
+    values, ids = _candidates(logits, settings)
     choice = torch.multinomial(values.softmax(dim=-1), 1, generator=generator)
     return choice if ids is None else ids.gather(-1, choice)
 
@@ -82,54 +75,54 @@ def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> tor
 
 
 @torch.inference_mode()
-def generate(gpt: GPT, prefix: torch.Tensor, steps: int, temperature: float = 1.0,
-             top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
+def generate(gpt: GPT, prefix: torch.Tensor, steps: int, settings: SamplingSettings = DEFAULT,
              generator: torch.Generator | None = None, uncond_prefix: torch.Tensor | None = None,
-             guidance_scale: float = 1.0, callback=None) -> torch.Tensor:
+             callback=None, pack_weights: bool = True) -> torch.Tensor:
     """Continue `prefix` (B, P) by `steps` tokens through a key/value cache -> (B, steps).
 
     uncond_prefix (B, P): the prefix with the condition replaced by null tokens, for
-    classifier-free guidance with `guidance_scale`; both run as one batch of 2B.
-    `callback(step)` is called before each step (progress bars).
+    classifier-free guidance with settings.guidance_scale; both run as one batch of 2B.
+    `callback(step)` is called before each step (progress bars). pack_weights=False
+    keeps plain F.linear (to measure what packing is worth).
     """
-    _check_filters(temperature, top_k, top_p)
     B, P = prefix.shape
     if steps < 1:
         return prefix.new_empty(B, 0)
     if P < 1:
         raise ValueError("generate needs a prefix of at least one token (a condition or SOS token)")
     guided = uncond_prefix is not None
+    if settings.guided and not guided:
+        raise ValueError(f"guidance_scale {settings.guidance_scale} needs uncond_prefix (the null condition)")
     if guided:
         if uncond_prefix.shape != prefix.shape:
             raise ValueError(f"uncond_prefix {tuple(uncond_prefix.shape)} must match prefix {tuple(prefix.shape)}")
         prefix = torch.cat((prefix, uncond_prefix))
     cache = gpt.new_cache(prefix.shape[0], P + steps - 1)  # the last token is never fed back
     out = prefix.new_empty(B, steps)
-    logits, _ = gpt(prefix, cache=cache)
-    for t in range(steps):
-        if callback is not None:
-            callback(t)
-        last = logits[:, -1]
-        if guided:
-            last = guided_logits(last[:B], last[B:], guidance_scale)
-        token = sample_logits(last, temperature, top_k, top_p, greedy, generator)
-        out[:, t:t + 1] = token
-        if t + 1 < steps:
-            logits, _ = gpt(torch.cat((token, token)) if guided else token, cache=cache)
+    with packed_linears(gpt, enabled=pack_weights):
+        logits, _ = gpt(prefix, cache=cache)
+        for t in range(steps):
+            if callback is not None:
+                callback(t)
+            last = logits[:, -1]
+            if guided:
+                last = guided_logits(last[:B], last[B:], settings.guidance_scale)
+            token = sample_logits(last, settings, generator)
+            out[:, t:t + 1] = token
+            if t + 1 < steps:
+                logits, _ = gpt(torch.cat((token, token)) if guided else token, cache=cache)
     return out
 
 
 @torch.inference_mode()
-def generate_without_cache(gpt: GPT, prefix: torch.Tensor, steps: int, temperature: float = 1.0,
-                           top_k: int | None = None, top_p: float | None = None, greedy: bool = False,
+def generate_without_cache(gpt: GPT, prefix: torch.Tensor, steps: int, settings: SamplingSettings = DEFAULT,
                            generator: torch.Generator | None = None) -> torch.Tensor:
     """The original's sampler: re-run the whole sequence for every new token -> (B, steps).
     Quadratic in the sequence length; kept as the reference and benchmark baseline."""
-    _check_filters(temperature, top_k, top_p)
     seq = prefix
     for _ in range(steps):
         logits, _ = gpt(seq)
-        token = sample_logits(logits[:, -1], temperature, top_k, top_p, greedy, generator)
+        token = sample_logits(logits[:, -1], settings, generator)
         seq = torch.cat((seq, token), dim=1)
     return seq[:, prefix.shape[1]:]
 
@@ -141,10 +134,8 @@ def window_start(i: int, size: int, window: int) -> int:
 
 
 @torch.inference_mode()
-def generate_sliding_window(gpt: GPT, c: torch.Tensor, z_grid: torch.Tensor,
-                            window: tuple[int, int], temperature: float = 1.0,
-                            top_k: int | None = None, top_p: float | None = None,
-                            greedy: bool = False, generator: torch.Generator | None = None,
+def generate_sliding_window(gpt: GPT, c: torch.Tensor, z_grid: torch.Tensor, window: tuple[int, int],
+                            settings: SamplingSettings = DEFAULT, generator: torch.Generator | None = None,
                             start: int = 0, callback=None) -> torch.Tensor:
     """Sample a latent grid larger than the one the GPT was trained on.
 
@@ -157,7 +148,8 @@ def generate_sliding_window(gpt: GPT, c: torch.Tensor, z_grid: torch.Tensor,
     cropped alike: the sequence is cond crop + image crop, raster order, as in the
     original's sample_conditional script. Returns the completed (B, H, W) grid.
     """
-    _check_filters(temperature, top_k, top_p)
+    if settings.guided:
+        raise ValueError("sliding-window sampling does not apply classifier-free guidance")
     B, H, W = z_grid.shape
     h, w = window
     if c.dim() == 3 and c.shape != z_grid.shape:
@@ -165,18 +157,16 @@ def generate_sliding_window(gpt: GPT, c: torch.Tensor, z_grid: torch.Tensor,
     if H < h or W < w:
         raise ValueError(f"grid {H}x{W} is smaller than the window {h}x{w}")
     z_grid = z_grid.clone()
-    for n in range(start, H * W):
-        if callback is not None:
-            callback(n)
-        i, j = divmod(n, W)
-        i0, j0 = window_start(i, H, h), window_start(j, W, w)
-        local = (i - i0) * w + (j - j0)
-        c_patch = c[:, i0:i0 + h, j0:j0 + w].reshape(B, -1) if c.dim() == 3 else c
-        z_patch = z_grid[:, i0:i0 + h, j0:j0 + w].reshape(B, -1)
-        # the causal model only looks left, so feed the crop up to the token before (i, j)
-        seq = torch.cat((c_patch, z_patch[:, :local]), dim=1)
-        logits, _ = gpt(seq)
-        z_grid[:, i, j] = sample_logits(logits[:, -1], temperature, top_k, top_p, greedy, generator)[:, 0]
+    with packed_linears(gpt):
+        for n in range(start, H * W):
+            if callback is not None:
+                callback(n)
+            i, j = divmod(n, W)
+            i0, j0 = window_start(i, H, h), window_start(j, W, w)
+            local = (i - i0) * w + (j - j0)
+            c_patch = c[:, i0:i0 + h, j0:j0 + w].reshape(B, -1) if c.dim() == 3 else c
+            z_patch = z_grid[:, i0:i0 + h, j0:j0 + w].reshape(B, -1)
+            # the causal model only looks left, so feed the crop up to the token before (i, j)
+            logits, _ = gpt(torch.cat((c_patch, z_patch[:, :local]), dim=1))
+            z_grid[:, i, j] = sample_logits(logits[:, -1], settings, generator)[:, 0]
     return z_grid
-
-

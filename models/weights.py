@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Iterator
 
 from models import s3
-from models.atomic import atomic_path
+from models.errors import ModelFileError
+from models.files import atomic_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,11 +99,11 @@ REGISTRY: dict[str, WeightsFile] = {w.name: w for w in [
 ]}
 
 
-class WeightsNotFound(FileNotFoundError):
+class WeightsNotFound(FileNotFoundError, ModelFileError):
     """No source could provide the file; the message says how to provide it."""
 
 
-class WeightsChecksumError(ValueError):
+class WeightsChecksumError(ValueError, ModelFileError):
     """A file does not match the registry's size or hash."""
 
 
@@ -261,7 +262,7 @@ def push(name: str, mirror: str | None = None) -> str:
     """Upload the resolved (verified) file to the S3 mirror as ``<prefix>/<filename>``."""
     uri = mirror_uri(name, mirror)
     if uri is None:
-        raise ValueError("no mirror given: pass s3://bucket/prefix or set TAMING_WEIGHTS_S3")
+        raise WeightsNotFound("no mirror given: pass s3://bucket/prefix or set TAMING_WEIGHTS_S3")
     bucket, key = s3.split_uri(uri)
     s3.client().upload_file(str(resolve(name)), bucket, key)
     return uri

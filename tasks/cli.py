@@ -1,12 +1,20 @@
-"""The ``taming`` command: one sub-command per pipeline stage.
+"""The ``taming`` command: one sub-command per pipeline stage, plus ``weights`` and ``publish``.
 
-``dvc.yaml`` calls these; Prefect tasks call the same ``run(cfg)`` functions.
-A stage module is imported only when its command runs, so ``taming --help``
-stays instant and a broken optional dependency breaks only its own stage.
+``dvc.yaml`` calls these; Prefect reproduces them through DVC. For a pipeline stage the
+command validates the whole params file once (tasks/config/params.py: a bad value
+anywhere stops the first stage, before work) and calls the stage's
+``main(config, args)`` with the typed config; the stage parses nothing itself. A
+stage module is imported only when its command runs, so ``taming --help`` stays
+instant and a broken optional dependency breaks only its own stage.
 
 Each stage module provides:
-    add_arguments(parser)  -- its own flags (``--params`` / ``--set`` are common)
-    main(args) -> int|None -- builds its typed config and calls ``run(cfg)``
+    add_arguments(parser)        -- its own flags (``--params`` / ``-S`` are common)
+    main(config, args)           -- pipeline stages: config is the validated PipelineConfig
+    main(args)                   -- the other commands
+
+Errors a user can act on (bad parameters: exit 2; missing or unusable inputs, model
+files: exit 1) are printed in one line naming the stage; anything else is a bug and
+keeps its traceback.
 """
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ import argparse
 import importlib
 import sys
 
-from tasks.config import ConfigError
+from tasks.config.typed import ConfigError
 
 # name -> (module, one-line help). Order is pipeline order.
 STAGES: dict[str, tuple[str, str]] = {
@@ -23,7 +31,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "depth": ("tasks.depth", "MiDaS (or ground-truth) depth maps as RGBA-packed float32 PNGs"),
     "segment": ("tasks.segment", "DeepLab v2 (or ground-truth) COCO-Stuff label maps as uint8 PNGs"),
     "train-vqgan": ("tasks.train_vqgan", "train a VQGAN first stage (image, depth or segmentation) with Lightning"),
-    "tokenize": ("tasks.tokenize", "encode images and conditioning once with the frozen VQGANs into Parquet shards"),
+    "tokenize": ("tasks.tokenize_images", "encode images and conditioning once with the frozen VQGANs into Parquet shards"),
     "train-transformer": ("tasks.train_transformer", "train the conditional transformer from Parquet tokens"),
     "sample": ("tasks.sample", "sample images with the KV cache (top_k / top_p / temperature) and write a grid"),
     "evaluate": ("tasks.evaluate", "FID/KID, reconstruction metrics and codebook usage into metrics/*.json"),
@@ -31,8 +39,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "publish": ("tasks.publish", "upload a trained checkpoint with its manifest to S3"),
 }
 
-
-# The stages of dvc.yaml: they read params.yaml (tasks/params.py checks all of it first).
+# The stages of dvc.yaml: they read params.yaml, validated as a whole first.
 PIPELINE_STAGES = ("acquire", "extract", "depth", "segment", "train-vqgan", "tokenize", "train-transformer",
                    "sample", "evaluate")
 
@@ -57,7 +64,15 @@ def stage_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a parameter, e.g. -S sample.batch_size=4 (repeatable)")
     module.add_arguments(parser)
+    parser.set_defaults(command=name)
     return parser, module
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is the whole story: inputs, model files, weights."""
+    from models.errors import ModelFileError
+    from tasks.runtime.errors import StageError
+    return StageError, ModelFileError, FileNotFoundError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,16 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     parser, module = stage_parser(name)
     args = parser.parse_args(rest)
     try:
-        if name in PIPELINE_STAGES:  # a bad value anywhere in params.yaml stops the first stage, before work
-            from tasks.params import validate
-            validate(args.params, args.overrides)
+        if name in PIPELINE_STAGES:
+            from tasks.config.params import validate
+            return int(module.main(validate(args.params, args.overrides), args) or 0)
         return int(module.main(args) or 0)
     except ConfigError as e:
         print(f"taming {name}: invalid parameters: {e}", file=sys.stderr)
         return 2
-    except NotImplementedError as e:
-        print(f"taming {name}: not implemented yet{': ' + str(e) if str(e) else ''}", file=sys.stderr)
-        return 3
+    except user_errors() as e:
+        print(f"taming {name}: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

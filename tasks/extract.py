@@ -9,14 +9,14 @@ Reads ``data/raw`` (see tasks/acquire.py) and writes
     metrics/extract.json                    counts: members = extracted + rejected + skipped, per split
 
 Safety: archives are untrusted. Member bytes are written to paths built here from
-checked plain names (tasks/archives.py); absolute paths, ``..``, links, devices,
+checked plain names (tasks/data/archives.py); absolute paths, ``..``, links, devices,
 fifos and directories are refused and reported, never followed.
 
 Images: each member is decoded (JPEG at 1/8 scale, which still reads the whole
 entropy-coded stream, so truncation is caught cheaply). Zero-byte, undecodable
 and truncated files are rejected. Decodable oddities (PNG bytes under a .JPEG
 name, CMYK, greyscale, palette) are kept byte for byte and counted under
-``converted``: tasks/datasets.py converts them to RGB when it reads them, as the
+``converted``: tasks/data/datasets.py converts them to RGB when it reads them, as the
 original ImageNet loader did.
 
 Resumable: each synset is written into a hidden ``.tmp-<synset>`` folder together
@@ -44,49 +44,21 @@ import os
 import shutil
 import tarfile
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
+from tasks.config.schema import ExtractConfig
+from tasks.data.archives import is_plain_name, member_problem
+from tasks.data.classes import ClassTable
+from tasks.data.files import write_json, write_text
+from tasks.data.layout import DATA, METRICS, SPLITS, SYNSETS_JSON, TRAIN_TAR, VAL_SYNSETS, VAL_TAR
+from tasks.runtime.errors import StageError
+from tasks.runtime.parallel import ordered_map
+from tasks.runtime.progress import progress
 
-from tasks.acquire import TRAIN_TAR, VAL_SYNSETS, VAL_TAR, ordered_map
-from tasks.archives import is_plain_name, member_problem
-from tasks.config import check, from_params
-from tasks.io import write_json, write_text
-
-SPLITS = ("train", "validation")
 MANIFEST = ".manifest.json"
 
 
-def str_to_indices(string: str) -> list[int]:
-    """'32-123, 256' -> [32, ..., 122, 256], exactly as the original taming repo parses it."""
-    if not string.strip() or string.strip().endswith(","):
-        raise ValueError(f"{string!r}: expected e.g. '32-123, 256' (no trailing comma)")
-    indices = []
-    for sub in string.split(","):
-        bounds = sub.split("-")
-        if len(bounds) == 1:
-            indices.append(int(bounds[0]))
-        elif len(bounds) == 2:
-            indices.extend(range(int(bounds[0]), int(bounds[1])))
-        else:
-            raise ValueError(f"{string!r}: bad range {sub.strip()!r}")
-    return sorted(indices)
-
-
-@dataclass
-class ExtractConfig:
-    sub_indices: str = ""    # restrict to these class indices, e.g. "32-123, 256"; empty = all
-
-    def __post_init__(self):
-        if self.sub_indices:
-            try:
-                str_to_indices(self.sub_indices)
-            except ValueError as e:
-                check(False, "extract.sub_indices", str(e))
-
-
-class ExtractError(RuntimeError):
+class ExtractError(StageError):
     """The inputs are unusable as a whole (missing archive, inconsistent synset lists)."""
 
 
@@ -210,7 +182,7 @@ def _extract_train(archive: Path, split_dir: Path, selected: set[str], known: se
             else:
                 todo.append((archive, member.offset_data, member.size, member.name, split_dir))
     with ordered_map(workers) as map_:
-        results = tqdm(map_(_extract_synset, todo), total=len(todo), desc="train synsets", unit="synset")
+        results = progress(map_(_extract_synset, todo), total=len(todo), desc="train synsets", unit="synset")
         for (*_, name, _), result in zip(todo, results):
             if isinstance(result, str):
                 rejected.append({"archive": TRAIN_TAR, "member": name, "synset": name[:-len(".tar")],
@@ -239,7 +211,7 @@ def _extract_validation(archive: Path, listing: Path, split_dir: Path, selected:
     parts: dict[str, _Synset] = {}
     rejected, skipped, seen = [], 0, set()
     with tarfile.open(archive, mode="r:") as tar:
-        for member in tqdm(tar, desc="validation", unit="img"):
+        for member in progress(tar, desc="validation", unit="img"):
             problem = member_problem(member)
             synset = truth.get(member.name)
             if not problem and synset is None:
@@ -303,7 +275,7 @@ def _fingerprint(raw: Path) -> str:
     for name in (TRAIN_TAR, VAL_TAR):
         with tarfile.open(raw / name, mode="r:") as tar:
             headers(tar, name)
-    for name in (VAL_SYNSETS, "synsets.json"):
+    for name in (VAL_SYNSETS, SYNSETS_JSON):
         h.update(hashlib.sha256((raw / name).read_bytes()).digest())
     return h.hexdigest()
 
@@ -329,24 +301,23 @@ def _drop_unlisted(split_dir: Path, synsets: set[str]) -> None:
             shutil.rmtree(folder)
 
 
-def run(cfg: ExtractConfig, raw_dir: str | Path = "data/raw", out_dir: str | Path = "data/imagenet",
-        metrics_path: str | Path = "metrics/extract.json", workers: int = 1) -> dict:
+def run(cfg: ExtractConfig, raw_dir: str | Path = DATA.raw, out_dir: str | Path = DATA.images,
+        metrics_path: str | Path = METRICS / "extract.json", workers: int = 1) -> dict:
     """Extract ``raw_dir``'s archives into ``out_dir``; ``workers`` processes take train synsets in
     parallel (the output does not depend on their number)."""
     raw, out = Path(raw_dir), Path(out_dir)
-    for name in (TRAIN_TAR, VAL_TAR, VAL_SYNSETS, "synsets.json"):
+    for name in (TRAIN_TAR, VAL_TAR, VAL_SYNSETS, SYNSETS_JSON):
         if not (raw / name).is_file():
             raise ExtractError(f"{raw / name}: not found (run `taming acquire` first)")
-    synsets = json.loads((raw / "synsets.json").read_text())
-    known = set(synsets)
+    try:
+        classes = ClassTable.read(raw / SYNSETS_JSON)
+    except ValueError as e:
+        raise ExtractError(str(e)) from None
+    known = set(classes.labels)
     for synset in known:            # synsets name folders: plain names only
         if not is_plain_name(synset):
-            raise ExtractError(f"{raw / 'synsets.json'}: synset {synset!r} is not a plain folder name")
-    if cfg.sub_indices:
-        wanted = set(str_to_indices(cfg.sub_indices))
-        selected = {s for s, v in synsets.items() if v["index"] in wanted}
-    else:
-        selected = known
+            raise ExtractError(f"{raw / SYNSETS_JSON}: synset {synset!r} is not a plain folder name")
+    selected = classes.selected(cfg.sub_indices)
     try:
         _start(out, _fingerprint(raw))
         results = {"train": _extract_train(raw / TRAIN_TAR, out / "train", selected, known, workers),
@@ -373,20 +344,12 @@ def run(cfg: ExtractConfig, raw_dir: str | Path = "data/raw", out_dir: str | Pat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--raw", default="data/raw", help="acquire's output folder (default: %(default)s)")
-    parser.add_argument("--out", default="data/imagenet", help="output folder (default: %(default)s)")
-    parser.add_argument("--metrics", default="metrics/extract.json", help="counts file (default: %(default)s)")
+    parser.add_argument("--raw", default=str(DATA.raw), help="acquire's output folder (default: %(default)s)")
+    parser.add_argument("--out", default=str(DATA.images), help="output folder (default: %(default)s)")
+    parser.add_argument("--metrics", default=str(METRICS / "extract.json"), help="counts file (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes extracting train synsets (default: all cores); the output does not depend on it")
 
 
-def main(args: argparse.Namespace) -> int:
-    import sys
-
-    cfg = from_params(ExtractConfig, args.params, "extract", args.overrides)
-    try:
-        run(cfg, args.raw, args.out, args.metrics, args.workers)
-    except ExtractError as e:
-        print(f"taming extract: {e}", file=sys.stderr)
-        return 1
-    return 0
+def main(config, args: argparse.Namespace) -> None:
+    run(config.extract, args.raw, args.out, args.metrics, args.workers)

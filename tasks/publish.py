@@ -20,7 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasks.config import check, load_params
+from models.files import sha256_file
+from tasks.config.typed import check, load_params
 
 
 @dataclasses.dataclass
@@ -90,7 +91,7 @@ def run(cfg: PublishConfig) -> str:
               desc=f"publish {cfg.name}", file=sys.stderr) as bar:
         for rel in files:
             path, key = cfg.folder / rel, f"{prefix}/{rel.as_posix()}"
-            digest, size = s3.sha256_file(path), path.stat().st_size
+            digest, size = sha256_file(path), path.stat().st_size
             manifest["files"][rel.as_posix()] = {"sha256": digest, "size": size}
             try:
                 head = c.head_object(Bucket=bucket, Key=key)
@@ -120,9 +121,6 @@ def main(args: argparse.Namespace) -> int:
                         params_file=Path(args.params), overrides=tuple(args.overrides))
     try:
         run(cfg)
-    except FileNotFoundError as e:
-        print(f"taming publish: {e}", file=sys.stderr)
-        return 1
     except (BotoCoreError, ClientError, Boto3Error) as e:  # unreachable endpoint, no credentials, no bucket
         print(f"taming publish: upload to {cfg.uri} failed: {e}", file=sys.stderr)
         return 1

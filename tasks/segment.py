@@ -9,43 +9,37 @@ uint8 label PNGs at image resolution (182 COCO-Stuff classes). Models:
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
-from typing import Literal
 
-from tasks import annotate
-
-
-@dataclass
-class SegmentConfig(annotate.AnnotateConfig):
-    model: Literal["deeplabv2_cocostuff", "groundtruth"] = "groundtruth"
+from tasks.config.schema import SegmentConfig
+from tasks.data import annotation
+from tasks.runtime.devices import resolve_device
 
 
-def deeplab_annotator(cfg: SegmentConfig) -> annotate.Annotator:
+def deeplab_annotator(cfg: SegmentConfig) -> annotation.Annotator:
     import torch
 
     from models import deeplab
 
-    device = annotate.resolve_device(cfg.device)
+    device = resolve_device(cfg.device)
     model = deeplab.load_deeplab(cfg.model, cfg.weights).to(device)
-    return annotate.Annotator(
-        load=annotate.load_image,
+    return annotation.Annotator(
+        load=annotation.load_image,
         key=lambda im: tuple(im.shape),  # native resolution: equal sizes share a forward
         predict=lambda ims: list(deeplab.segment(model, torch.stack(ims).to(device)).cpu().numpy()),
         kind="segmentation",
     )
 
 
-def annotator(cfg: SegmentConfig) -> annotate.Annotator:
-    return annotate.groundtruth_annotator("segmentation") if cfg.model == "groundtruth" else deeplab_annotator(cfg)
+def annotator(cfg: SegmentConfig) -> annotation.Annotator:
+    return annotation.groundtruth_annotator("segmentation") if cfg.model == "groundtruth" else deeplab_annotator(cfg)
 
 
 def run(cfg: SegmentConfig) -> dict:
-    return annotate.annotate(cfg, annotator(cfg))
+    return annotation.annotate(cfg, annotator(cfg))
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    annotate.add_arguments(parser)
+add_arguments = annotation.add_arguments
 
 
-def main(args: argparse.Namespace) -> int:
-    return annotate.main(SegmentConfig, "segment", annotator, args)
+def main(config, args: argparse.Namespace) -> None:
+    run(annotation.with_flags(config.segment, args))

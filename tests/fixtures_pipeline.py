@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from processes import run_bounded
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMOKE_PROFILE = "profiles/smoke.yaml"
 
@@ -62,10 +64,10 @@ def make_smoke_repo(dest: str | Path) -> Path:
     return dest
 
 
-def run_dvc(repo: str | Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``dvc ARGS`` in ``repo`` with this interpreter's DVC; output captured as text."""
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=repo, env=pipeline_env(),
-                          capture_output=True, text=True, timeout=timeout)
+def run_dvc(repo: str | Path, *args: str, check: bool = True, cpu_s: float = 900) -> subprocess.CompletedProcess:
+    """Run ``dvc ARGS`` in ``repo`` with this interpreter's DVC; output captured as text.
+    Bounded by CPU time (the smoke pipeline needs about a minute of it), not wall time."""
+    proc = run_bounded([sys.executable, "-m", "dvc", *args], cwd=repo, env=pipeline_env(), cpu_s=cpu_s)
     if check and proc.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

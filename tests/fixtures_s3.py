@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from processes import run_bounded
+
 # Fake, distinctive and made fresh each session, so that finding one anywhere (even in a
 # copy of this repository's sources) can only mean it leaked.
 ACCESS_KEY = "AKIATAMING" + secrets.token_hex(5).upper()
@@ -135,13 +137,12 @@ OUTPUTS: list[str] = []
 
 
 def run_logged(cwd, *args: str, env: dict[str, str | None] | None = None, check: bool = True,
-               timeout: float = 600) -> subprocess.CompletedProcess:
+               cpu_s: float = 900) -> subprocess.CompletedProcess:
     """Run a command with this interpreter's scripts (dvc, taming) first on PATH; keep its output.
     ``env`` adds variables; a value of None removes one."""
     merged = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
               "DVC_NO_ANALYTICS": "1", **(env or {})}
-    proc = subprocess.run(list(args), cwd=cwd, env={k: v for k, v in merged.items() if v is not None},
-                          capture_output=True, text=True, timeout=timeout)
+    proc = run_bounded(list(args), cwd=cwd, env={k: v for k, v in merged.items() if v is not None}, cpu_s=cpu_s)
     OUTPUTS.extend([proc.stdout, proc.stderr])
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

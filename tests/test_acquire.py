@@ -9,11 +9,14 @@ import pytest
 from PIL import Image
 
 from params_files import write_params
-from tasks import acquire, cli, extract, scenes
-from tasks.acquire import (OFFICIAL_SIZES, TRAIN_TAR, VAL_SYNSETS, VAL_TAR, AcquireError, CustomConfig, DataConfig,
-                           DemoConfig, ImagenetConfig)
-from tasks.config import ConfigError, build
-from tasks.formats import load_depth_png, load_label_png
+from tasks import acquire, cli, extract
+from tasks.acquire import OFFICIAL_SIZES, AcquireError
+from tasks.config.schema import CustomConfig, DataConfig, DemoConfig, ExtractConfig, ImagenetConfig
+from tasks.config.typed import ConfigError, build
+from tasks.data import scenes
+from tasks.data.layout import TRAIN_TAR, VAL_SYNSETS, VAL_TAR
+from tasks.runtime.errors import StageError
+from tasks.data.formats import load_depth_png, load_label_png
 
 TINY = DemoConfig(seed=3, resolution=16, classes=3, n_train=4, n_val=2, distractors=1)
 
@@ -66,7 +69,7 @@ def test_demo_is_deterministic_for_any_number_of_workers_and_the_seed_matters(tm
 
 def test_demo_archives_extract_cleanly(tmp_path):
     acquire.run(DataConfig(demo=TINY), tmp_path / "raw")
-    m = extract.run(extract.ExtractConfig(), tmp_path / "raw", tmp_path / "im", tmp_path / "m.json")
+    m = extract.run(ExtractConfig(), tmp_path / "raw", tmp_path / "im", tmp_path / "m.json")
     assert (m["train"]["extracted"], m["validation"]["extracted"]) == (12, 6)
     assert m["train"]["rejected"] == m["validation"]["rejected"] == 0
 
@@ -141,12 +144,12 @@ def test_custom_lists_are_packed_unchanged_as_one_class(tmp_path):
         assert inner.extractfile("custom_00000001.JPEG").read() == (images / "im0.png").read_bytes()
     sources = json.loads((raw / "custom_sources.json").read_text())
     assert sources["custom_test_00000001.JPEG"] == str(images / "im2.png")
-    m = extract.run(extract.ExtractConfig(), raw, tmp_path / "im", tmp_path / "m.json")
+    m = extract.run(ExtractConfig(), raw, tmp_path / "im", tmp_path / "m.json")
     assert m["train"]["extracted"] == 2 and m["validation"]["extracted"] == 1
     assert m["train"]["converted"] == {"PNG data under a .JPEG name": 1}
 
     (images / "train.txt").write_text("im0.png\nghost.png\n")
-    with pytest.raises(AcquireError, match=r"train.txt:2: image 'ghost.png' not found"):
+    with pytest.raises(StageError, match=r"train.txt:2: image 'ghost.png' not found"):
         acquire.run(cfg, tmp_path / "raw2")
 
 

@@ -1,6 +1,5 @@
 """Stages depth and segment end to end on a few real (rendered) JPEGs: ground truth, MiDaS
 and DeepLab with random weights, sharding, resuming after SIGKILL, clear errors."""
-import os
 import shutil
 import signal
 import subprocess
@@ -11,19 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from models import deeplab, midas
 from params_files import write_params
 from reference_weights import fill_reference
-from tasks import annotate, cli, scenes
-from tasks.config import ConfigError
-from tasks.depth import DepthConfig
+from tasks import cli
+from tasks.config.schema import DepthConfig, SegmentConfig
+from tasks.config.typed import ConfigError
+from tasks.data import annotation as annotate
+from tasks.data import scenes
 from tasks.depth import run as run_depth
-from tasks.io import is_temp
-from tasks.formats import load_depth_png, load_label_png, save_depth_png, save_label_png
-from tasks.segment import SegmentConfig
+from tasks.data.files import is_temp
+from tasks.data.formats import load_depth_png, load_label_png, save_depth_png, save_label_png
 from tasks.segment import run as run_segment
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from tasks import acquire, extract
-from tasks.datasets import FileListDataset, ImageNetDataset, Preprocess, normalised_depth
-from tasks.formats import save_depth_png, save_label_png
+from tasks.config.schema import DataConfig, DemoConfig, ExtractConfig
+from tasks.data.datasets import FileListDataset, ImageNetDataset, Preprocess, normalised_depth
+from tasks.data.formats import save_depth_png, save_label_png
 
 H, W = 24, 32
 SYNSETS = {"n01": {"index": 0, "human": "tench"}, "n02": {"index": 1, "human": "goldfish"},
@@ -55,11 +56,12 @@ def test_sample_dict_layout_and_ranges(tree):
     assert s["depth"].shape == (1, H, W) and s["depth"].dtype == torch.float32
     assert s["depth"].min() == -1 and s["depth"].max() == 1          # per-image min-max over the full map
     assert s["segmentation"].shape == (H, W) and s["segmentation"].dtype == torch.int64
-    assert (s["class_label"], s["synset"], s["human_label"], s["relpath"]) == (1, "n03", "shark", "n03/n03_0.JPEG")
+    # the class label is the synset's index in synsets.json (n02 has no images here)
+    assert (s["class_label"], s["synset"], s["human_label"], s["relpath"]) == (2, "n03", "shark", "n03/n03_0.JPEG")
     # image exactly uint8 / 127.5 - 1
     assert torch.equal(s["image"], torch.from_numpy(coordinate_image()).permute(2, 0, 1).float() / 127.5 - 1)
     batch = next(iter(DataLoader(ds, batch_size=4)))
-    assert batch["image"].shape == (4, 3, H, W) and batch["class_label"].tolist() == [0, 0, 1, 1]
+    assert batch["image"].shape == (4, 3, H, W) and batch["class_label"].tolist() == [0, 0, 2, 2]
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -92,10 +94,11 @@ def test_shorter_side_rescale_then_centre_crop(tree):
     assert upscaled.shape == (40, 40, 3)
 
 
-def test_sub_indices_and_class_ranks(tree):
+def test_sub_indices_keep_the_class_labels_of_synsets_json(tree):
+    """One definition of class labels: a subset, or a split missing a class, shifts nothing."""
     ds = make(tree, sub_indices="2")
     assert [ds[i]["synset"] for i in range(len(ds))] == ["n03", "n03"]
-    assert [ds[i]["class_label"] for i in range(len(ds))] == [0, 0]       # ranks within the dataset
+    assert [ds[i]["class_label"] for i in range(len(ds))] == [2, 2]
 
 
 def test_missing_filelist_is_a_clear_error(tmp_path):
@@ -119,9 +122,9 @@ def test_file_list_dataset_reads_any_image_as_rgb(tmp_path):
 
 def test_demo_end_to_end_with_ground_truth_maps(tmp_path):
     """acquire demo -> extract -> dataset whose depth and segmentation come from the ground truth."""
-    cfg = acquire.DataConfig(demo=acquire.DemoConfig(resolution=16, classes=2, n_train=2, n_val=1))
+    cfg = DataConfig(demo=DemoConfig(resolution=16, classes=2, n_train=2, n_val=1))
     acquire.run(cfg, tmp_path / "raw")
-    extract.run(extract.ExtractConfig(), tmp_path / "raw", tmp_path / "im", tmp_path / "m.json")
+    extract.run(ExtractConfig(), tmp_path / "raw", tmp_path / "im", tmp_path / "m.json")
     for split in ("train", "validation"):
         for rel in (tmp_path / "im" / split / "filelist.txt").read_text().split():
             synset, name = rel.split("/")

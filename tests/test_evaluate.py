@@ -3,7 +3,6 @@ codebook usage, on tiny real data with the official-format image VQGAN."""
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -12,7 +11,7 @@ from PIL import Image
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
 from tasks.evaluate import EvaluateConfig, run
-from tasks.fidelity import SeededInceptionV3, codebook_usage, distances, frechet_distance, inception, psnr_ssim
+from tasks.evaluation.fidelity import SeededInceptionV3, codebook_usage, distances, frechet_distance, inception, psnr_ssim
 from test_sample import make_validation_data
 
 DEPTH_DDCONFIG = dict(double_z=False, z_channels=8, resolution=32, in_channels=1, out_ch=1, ch=32,

@@ -15,9 +15,11 @@ from PIL import Image
 
 from params_files import write_params
 from tasks import cli, extract
-from tasks.acquire import TRAIN_TAR, VAL_SYNSETS, VAL_TAR
-from tasks.datasets import load_rgb
-from tasks.extract import ExtractConfig, ExtractError, inspect_image, str_to_indices
+from tasks.config.schema import ExtractConfig
+from tasks.data.classes import str_to_indices
+from tasks.data.images import load_rgb
+from tasks.data.layout import TRAIN_TAR, VAL_SYNSETS, VAL_TAR
+from tasks.extract import ExtractError, inspect_image
 
 REPO = Path(__file__).resolve().parents[1]
 SYNSETS = ["n01000001", "n01000002", "n01000003", "n01000004"]
@@ -227,7 +229,7 @@ def test_str_to_indices_matches_the_original():
     assert str_to_indices("5") == [5]
     with pytest.raises(ValueError):
         str_to_indices("1-3,")
-    from tasks.config import ConfigError
+    from tasks.config.typed import ConfigError
 
     with pytest.raises(ConfigError, match="extract.sub_indices"):
         ExtractConfig(sub_indices="1-2-3")

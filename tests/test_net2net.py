@@ -10,6 +10,7 @@ from models import load_pretrained
 from models.conditioning import CoordStage, Labelator, SOSProvider
 from models.gpt import GPT, GPTConfig
 from models.net2net import Net2NetTransformer
+from models.sampling_settings import SamplingSettings as S
 from models.permuter import ZCurve
 from models.vqgan import VQSegmentationModel
 
@@ -51,7 +52,7 @@ def test_token_level_model_without_vqgans_reproduces_the_same_tensors(reference)
 
     logits, target = tokens_only.forward_indices(e["z_indices"], e["c_indices"])
     assert rel(logits, e["logits"]) < 1e-4 and torch.equal(target, e["target"])
-    greedy = tokens_only.sample_indices(e["c_indices"], e["z_indices"][:, :3], steps=61, greedy=True)
+    greedy = tokens_only.sample_indices(e["c_indices"], e["z_indices"][:, :3], steps=61, settings=S(greedy=True))
     assert torch.equal(greedy, e["greedy_indices"])
     with pytest.raises(RuntimeError, match="first_stage_model is not attached"):
         tokens_only.encode_to_z(e["image"])
@@ -112,20 +113,20 @@ def test_classifier_free_guidance_scale_one_equals_conditional_sampling():
     model = small_model(c_vocab=11, c_length=1, null_token=10)
     labels = torch.tensor([[1], [7]])
     for settings in (dict(greedy=True), dict(top_k=12, top_p=0.9)):
-        plain = model.sample_indices(labels, steps=16, generator=torch.Generator().manual_seed(0), **settings)
-        guided = model.sample_indices(labels, steps=16, guidance_scale=1.0,
-                                      generator=torch.Generator().manual_seed(0), **settings)
+        plain = model.sample_indices(labels, steps=16, settings=S(**settings), generator=torch.Generator().manual_seed(0))
+        guided = model.sample_indices(labels, steps=16, settings=S(guidance_scale=1.0, **settings),
+                                      generator=torch.Generator().manual_seed(0))
         assert torch.equal(plain, guided)
-    guided = model.sample_indices(labels, steps=16, guidance_scale=3.0, greedy=True)
-    assert guided.shape == (2, 16) and not torch.equal(guided, model.sample_indices(labels, steps=16, greedy=True))
+    guided = model.sample_indices(labels, steps=16, settings=S(guidance_scale=3.0, greedy=True))
+    assert guided.shape == (2, 16) and not torch.equal(guided, model.sample_indices(labels, steps=16, settings=S(greedy=True)))
     with pytest.raises(ValueError, match="null_token"):
-        small_model(c_length=1).sample_indices(labels, steps=4, guidance_scale=2.0)
+        small_model(c_length=1).sample_indices(labels, steps=4, settings=S(guidance_scale=2.0))
 
 
 def test_sampling_is_deterministic_per_generator_and_continues_the_prefix():
     model = small_model()
     c, prefix = torch.randint(0, 20, (3, 4)), torch.randint(0, 40, (3, 5))
-    run = lambda seed: model.sample_indices(c, prefix, steps=11, top_k=10, top_p=0.9,
+    run = lambda seed: model.sample_indices(c, prefix, steps=11, settings=S(top_k=10, top_p=0.9),
                                             generator=torch.Generator().manual_seed(seed))
     out = run(1)
     assert out.shape == (3, 16) and torch.equal(out[:, :5], prefix)
@@ -140,7 +141,7 @@ def test_unconditional_model_starts_from_the_sos_token():
     explicit, _ = model.transformer(torch.cat((torch.full((2, 1), 39), z[:, :-1]), 1))
     torch.testing.assert_close(logits, explicit)
     prefix = torch.randint(0, 40, (2, 3))  # the batch size comes from the prefix
-    assert model.sample_indices(None, prefix, steps=13, greedy=True).shape == (2, 16)
+    assert model.sample_indices(None, prefix, steps=13, settings=S(greedy=True)).shape == (2, 16)
 
 
 def test_permuter_orders_training_and_sampling_and_returns_raster_tokens():
@@ -148,11 +149,11 @@ def test_permuter_orders_training_and_sampling_and_returns_raster_tokens():
     z, c = torch.randint(0, 40, (2, 16)), torch.randint(0, 20, (2, 4))
     _, target = model.forward_indices(z, c)
     assert torch.equal(target, z[:, model.permuter.forward_shuffle_idx])
-    raster = model.sample_indices(c, steps=16, greedy=True)
+    raster = model.sample_indices(c, steps=16, settings=S(greedy=True))
     in_sequence_order = model.sample(c.new_empty(2, 0), c, steps=16)
     assert torch.equal(raster, model.permuter(in_sequence_order, reverse=True))
     with pytest.raises(ValueError, match="orders 16 positions"):
-        model.sample_indices(c, steps=10, greedy=True)
+        model.sample_indices(c, steps=10, settings=S(greedy=True))
 
 
 def test_bad_tokens_are_refused_with_the_vocabulary_named():
@@ -166,9 +167,9 @@ def test_bad_tokens_are_refused_with_the_vocabulary_named():
 def test_sliding_window_on_the_training_grid_equals_plain_sampling():
     model = small_model(c_length=16)
     c = torch.randint(0, 20, (2, 16))
-    sliding = model.sample_indices_sliding(c, grid=(4, 4), window=(4, 4), greedy=True)
-    assert torch.equal(sliding, model.sample_indices(c, steps=16, greedy=True))
-    larger = model.sample_indices_sliding(torch.randint(0, 20, (2, 36)), grid=(6, 6), window=(4, 4), greedy=True)
+    sliding = model.sample_indices_sliding(c, grid=(4, 4), window=(4, 4), settings=S(greedy=True))
+    assert torch.equal(sliding, model.sample_indices(c, steps=16, settings=S(greedy=True)))
+    larger = model.sample_indices_sliding(torch.randint(0, 20, (2, 36)), grid=(6, 6), window=(4, 4), settings=S(greedy=True))
     assert larger.shape == (2, 36)
 
 

@@ -13,8 +13,9 @@ import yaml
 from PIL import Image
 
 from fixtures_pipeline import REPO_ROOT, pipeline_env, run_dvc
-from tasks.config import ConfigError
-from tasks.params import validate
+from processes import run_bounded
+from tasks.config.params import validate
+from tasks.config.typed import ConfigError
 
 RAN = re.compile(r"Running stage '([^']+)'")
 
@@ -28,9 +29,14 @@ def lock_stages(repo) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # a safety net only: each dvc command is bounded by its CPU time
 def test_smoke_pipeline_repro_noop_sweep_metrics_plots(smoke_repo):
     repo = smoke_repo
     first = run_dvc(repo, "repro")
+    # training progress in a log: steps of max_steps with rate and ETA, and no noise
+    log = first.stdout + first.stderr
+    assert re.search(r"train-transformer: 100%.*\| 4/4 \[", log) and re.search(r"train-vqgan depth: 100%.*4/4", log)
+    assert not re.search(r"Epoch \d+/-\d|Tip:|LeafSpec", log)
     assert ran(first.stdout) == ["acquire", "extract", "depth", "segment", "train-vqgan@image",
                                  "train-vqgan@depth", "tokenize", "train-transformer", "sample", "evaluate"]
     grid = Image.open(repo / "data" / "samples" / "grid.png")
@@ -62,10 +68,15 @@ def test_smoke_pipeline_repro_noop_sweep_metrics_plots(smoke_repo):
     html = (repo / "plots_html" / "index.html").read_text()
     assert "grid.png" in html and "dvclive" in html
 
+    # a change to the sampling kernels makes every stage that runs them stale, and only those
+    with open(repo / "models" / "packed_linear.py", "a") as f:
+        f.write("\n# touched\n")
+    stale = set(json.loads(run_dvc(repo, "status", "--json").stdout))
+    assert stale == {"tokenize", "train-transformer", "sample", "evaluate"}, stale
+
 
 def run_stage(repo, *args):
-    return subprocess.run([sys.executable, "-m", "tasks.cli", *args], cwd=repo, env=pipeline_env(),
-                          capture_output=True, text=True, timeout=120)
+    return run_bounded([sys.executable, "-m", "tasks.cli", *args], cwd=repo, env=pipeline_env(), cpu_s=120)
 
 
 @pytest.mark.parametrize("override, key", [
@@ -74,7 +85,8 @@ def run_stage(repo, *args):
     ("temperature=0", "temperature"),
     ("data.source=web", "data.source"),
     ("depth.model=midas_v9", "depth.model"),
-    ("vqgan.foo={size: 8}", "vqgan.foo"),
+    ("vqgan.foo={resolution: 8}", "vqgan.foo"),
+    ("vqgan.image.size=32", "vqgan.image.size"),
     ("tokenize.image_model=nope", "tokenize.image_model"),
     ("sample.classes=[]", "sample.classes"),
     ("evaluate.batch_size=0", "evaluate.batch_size"),
@@ -94,17 +106,17 @@ def test_invalid_params_fail_in_the_first_stage_before_work(tmp_path, override, 
 
 @pytest.mark.parametrize("profile", ["params.yaml", "profiles/smoke.yaml", "profiles/drin-paper.yaml"])
 def test_profiles_are_valid(profile):
-    configs = validate(REPO_ROOT / profile)
-    assert set(configs["vqgan"]) >= {"image", "depth"} and configs["tokenize"].cond == "depth"
+    config = validate(REPO_ROOT / profile)
+    assert set(config.vqgan) >= {"image", "depth"} and config.tokenize.cond == "depth"
 
 
 def test_paper_profile_has_the_drin_settings():
     c = validate(REPO_ROOT / "profiles" / "drin-paper.yaml")
-    image = c["vqgan"]["image"]
-    assert (image.size, image.n_embed, 2 ** (len(image.ddconfig.ch_mult) - 1)) == (256, 1024, 16)
-    t = c["transformer"]
+    image = c.vqgan["image"]
+    assert (image.resolution, image.n_embed, image.downsampling) == (256, 1024, 16)
+    t = c.transformer
     assert (t.n_layer, t.n_head, t.n_embd) == (24, 16, 1024)
-    assert c["data"].source == "imagenet" and c["depth"].model == "midas_v21"
+    assert c.data.source == "imagenet" and c.depth.model == "midas_v21"
 
 
 def test_each_stage_declares_the_params_it_reads():

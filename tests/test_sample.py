@@ -9,9 +9,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.config import ConfigError
-from tasks.formats import save_depth_png
-from tasks.sample import SampleConfig, SamplingParams, load_config, make_grid, pick_conditions, run
+from tasks.config.typed import ConfigError
+from tasks.data.formats import save_depth_png
+from models.sampling_settings import SamplingSettings as SamplingParams
+from params_files import write_params
+from tasks.config.params import validate
+from tasks.config.schema import SampleConfig
+from tasks.data.datasets import spread_indices
+from tasks.data.images import make_grid
+from tasks.runtime.errors import StageError
+from tasks.sample import run
 
 
 def make_validation_data(root, classes=3, per_class=2, size=40):
@@ -82,17 +89,16 @@ def test_sliding_window_above_training_size(tmp_path, drin):
     summary = run(cfg, SamplingParams(top_k=5, top_p=0.9), drin, data, tmp_path / "s")
     assert summary["sliding_window"] and summary["resolution"] == 48
     assert Image.open(tmp_path / "s" / "images" / "00000.png").size == (48, 48)
-    with pytest.raises(ConfigError, match="sample.resolution"):
+    with pytest.raises(StageError, match="sample.resolution"):
         run(SampleConfig(resolution=42), SamplingParams(), drin, data, tmp_path / "s2")
 
 
-def test_pick_conditions_spreads_over_classes():
-    class D:
-        class_labels = [0] * 4 + [1] * 4 + [2] * 4
-    assert [D.class_labels[i] for i in pick_conditions(D, 3, None)] == [0, 1, 2]
-    assert pick_conditions(D, 10, [1]) == [4, 5, 6, 7]
-    with pytest.raises(ValueError, match="sample.classes"):
-        pick_conditions(D, 2, [7])
+def test_conditions_spread_over_classes():
+    labels = [0] * 4 + [1] * 4 + [2] * 4
+    assert [labels[i] for i in spread_indices(labels, 3)] == [0, 1, 2]
+    assert spread_indices(labels, 10, [1]) == [4, 5, 6, 7]
+    with pytest.raises(ValueError, match=r"no item has the class labels \[7\]"):
+        spread_indices(labels, 2, [7])
 
 
 def test_make_grid_layout():
@@ -108,11 +114,10 @@ def test_make_grid_layout():
     ("sample.classes=[]", "sample.classes"),
 ])
 def test_invalid_params_name_the_key(tmp_path, override, key):
-    params = tmp_path / "params.yaml"
-    params.write_text("top_k: 100\ntop_p: null\ntemperature: 1.0\nsample: {conditions: 2}\n")
-    assert load_config(params)[1] == SamplingParams(top_k=100)
+    params = write_params(tmp_path / "params.yaml", top_k=100, top_p=None, temperature=1.0)
+    assert validate(params).sampling == SamplingParams(top_k=100)
     with pytest.raises(ConfigError, match=key):
-        load_config(params, [override])
+        validate(params, [override])
     # the command line fails before any work, naming the key (exit code 2)
     proc = subprocess.run([sys.executable, "-m", "tasks.cli", "sample", "--params", str(params), "-S", override,
                            "--transformer", str(tmp_path / "missing")], capture_output=True, text=True)

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from tasks import scenes
-from tasks.scenes import GROUND, KINDS, SKY, Z_FAR, Obj, Scene, render, scene_for
+from tasks.data import scenes
+from tasks.data.scenes import GROUND, KINDS, SKY, Z_FAR, Obj, Scene, render, scene_for
 
 RES = 24
 

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tasks.tokens import (META_KEY, Codes, TokenDataset, TokenMeta, list_parts, part_name, read_meta,
+from tasks.data.token_store import (META_KEY, Codes, TokenDataset, TokenMeta, list_parts, part_name, read_meta,
                           token_loader, write_part)
 
 META = TokenMeta(image=Codes("image", 300, (4, 4), "a" * 64, "data/vqgan/image"),

@@ -13,15 +13,17 @@ import yaml
 
 from models.pretrained import load_with_report
 from scene_data import make_scene_data
-from tasks import tokenize, train_transformer
-from tasks.config import build
-from tasks.lit_transformer import LitTransformer, decay_groups, warmup_cosine
-from tasks.tokens import TokenDataset, list_parts, read_meta
-from tasks.train_vqgan import config_for
-from tasks.training import sha256_file
+from models.files import sha256_file
+from tasks import tokenize_images as tokenize
+from tasks import train_transformer
+from tasks.config.params import vqgan_config
+from tasks.config.schema import TokenizeConfig
+from tasks.config.typed import build
+from tasks.data.token_store import TokenDataset, list_parts, read_meta
+from tasks.training.lit_transformer import LitTransformer, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
-VQ = {"size": 32, "n_embed": 32, "embed_dim": 8, "batch_size": 4, "max_steps": 2, "val_every": 2, "ckpt_every": 2,
+VQ = {"resolution": 32, "n_embed": 32, "embed_dim": 8, "batch_size": 4, "max_steps": 2, "val_every": 2, "ckpt_every": 2,
       "ddconfig": {"z_channels": 8, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1},
       "loss": {"perceptual_weight": 0.0, "disc_start": 100, "disc_ndf": 8}}
 GPT = {"n_layer": 1, "n_head": 2, "n_embd": 32, "batch_size": 4, "max_steps": 4, "val_every": 2, "ckpt_every": 2,
@@ -37,7 +39,7 @@ def vqgans(tmp_path_factory):
     try:
         from tasks.train_vqgan import run
         for name in ("image", "depth", "segmentation"):
-            run(config_for({"vqgan": {name: {**VQ, "n_classes": 12}}}, name))
+            run(vqgan_config(name, {**VQ, "n_classes": 12}))
     finally:
         os.chdir(cwd)
     return root
@@ -52,7 +54,7 @@ def repo(vqgans, tmp_path, monkeypatch):
 
 
 def _tokenize(**kw):
-    return build(tokenize.TokenizeConfig, {"rows_per_part": 2, "batch_size": 4, **kw}, "tokenize")
+    return build(TokenizeConfig, {"rows_per_part": 2, "batch_size": 4, **kw}, "tokenize")
 
 
 def test_tokenize_shards_resume_and_record_sources(repo):
@@ -74,7 +76,7 @@ def test_tokenize_shards_resume_and_record_sources(repo):
 
     # the tokens are exactly what the frozen VQGANs give for the centre crop and its mirror
     from models.pretrained import load_pretrained
-    from tasks.datasets import ImageNetDataset
+    from tasks.data.datasets import ImageNetDataset
     sample = ImageNetDataset("data/imagenet", "train", size=32, depth_root="data/depth")[0]
     image_vq, depth_vq = load_pretrained("data/vqgan/image"), load_pretrained("data/vqgan/depth")
     rows = {a: i for i, a in enumerate(ds.aug) if ds.ids[i] == sample["relpath"]}
@@ -89,7 +91,7 @@ def test_segmentation_tokens_encode_one_hot_label_maps(repo):
     ds = TokenDataset("data/tokens/validation")
     assert (ds.meta.cond.kind, ds.meta.cond.vocab_size) == ("segmentation", 32)
     from models.pretrained import load_pretrained
-    from tasks.datasets import ImageNetDataset
+    from tasks.data.datasets import ImageNetDataset
     sample = ImageNetDataset("data/imagenet", "validation", size=32, segmentation_root="data/segmentation")[0]
     one_hot = torch.nn.functional.one_hot(sample["segmentation"], 12).permute(2, 0, 1).float()[None]
     with torch.no_grad():
@@ -109,8 +111,9 @@ def test_class_and_unconditional_tokens(repo):
 
 TRAIN_AND_CHECK = """
 import sys
-from tasks.config import build
-from tasks.train_transformer import TransformerConfig, run
+from tasks.config.typed import build
+from tasks.config.schema import TransformerConfig
+from tasks.train_transformer import run
 run(build(TransformerConfig, {gpt!r}, "transformer"))
 loaded = sorted(m for m in sys.modules if m in ("models.vqgan", "models.modules", "models.pretrained", "models.lpips"))
 assert not loaded, f"train-transformer imported VQGAN code: {{loaded}}"
@@ -168,7 +171,7 @@ def test_loss_decreases_on_a_repeated_batch():
 
 
 def test_label_dropout_adds_a_null_token_to_the_vocabulary():
-    from tasks.tokens import Codes, TokenMeta
+    from tasks.data.token_store import Codes, TokenMeta
     meta = TokenMeta(image=Codes("image", 16, (2, 2)), cond=Codes("class", 16, (1, 1)), size=8)
     assert train_transformer.Vocabulary.of(meta, 0.0) == train_transformer.Vocabulary(16, 5, None)
     assert train_transformer.Vocabulary.of(meta, 0.1) == train_transformer.Vocabulary(17, 5, 16)
@@ -177,7 +180,7 @@ def test_label_dropout_adds_a_null_token_to_the_vocabulary():
 def test_decay_split_and_schedule():
     from models.gpt import GPT as MinGPT, GPTConfig
     gpt = MinGPT(GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=8))
-    decay, no_decay = decay_groups(gpt, 0.01)
+    decay, no_decay = gpt.optim_groups(0.01)
     names = {id(p): n for n, p in gpt.named_parameters()}
     decayed = {names[id(p)] for p in decay["params"]}
     assert decayed == {n for n, m in gpt.named_modules() if isinstance(m, torch.nn.Linear) for n in [n + ".weight"]}

@@ -1,6 +1,7 @@
 """train-vqgan on a tiny real dataset: learning, outputs in the original layout, resume after
 SIGKILL, DDP with two gloo processes, segmentation one-hot input, config validation."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -16,13 +17,17 @@ from PIL import Image
 
 from models.pretrained import load_with_report
 from scene_data import make_scene_data
-from tasks.config import ConfigError
-from tasks.lit_vqgan import LitVQGAN
-from tasks.train_vqgan import VQGANConfig, config_for, run
+from tasks.config.typed import ConfigError
+from tasks import cli
+from tasks.config.params import vqgan_config
+from tasks.config.schema import VQGANConfig
+from tasks.data.layout import DATA
+from tasks.train_vqgan import dataset, run
+from tasks.training.lit_vqgan import LitVQGAN
 
 REPO = Path(__file__).resolve().parents[1]
 TAMING = [sys.executable, "-m", "tasks.cli"]
-TINY = {"size": 32, "n_embed": 32, "embed_dim": 8, "batch_size": 4, "base_learning_rate": 1e-4,
+TINY = {"resolution": 32, "n_embed": 32, "embed_dim": 8, "batch_size": 4, "base_learning_rate": 1e-4,
         "ddconfig": {"z_channels": 8, "ch": 32, "ch_mult": [1, 2, 2], "num_res_blocks": 1},
         "loss": {"perceptual_weight": 0.0, "disc_start": 2, "disc_ndf": 8}, "max_steps": 4,
         "val_every": 2, "ckpt_every": 2}
@@ -48,10 +53,9 @@ def _env():
 def test_loss_decreases_on_a_repeated_batch(scene_repo, monkeypatch):
     monkeypatch.chdir(scene_repo)
     torch.manual_seed(0)
-    cfg = config_for({"vqgan": {"image": {**TINY, "loss": {**TINY["loss"], "disc_start": 10_000}}}}, "image")
+    cfg = vqgan_config("image", {**TINY, "loss": {**TINY["loss"], "disc_start": 10_000}})
     module = LitVQGAN("image", cfg.model_params(), cfg.loss_params(), learning_rate=1e-3)
-    from tasks.train_vqgan import dataset
-    batch = torch.utils.data.default_collate([dataset("image", "train", 32, False)[i] for i in range(4)])
+    batch = torch.utils.data.default_collate([dataset(DATA, "image", "train", 32, False)[i] for i in range(4)])
 
     def rec_loss():
         with torch.no_grad():
@@ -68,7 +72,7 @@ def test_loss_decreases_on_a_repeated_batch(scene_repo, monkeypatch):
 
 def test_stage_writes_original_layout_metrics_and_grids(scene_repo, monkeypatch):
     monkeypatch.chdir(scene_repo)
-    cfg = config_for({"vqgan": {"depth": TINY}}, "depth")
+    cfg = vqgan_config("depth", TINY)
     final = run(cfg)
     folder = scene_repo / "data/vqgan/depth"
     assert final == Path("data/vqgan/depth/checkpoints/last.ckpt")
@@ -91,13 +95,12 @@ def test_stage_writes_original_layout_metrics_and_grids(scene_repo, monkeypatch)
     assert (folder / "dvclive/plots/metrics/train/rec_loss.tsv").is_file()
     grids = sorted((folder / "dvclive/plots/images/reconstructions").glob("*.png"))
     assert [g.name for g in grids] == ["000002.png", "000004.png"]  # one per validation
-    assert Image.open(grids[-1]).size == (4 * 34 - 2, 2 * 34 - 2)  # 4 val images; inputs row, reconstructions row
+    assert Image.open(grids[-1]).size == (2 + 4 * 34, 2 + 2 * 34)  # 4 val images; inputs row, reconstructions row
 
 
 def test_segmentation_model_takes_one_hot_labels_and_accumulates(scene_repo, monkeypatch):
     monkeypatch.chdir(scene_repo)
-    cfg = config_for({"vqgan": {"segmentation": {**TINY, "n_classes": 12, "max_steps": 2, "accumulate_grad_batches": 2}}},
-                     "segmentation")
+    cfg = vqgan_config("segmentation", {**TINY, "n_classes": 12, "max_steps": 2, "accumulate_grad_batches": 2})
     run(cfg)
     ckpt = torch.load(scene_repo / "data/vqgan/segmentation/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 2 and ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 4
@@ -141,10 +144,10 @@ def test_resumes_after_sigkill(scene_repo, tmp_path):
 
 
 def test_changed_config_starts_fresh_instead_of_resuming(scene_repo, monkeypatch):
-    from tasks.training import resume_checkpoint
+    from tasks.training.trainer import resume_checkpoint
     monkeypatch.chdir(scene_repo)
     out = Path("data/vqgan/fresh")
-    a, b = config_for({"vqgan": {"image": TINY}}, "image"), config_for({"vqgan": {"image": {**TINY, "seed": 1}}}, "image")
+    a, b = vqgan_config("image", TINY), vqgan_config("image", {**TINY, "seed": 1})
     assert resume_checkpoint(out, a) is None
     (out / "resume/last.ckpt").write_bytes(b"state")
     assert resume_checkpoint(out, a) == out / "resume/last.ckpt"
@@ -164,18 +167,19 @@ def test_ddp_two_cpu_processes(scene_repo, tmp_path):
 
 
 @pytest.mark.parametrize("section, message", [
-    ({"ddconfig": {"ch": 48}}, "vqgan.image.ddconfig.ch: must be a multiple of 32"),
+    ({"ddconfig": {"ch": 48}}, "vqgan.image.ddconfig.ch: must be a positive multiple of 32"),
     ({"ddconfig": {"in_channels": 1}}, "vqgan.image.ddconfig.in_channels: is 1 but the image model needs 3"),
-    ({"size": 30}, "vqgan.image.size: must be divisible by the downsampling factor 4"),
+    ({"resolution": 30}, "vqgan.image.resolution: 30 must be divisible by the downsampling factor 4"),
     ({"n_embed": 70000}, "vqgan.image.n_embed: must be <= 65536"),
     ({"lr": 1.0}, "unknown parameter.*vqgan.image.lr"),
 ])
 def test_invalid_parameters_name_the_key(section, message):
     with pytest.raises(ConfigError, match=message):
-        config_for({"vqgan": {"image": {**TINY, **section}}}, "image")
+        vqgan_config("image", {**TINY, **section})
 
 
-def test_unknown_model_names_the_configured_ones():
-    with pytest.raises(ConfigError, match=r"vqgan.segmentation: no such first-stage model.*configured: image"):
-        config_for({"vqgan": {"image": TINY}}, "segmentation")
-    assert isinstance(config_for({"vqgan": {"image": TINY}}, "image"), VQGANConfig)
+def test_unknown_model_names_the_configured_ones(tmp_path, capsys):
+    params = _params(tmp_path, image=TINY)
+    assert cli.main(["train-vqgan", "--model", "segmentation", "--params", str(params)]) == 2
+    assert re.search(r"vqgan.segmentation: no such first-stage model.*configured: image", capsys.readouterr().err)
+    assert isinstance(vqgan_config("image", TINY), VQGANConfig)

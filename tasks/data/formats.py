@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.io import atomic_path
+from tasks.data.files import atomic_path
 
 
 def depth_to_rgba(x: np.ndarray) -> np.ndarray:

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-
 import torch
 from torch import nn
 from torch_fidelity import FeatureExtractorInceptionV3
 from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-from tqdm import tqdm
+
+from tasks.runtime.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def inception(weights: str | None = None) -> tuple[FeatureExtractorInceptionV3, 
 @torch.inference_mode()
 def inception_features(net: nn.Module, batches: Iterable[torch.Tensor], desc: str) -> torch.Tensor:
     """(N, 2048) float64 pool features of uint8 (B, 3, H, W) batches."""
-    feats = [net(b)[0].double() for b in tqdm(batches, desc=desc, unit="batch", leave=False)]
+    feats = [net(b)[0].double() for b in progress(batches, desc=desc, unit="batch", leave=False)]
     return torch.cat(feats)
 
 
@@ -127,11 +127,6 @@ def extractor_info(pretrained: bool) -> dict:
     return {"comparable_to_published": pretrained,
             "feature_extractor": "inception-v3-compat (pt_inception-2015-12-05)" if pretrained else
             f"inception-v3-compat architecture, random init (seed {RANDOM_INCEPTION_SEED}): offline stand-in"}
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float images -> uint8 in [0, 255], as saved to PNG."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def png_batches(folder: Path, batch_size: int) -> Iterator[torch.Tensor]:

@@ -13,7 +13,6 @@ reads our checkpoints like the official ones.
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -22,6 +21,8 @@ from torch import nn
 from models.losses import VQLPIPSWithDiscriminator
 from models.quantize import CodebookUsage
 from models.vqgan import VQModel, VQSegmentationModel
+from tasks.data.datasets import vqgan_input
+from tasks.data.images import make_grid, to_rgb_arrays
 
 PREFIX = "model."  # our attribute name; the original's VQModel had no prefix
 
@@ -38,36 +39,6 @@ class BCELossWithQuant(nn.Module):
         loss = bce + self.codebook_weight * codebook_loss
         return loss, {f"{split}/total_loss": loss.detach(), f"{split}/bce_loss": bce.detach(),
                       f"{split}/quant_loss": codebook_loss.detach()}
-
-
-def model_input(batch: dict, kind: str, n_classes: int | None = None) -> torch.Tensor:
-    """The tensor a VQGAN of this kind encodes, from a tasks.datasets sample batch."""
-    if kind == "segmentation":
-        return F.one_hot(batch["segmentation"].long(), n_classes).permute(0, 3, 1, 2).float()
-    return batch[kind]
-
-
-def to_uint8_rgb(x: torch.Tensor, kind: str) -> np.ndarray:
-    """(B, C, H, W) model-space tensor -> (B, H, W, 3) uint8 for pictures."""
-    x = x.detach().float().cpu()
-    if kind == "segmentation":  # labels -> a fixed palette
-        palette = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (x.shape[1], 3), dtype=np.uint8))
-        return palette[x.argmax(1)].numpy()
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    return x.permute(0, 2, 3, 1).numpy()
-
-
-def image_grid(rows: list[np.ndarray]) -> Image.Image:
-    """rows of (B, H, W, 3) uint8 -> one picture, one row per list entry, 2 px gaps."""
-    b, h, w, _ = rows[0].shape
-    gap = 2
-    canvas = np.full((len(rows) * (h + gap) - gap, b * (w + gap) - gap, 3), 255, np.uint8)
-    for r, row in enumerate(rows):
-        for i, img in enumerate(row):
-            canvas[r * (h + gap):r * (h + gap) + h, i * (w + gap):i * (w + gap) + w] = img
-    return Image.fromarray(canvas)
 
 
 class LitVQGAN(L.LightningModule):
@@ -116,7 +87,7 @@ class LitVQGAN(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)
 
     def training_step(self, batch, batch_idx):
-        x = model_input(batch, self.kind, self.n_classes)
+        x = vqgan_input(batch, self.kind, self.n_classes)
         update = (batch_idx + 1) % self.accumulate == 0
         step = self.update_step
         optimizers = self.optimizers()
@@ -148,7 +119,7 @@ class LitVQGAN(L.LightningModule):
         self.usage = CodebookUsage(self.model.n_embed)
 
     def validation_step(self, batch, batch_idx):
-        x = model_input(batch, self.kind, self.n_classes)
+        x = vqgan_input(batch, self.kind, self.n_classes)
         xrec, qloss, indices = self.model(x)
         self.usage.update(indices)
         if self.has_discriminator:
@@ -172,8 +143,8 @@ class LitVQGAN(L.LightningModule):
         if not self.trainer.is_global_zero or self.logger is None:
             return
         n = min(self.hparams.grid_images, x.shape[0])
-        grid = image_grid([to_uint8_rgb(x[:n], self.kind), to_uint8_rgb(xrec[:n], self.kind)])
-        self.logger.experiment.log_image(f"reconstructions/{self.update_step:06d}.png", grid)
+        grid = make_grid([list(to_rgb_arrays(x[:n], self.kind)), list(to_rgb_arrays(xrec[:n], self.kind))])
+        self.logger.experiment.log_image(f"reconstructions/{self.update_step:06d}.png", Image.fromarray(grid))
 
     # ---- checkpoint layout: the original's keys ----------------------------------
 

@@ -1,8 +1,8 @@
-"""Batched, sharded, resumable per-image annotation: what the depth and segment stages share.
+"""Per-image maps, batched, sharded and resumable: what the depth and segment stages share.
 
-For each split, the sorted ``data/imagenet/<split>/filelist.txt`` is sharded round-robin
-(``items[shard::num_shards]``, so workers or GPUs split a split without talking to each
-other) and cut into chunks of ``batch_size``. A chunk whose outputs all exist is
+For each split, the sorted ``filelist.txt`` is sharded round-robin
+(``items[shard::num_shards]``, so workers or GPUs split a split without talking to
+each other) and cut into chunks of ``batch_size``. A chunk whose outputs all exist is
 skipped; any other chunk is loaded (in DataLoader workers), grouped by what can share
 one forward pass (an ``Annotator``'s ``key``: equal network input sizes), run, and the
 missing outputs written atomically. Because chunks depend only on the file list, a
@@ -15,75 +15,31 @@ The ``groundtruth`` model reads the demo generator's exact maps
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Hashable
 
 import numpy as np
 
-from tasks.config import check
-from tasks.formats import load_depth_png, load_label_png, save_depth_png, save_label_png
-
-@dataclass
-class AnnotateConfig:
-    model: str
-    weights: Path | None = None  # explicit weights file; default: the resolver (cache, S3 mirror, URL)
-    batch_size: int = 8
-    device: str = "auto"         # auto: CUDA when present, else CPU
-    num_workers: int = 2         # image decoding processes
-    splits: list[str] = field(default_factory=lambda: ["train", "validation"])
-    data_dir: Path = Path("data")
-    shard: int = 0               # CLI only (--shard / --num-shards): sharding never changes an output
-    num_shards: int = 1
-
-    def __post_init__(self):
-        check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        check(self.num_workers >= 0, "num_workers", "must be >= 0")
-        check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), "device",
-              f"{self.device!r}: use auto, cpu, cuda, cuda:N or mps")
-        check(len(self.splits) > 0 and set(self.splits) <= {"train", "validation"}, "splits",
-              f"{self.splits}: choose from train, validation")
-        check(self.num_shards >= 1 and 0 <= self.shard < self.num_shards, "shard",
-              f"{self.shard} of {self.num_shards}: need 0 <= shard < num_shards")
-        check(self.weights is None or self.model != "groundtruth", "weights", "the groundtruth model takes no weights")
+from tasks.config.schema import AnnotateConfig
+from tasks.data.formats import load_depth_png, load_label_png, save_depth_png, save_label_png
+from tasks.data.layout import Layout
+from tasks.runtime.progress import progress
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of both annotation stages."""
     parser.add_argument("--split", choices=["train", "validation"], help="only this split (default: params splits)")
     parser.add_argument("--shard", type=int, default=0, help="this worker's shard index (default: %(default)s)")
     parser.add_argument("--num-shards", type=int, default=1, help="number of shards (default: %(default)s)")
 
 
-def main(cls: type, section: str, make_annotator: Callable, args: argparse.Namespace) -> int:
-    """A stage's CLI: build its config, run, and report missing weights or inputs in one line."""
-    from models.weights import WeightsNotFound
-
-    cfg = config_from_args(cls, section, args)
-    try:
-        annotate(cfg, make_annotator(cfg))
-    except (WeightsNotFound, FileNotFoundError) as e:
-        print(f"taming {section}: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def config_from_args(cls: type, section: str, args: argparse.Namespace):
-    """The stage's params section plus the CLI's split/shard flags, validated."""
-    from tasks.config import build, load_params
-
-    data = dict(load_params(args.params, args.overrides).get(section) or {})
-    data.update(shard=args.shard, num_shards=args.num_shards)
-    if args.split:
-        data["splits"] = [args.split]
-    return build(cls, data, section)
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+def with_flags(cfg: AnnotateConfig, args: argparse.Namespace) -> AnnotateConfig:
+    """The params section with the command's split and shard flags (validated again)."""
+    return dataclasses.replace(cfg, shard=args.shard, num_shards=args.num_shards,
+                               **({"splits": [args.split]} if args.split else {}))
 
 
 @dataclass
@@ -102,15 +58,15 @@ class Annotator:
 # ----------------------------------------------------------------------------- inputs
 
 def image_path(data_dir: Path, split: str, relpath: str) -> Path:
-    return Path(data_dir) / "imagenet" / split / relpath
+    return Layout(Path(data_dir)).images / split / relpath
 
 
 def output_path(data_dir: Path, kind: str, split: str, relpath: str) -> Path:
-    return (Path(data_dir) / kind / split / relpath).with_suffix(".png")
+    return (Layout(Path(data_dir)).maps(kind) / split / relpath).with_suffix(".png")
 
 
 def groundtruth_path(data_dir: Path, kind: str, relpath: str) -> Path:
-    return Path(data_dir) / "raw" / "groundtruth" / kind / (Path(relpath).stem + ".png")
+    return Layout(Path(data_dir)).groundtruth(kind) / (Path(relpath).stem + ".png")
 
 
 def _read_image(path: Path, read: Callable):
@@ -152,7 +108,7 @@ def groundtruth_annotator(kind: str) -> Annotator:
 # ----------------------------------------------------------------------------- the loop
 
 def read_filelist(data_dir: Path, split: str) -> list[str]:
-    path = Path(data_dir) / "imagenet" / split / "filelist.txt"
+    path = Layout(Path(data_dir)).filelist(split)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; run the extract stage first")
     return sorted(line.strip() for line in path.read_text().splitlines() if line.strip())
@@ -183,7 +139,6 @@ def _as_is(x):
 def annotate(cfg: AnnotateConfig, annotator: Annotator) -> dict:
     """Run ``annotator`` over the configured splits and shard; returns per-split counts."""
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
 
     counts = {}
     for split in cfg.splits:
@@ -194,7 +149,7 @@ def annotate(cfg: AnnotateConfig, annotator: Annotator) -> dict:
         written = 0
         loader = DataLoader(_Chunks(todo, annotator.load, cfg.data_dir, split), batch_size=None,
                             num_workers=cfg.num_workers, collate_fn=_as_is)
-        with tqdm(total=total, initial=total - sum(map(len, todo)), unit="img",
+        with progress(total=total, initial=total - sum(map(len, todo)), unit="img",
                   desc=f"{annotator.kind} {split} [{cfg.shard}/{cfg.num_shards}]") as bar:
             for chunk in loader:
                 groups: dict[Hashable, list] = {}

@@ -327,3 +327,36 @@ def render(scene: Scene, resolution: int, objects: bool = True) -> Rendered:
     rgb = rgb + (horizon - rgb) * fog
     image = np.clip(rgb * 255 + 0.5, 0, 255).astype(np.uint8).reshape(resolution, resolution, 3)
     return Rendered(image, inverse_depth.reshape(resolution, resolution), seg.reshape(resolution, resolution))
+
+
+def write_extracted_dataset(root, n_train: int = 4, n_val: int = 2, classes: int = 2, resolution: int = 32):
+    """Render scenes straight into what `extract`, `depth` and `segment` produce under
+    ``root/data`` (images + filelist.txt, depth and segmentation maps, raw/synsets.json),
+    skipping the archives: a small real dataset for tests and benchmarks. Returns ``root``."""
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from tasks.data.formats import save_depth_png, save_label_png
+    from tasks.data.layout import Layout
+
+    root = Path(root)
+    layout = Layout(root / "data")
+    kinds = KINDS[:classes]
+    for s, (split, n) in enumerate((("train", n_train), ("validation", n_val))):
+        relpaths = []
+        for k, kind in enumerate(kinds):
+            for i in range(n):
+                r = render(scene_for(0, s, k, i, classes), resolution)
+                rel = f"{kind.synset}/{kind.synset}_{i + 1}"
+                (layout.images / split / kind.synset).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(r.image).save(layout.images / split / f"{rel}.JPEG", quality=95)
+                save_depth_png(layout.maps("depth") / split / f"{rel}.png", r.inverse_depth)
+                save_label_png(layout.maps("segmentation") / split / f"{rel}.png", r.segmentation)
+                relpaths.append(f"{rel}.JPEG")
+        layout.filelist(split).write_text("".join(f"{p}\n" for p in sorted(relpaths)))
+    layout.raw.mkdir(parents=True, exist_ok=True)
+    layout.synsets_json.write_text(json.dumps({kind.synset: {"index": k, "human": kind.name}
+                                               for k, kind in enumerate(kinds)}))
+    return root

@@ -1,9 +1,8 @@
-"""Typed, validated configuration read from ``params.yaml``.
+"""Dataclasses built from YAML, checked key by key: the machinery under tasks/config/schema.py.
 
-Every stage declares its knobs as a dataclass. ``from_params`` reads one
-section (or the whole file) of ``params.yaml``, applies ``key=value``
-overrides, and builds the dataclass, checking every key and type *before*
-any work starts. Errors name the full dotted key, e.g. ``sample.top_k``.
+``load_params`` reads a params file and applies ``key=value`` overrides; ``build``
+makes a dataclass from a mapping, refusing unknown keys and wrong types before any
+work starts. Errors name the full dotted key, e.g. ``sample.top_k``.
 """
 from __future__ import annotations
 
@@ -68,24 +67,8 @@ def build(cls: type[T], data: Mapping[str, Any] | None, where: str = "") -> T:
         return cls(**kwargs)
     except ConfigError:
         raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where or cls.__name__}: {e}") from e
-
-
-def from_params(cls: type[T], path: str | Path = "params.yaml", section: str | None = None,
-                overrides: Sequence[str] = ()) -> T:
-    """Load ``params.yaml`` (plus overrides) and build ``cls`` from ``section`` (or the root)."""
-    data = load_params(path, overrides)
-    if section is not None:
-        node: Any = data
-        for part in section.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            node = {}
-        if not isinstance(node, dict):
-            raise ConfigError(f"{section}: must be a mapping")
-        data = node
-    return build(cls, data, section or "")
+    except (TypeError, ValueError) as e:  # __post_init__ checks that name their key themselves
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from e
 
 
 def check(cond: bool, key: str, message: str) -> None:

@@ -3,7 +3,7 @@
 The model sees token ids, never pixels: ``Net2NetTransformer.forward_indices``
 with no first or condition stage built, so no VQGAN runs (or is even imported)
 during training. AdamW with minGPT's decay split (biases, LayerNorm and
-embeddings are not decayed), linear warmup then cosine decay.
+embeddings are not decayed: GPT.optim_groups), linear warmup then cosine decay.
 
 The checkpoint's ``state_dict`` is laid out like the original's: ``transformer.*``
 plus ``first_stage_model.*`` / ``cond_stage_model.*`` copied from the frozen
@@ -17,28 +17,12 @@ import math
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from models.gpt import GPT, GPTConfig
 from models.net2net import Net2NetTransformer
 
 PREFIX = "model."
 STAGE_PREFIXES = ("first_stage_model.", "cond_stage_model.")
-
-
-def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """minGPT's split: only Linear weights decay; biases, LayerNorm, embeddings and pos_emb do not."""
-    decay, no_decay = set(), set()
-    for module_name, module in model.named_modules():
-        for name, _ in module.named_parameters(recurse=False):
-            full = f"{module_name}.{name}" if module_name else name
-            if name.endswith("weight") and isinstance(module, nn.Linear):
-                decay.add(full)
-            else:  # biases, LayerNorm / Embedding weights, pos_emb
-                no_decay.add(full)
-    params = dict(model.named_parameters())
-    return [{"params": [params[n] for n in sorted(decay)], "weight_decay": weight_decay},
-            {"params": [params[n] for n in sorted(no_decay)], "weight_decay": 0.0}]
 
 
 def warmup_cosine(step: int, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
@@ -77,7 +61,7 @@ class LitTransformer(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(decay_groups(self.model.transformer, hp.weight_decay),
+        optimizer = torch.optim.AdamW(self.model.transformer.optim_groups(hp.weight_decay),
                                       lr=hp.learning_rate, betas=tuple(hp.betas))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, hp.warmup_steps, hp.max_steps, hp.min_lr_ratio))

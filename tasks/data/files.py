@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from models.atomic import atomic_path  # noqa: F401  (re-exported: stages import it from here)
+from models.files import atomic_path, sha256_file  # noqa: F401  (the primitives, for stages to import from here)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

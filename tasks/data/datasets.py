@@ -7,7 +7,7 @@ Every dataset returns the same sample dict (the cross-team contract):
                     float32 map min-max normalised per image over the *whole* image, then resized
                     and cropped like the image (as the original D-RIN ImageNetTrainWithDepth)
     "segmentation"  int64 tensor (H, W) of label ids          only with segmentation_root
-    "class_label"   int: rank of the synset among the dataset's synsets (0..C-1), as the original
+    "class_label"   int: the synset's index in synsets.json (tasks/data/classes.py), on every split
     "synset"        str, e.g. "n09000003"
     "human_label"   str, e.g. "cylinder" (the synset itself where no name is known)
     "relpath"       str, "<synset>/<name>.JPEG" (file lists: the path as listed)
@@ -18,25 +18,32 @@ training and central otherwise, plus an optional horizontal flip; the *same*
 crop and flip apply to the image and its conditioning maps. ``size=None``
 keeps images as they are. Any decodable image is converted to RGB when read
 (greyscale, CMYK, PNG bytes under a .JPEG name: see tasks/extract.py).
+
+``vqgan_input`` turns a batch of samples into what a VQGAN of a kind encodes.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tasks.extract import str_to_indices
-from tasks.formats import load_depth_png, load_label_png
+from tasks.data.classes import ClassTable
+from tasks.data.formats import load_depth_png, load_label_png
+from tasks.data.image_lists import read_image_list
+from tasks.data.images import load_rgb
+from tasks.data.layout import DATA
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """(H, W, 3) uint8; converts any decodable mode or format to RGB."""
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+def vqgan_input(batch: dict, kind: str, n_labels: int | None = None) -> torch.Tensor:
+    """The tensor a VQGAN of this kind (image, depth, segmentation) encodes, from a batch of
+    samples: segmentation label maps become one-hot (B, n_labels, H, W)."""
+    if kind == "segmentation":
+        return F.one_hot(batch["segmentation"].long(), n_labels).permute(0, 3, 1, 2).float()
+    return batch[kind]
 
 
 def normalised_depth(path: str | Path) -> np.ndarray:
@@ -92,32 +99,29 @@ def _image_tensor(image: np.ndarray) -> torch.Tensor:
 class ImageNetDataset(Dataset):
     """``<root>/<split>/filelist.txt`` images, optionally paired with depth and segmentation maps.
 
-    Maps are found by relative path: ``<depth_root>/<split>/<synset>/<name>.png`` (tasks/formats.py
-    RGBA float32) and ``<segmentation_root>/<split>/<synset>/<name>.png`` (uint8 labels).
-    ``synsets_json`` (acquire's synsets.json) supplies human labels and the class indices that
-    ``sub_indices`` ("32-123, 256", the original's syntax) selects.
+    Maps are found by relative path: ``<depth_root>/<split>/<synset>/<name>.png`` (RGBA float32,
+    tasks/data/formats.py) and ``<segmentation_root>/<split>/<synset>/<name>.png`` (uint8 labels).
+    ``synsets_json`` (acquire's synsets.json) gives the class labels and human names;
+    ``sub_indices`` ("32-123, 256", the original's syntax) selects classes by label.
     """
 
-    def __init__(self, root: str | Path = "data/imagenet", split: str = "train", size: int | None = None,
+    def __init__(self, root: str | Path = DATA.images, split: str = "train", size: int | None = None,
                  random_crop: bool = False, flip: bool = False, sub_indices: str | None = None,
-                 synsets_json: str | Path | None = "data/raw/synsets.json",
+                 synsets_json: str | Path = DATA.synsets_json,
                  depth_root: str | Path | None = None, segmentation_root: str | Path | None = None):
         self.root, self.split = Path(root), split
         listing = self.root / split / "filelist.txt"
         if not listing.is_file():
             raise FileNotFoundError(f"{listing}: not found (run `taming extract` first)")
         relpaths = [line for line in listing.read_text().splitlines() if line]
-        info = json.loads(Path(synsets_json).read_text()) if synsets_json and Path(synsets_json).is_file() else {}
+        self.classes = ClassTable.read(synsets_json)
         if sub_indices:
-            if not info:
-                raise ValueError(f"sub_indices needs the synset indices in {synsets_json}")
-            wanted = set(str_to_indices(sub_indices))
-            relpaths = [p for p in relpaths if info.get(p.split("/")[0], {}).get("index") in wanted]
+            selected = self.classes.selected(sub_indices)
+            relpaths = [p for p in relpaths if p.split("/")[0] in selected]
         self.relpaths = relpaths
         self.synsets = [p.split("/")[0] for p in relpaths]
-        ranks = {s: i for i, s in enumerate(sorted(set(self.synsets)))}
-        self.class_labels = [ranks[s] for s in self.synsets]
-        self.human_labels = [info.get(s, {}).get("human", s) for s in self.synsets]
+        self.class_labels = [self.classes.label(s) for s in self.synsets]
+        self.human_labels = [self.classes.name(s) for s in self.synsets]
         self.depth_root = Path(depth_root) if depth_root else None
         self.segmentation_root = Path(segmentation_root) if segmentation_root else None
         self.preprocess = Preprocess(size, random_crop, flip)
@@ -154,8 +158,6 @@ class FileListDataset(Dataset):
 
     def __init__(self, list_file: str | Path, size: int | None = None, random_crop: bool = False,
                  flip: bool = False):
-        from tasks.acquire import read_image_list
-
         self.list_file = Path(list_file)
         self.paths = read_image_list(self.list_file)
         self.relpaths = [line.strip() for line in self.list_file.read_text().splitlines() if line.strip()]
@@ -168,3 +170,15 @@ class FileListDataset(Dataset):
         image, _ = self.preprocess(load_rgb(self.paths[i]), {})
         return {"image": _image_tensor(image), "class_label": 0, "synset": "custom", "human_label": "custom",
                 "relpath": self.relpaths[i]}
+
+
+def spread_indices(labels: list[int], n: int, classes: list[int] | None = None) -> list[int]:
+    """``n`` indices spread evenly over a split (file lists are sorted by class, so the
+    first n would all be one class), among the items whose label is in ``classes``."""
+    candidates = [i for i, c in enumerate(labels) if classes is None or c in classes]
+    if not candidates:
+        raise ValueError(f"no item has the class labels {classes} (labels present: {sorted(set(labels))})")
+    if n >= len(candidates):
+        return candidates
+    step = len(candidates) / n
+    return [candidates[int(k * step)] for k in range(n)]

@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterable
 
-from tasks.io import atomic_path
+from tasks.data.files import atomic_path
 
 # Plain names only: no separators, no leading dot (hidden / '.' / '..').
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")

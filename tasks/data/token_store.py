@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.io import atomic_path, is_temp
+from tasks.data.files import atomic_path, is_temp
 
 META_KEY = b"taming.tokens"
 FORMAT_VERSION = 1

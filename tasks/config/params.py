@@ -1,0 +1,117 @@
+"""One check of the whole ``params.yaml`` before any stage does any work.
+
+``dvc repro`` runs stages in order: a bad ``top_k`` would surface only after an
+hour of training. So every pipeline command (``taming <stage>``, tasks/cli.py)
+first builds *every* section's typed config here, once, and hands the stage its
+own; a bad value anywhere stops the first stage with a message naming the key
+(``top_p: must be in (0, 1] ...``, ``vqgan.foo.model: 'foo' is not one of ...``,
+``tokenize.cond: depth needs vqgan.depth``). Cheap: no torch import.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from models.sampling_settings import SamplingSettings
+from tasks.config.schema import (
+    SAMPLING_KEYS,
+    SECTIONS,
+    DataConfig,
+    DepthConfig,
+    EvaluateConfig,
+    ExtractConfig,
+    PipelineConfig,
+    SampleConfig,
+    SegmentConfig,
+    TokenizeConfig,
+    TransformerConfig,
+    VQGANConfig,
+)
+from tasks.config.typed import ConfigError, build, load_params
+
+# DVC's run-cache leaves these keys out when it hashes a stage's params, at any depth
+# (treeverse/dvc#10296): a parameter so named could change without rerunning its stage.
+DVC_IGNORED_KEYS = ("size", "nfiles")
+
+
+def validate(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Every section of the params file as its typed config; ConfigError naming the first bad key."""
+    return from_dict(load_params(path, overrides))
+
+
+def from_dict(params: dict) -> PipelineConfig:
+    unknown = sorted(set(params) - set(SAMPLING_KEYS) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown parameter(s): {', '.join(unknown)} "
+                          f"(known: {', '.join(SAMPLING_KEYS + SECTIONS)})")
+    refuse_dvc_ignored_keys(params)
+
+    def section(name: str) -> dict:
+        value = params.get(name) or {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: must be a mapping, got {value!r}")
+        return value
+
+    config = PipelineConfig(
+        sampling=build(SamplingSettings, {k: params[k] for k in SAMPLING_KEYS if k in params}),
+        data=build(DataConfig, section("data"), "data"),
+        extract=build(ExtractConfig, section("extract"), "extract"),
+        depth=build(DepthConfig, section("depth"), "depth"),
+        segment=build(SegmentConfig, section("segment"), "segment"),
+        vqgan={name: vqgan_config(name, value) for name, value in section("vqgan").items()},
+        tokenize=build(TokenizeConfig, section("tokenize"), "tokenize"),
+        transformer=build(TransformerConfig, section("transformer"), "transformer"),
+        sample=build(SampleConfig, section("sample"), "sample"),
+        evaluate=build(EvaluateConfig, section("evaluate"), "evaluate"),
+    )
+    check_consistency(config)
+    return config
+
+
+def vqgan_config(name: str, section: object) -> VQGANConfig:
+    key = f"vqgan.{name}"
+    if not isinstance(section, dict):
+        raise ConfigError(f"{key}: must be a mapping of the model's settings, got {section!r}")
+    if "model" in section:
+        raise ConfigError(f"{key}.model: not a parameter (the model kind is the key, {name!r})")
+    return build(VQGANConfig, {**section, "model": name}, key)
+
+
+def check_consistency(config: PipelineConfig) -> None:
+    """What no single section can check alone."""
+    tokenize, vqgans = config.tokenize, config.vqgan
+    if tokenize.image_model not in vqgans:
+        raise ConfigError(f"tokenize.image_model: {tokenize.image_model!r} is not a configured VQGAN "
+                          f"(vqgan: {', '.join(vqgans) or 'none'})")
+    if tokenize.cond in ("depth", "segmentation") and tokenize.cond not in vqgans:
+        raise ConfigError(f"tokenize.cond: {tokenize.cond} needs vqgan.{tokenize.cond} "
+                          f"(vqgan: {', '.join(vqgans) or 'none'})")
+    image = vqgans[tokenize.image_model]
+    if tokenize.cond in vqgans and tokenize.cond in ("depth", "segmentation"):
+        cond = vqgans[tokenize.cond]
+        if cond.resolution != image.resolution:
+            raise ConfigError(f"vqgan.{tokenize.cond}.resolution: {cond.resolution} px, but the image VQGAN "
+                              f"is trained at {image.resolution} px; the conditioning is cut like the image")
+    resolution = config.sample.resolution
+    if resolution is not None and (resolution < image.resolution or resolution % image.downsampling):
+        raise ConfigError(f"sample.resolution: {resolution} must be >= the training size {image.resolution} "
+                          f"and a multiple of the image VQGAN's downsampling factor {image.downsampling}")
+    top_k = config.sampling.top_k
+    if top_k is not None and top_k > image.n_embed:
+        raise ConfigError(f"top_k: {top_k} is more than the image codebook's {image.n_embed} entries "
+                          f"(vqgan.{tokenize.image_model}.n_embed); null keeps them all")
+
+
+def refuse_dvc_ignored_keys(node: object, where: str = "") -> None:
+    """No parameter may be named like a key DVC's run-cache ignores (see DVC_IGNORED_KEYS)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key in DVC_IGNORED_KEYS:
+                hint = " (use `resolution`)" if key == "size" else ""
+                raise ConfigError(f"{path}: a parameter may not be named {key!r}: DVC's run-cache ignores such "
+                                  f"keys (treeverse/dvc#10296), so changing it would reuse stale outputs{hint}")
+            refuse_dvc_ignored_keys(value, path)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            refuse_dvc_ignored_keys(value, f"{where}[{i}]")

@@ -1,0 +1,411 @@
+"""The schema of params.yaml: one dataclass per section, validated when built.
+
+`tasks.config.params.validate` builds all of them once, before any stage works, and
+the CLI hands each stage its own section. Ranges are checked here, up front, so a bad
+value fails the first stage of a `dvc repro` with a message naming its key instead of
+an hour later (or never, training garbage). Plain Python only: no torch import.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from models.sampling_settings import SamplingSettings
+from tasks.config.typed import check
+from tasks.data.classes import str_to_indices
+from tasks.data.scenes import KINDS
+
+SPLITS = ("train", "validation")
+
+
+def check_finite(value: float, key: str, low: float | None = None, high: float | None = None,
+                 low_open: bool = False) -> None:
+    """A finite number in [low, high] ((low, high] with low_open)."""
+    check(math.isfinite(value), key, f"must be a finite number, got {value}")
+    if low is not None:
+        check(value > low if low_open else value >= low, key, f"must be {'>' if low_open else '>='} {low}, got {value}")
+    if high is not None:
+        check(value <= high, key, f"must be <= {high}, got {value}")
+
+
+def check_positive(cfg, key: str, *names: str) -> None:
+    for name in names:
+        check(getattr(cfg, name) > 0, f"{key}.{name}", f"must be positive, got {getattr(cfg, name)}")
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class DemoConfig:
+    seed: int = 0
+    resolution: int = 64        # square images, pixels
+    classes: int = 10           # object kinds used (the first N of tasks.data.scenes.KINDS)
+    n_train: int = 100          # training images per class
+    n_val: int = 20             # validation images per class
+    distractors: int = 2        # smaller objects of other kinds behind the main one
+    jpeg_quality: int = 92
+
+    def __post_init__(self):
+        check(8 <= self.resolution <= 1024, "data.demo.resolution", "must be in 8..1024")
+        check(1 <= self.classes <= len(KINDS), "data.demo.classes", f"must be in 1..{len(KINDS)}")
+        check(self.n_train >= 1 and self.n_val >= 1, "data.demo.n_train", "n_train and n_val must be >= 1")
+        check(self.distractors >= 0, "data.demo.distractors", "must be >= 0")
+        check(1 <= self.jpeg_quality <= 100, "data.demo.jpeg_quality", "must be in 1..100")
+
+
+@dataclass
+class ImagenetConfig:
+    train_tar: str = ""             # local path or s3:// URI of ILSVRC2012_img_train.tar
+    val_tar: str = ""               # ... of ILSVRC2012_img_val.tar
+    validation_synsets: str = ""    # ... of validation_synset.txt ("<file> <synset>" lines)
+    synset_human: str = ""          # optional "<synset> <human label>" lines (e.g. LOC_synset_mapping.txt)
+    check_sizes: bool = True        # false only for subsets / repacked archives
+
+
+@dataclass
+class CustomConfig:
+    train_list: str = ""   # text file: one image path per line
+    test_list: str = ""
+
+
+@dataclass
+class DataConfig:
+    """Section ``data``: where the images come from (stage acquire)."""
+    source: Literal["demo", "imagenet", "custom"] = "demo"
+    demo: DemoConfig = field(default_factory=DemoConfig)
+    imagenet: ImagenetConfig = field(default_factory=ImagenetConfig)
+    custom: CustomConfig = field(default_factory=CustomConfig)
+
+    def __post_init__(self):
+        if self.source == "imagenet":
+            for key in ("train_tar", "val_tar", "validation_synsets"):
+                check(bool(getattr(self.imagenet, key)), f"data.imagenet.{key}", "required when data.source is imagenet")
+        if self.source == "custom":
+            for key in ("train_list", "test_list"):
+                check(bool(getattr(self.custom, key)), f"data.custom.{key}", "required when data.source is custom")
+
+
+@dataclass
+class ExtractConfig:
+    """Section ``extract``."""
+    sub_indices: str = ""    # restrict to these class indices, e.g. "32-123, 256"; empty = all
+
+    def __post_init__(self):
+        if self.sub_indices:
+            try:
+                str_to_indices(self.sub_indices)
+            except ValueError as e:
+                check(False, "extract.sub_indices", str(e))
+
+
+# ----------------------------------------------------------------------------- annotation
+
+@dataclass
+class AnnotateConfig:
+    """Sections ``depth`` and ``segment``: one network over every extracted image."""
+    model: str
+    weights: Path | None = None  # explicit weights file; default: the resolver (cache, S3 mirror, URL)
+    batch_size: int = 8
+    device: str = "auto"         # auto: CUDA when present, else CPU
+    num_workers: int = 2         # image decoding processes
+    splits: list[str] = field(default_factory=lambda: list(SPLITS))
+    data_dir: Path = Path("data")
+    shard: int = 0               # CLI only (--shard / --num-shards): sharding never changes an output
+    num_shards: int = 1
+
+    section = "annotate"         # the params section, for messages
+
+    def __post_init__(self):
+        key = self.section
+        check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
+        check(self.num_workers >= 0, f"{key}.num_workers", "must be >= 0")
+        check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), f"{key}.device",
+              f"{self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+        check(len(self.splits) > 0 and set(self.splits) <= set(SPLITS), f"{key}.splits",
+              f"{self.splits}: choose from {', '.join(SPLITS)}")
+        check(self.num_shards >= 1 and 0 <= self.shard < self.num_shards, f"{key}.shard",
+              f"{self.shard} of {self.num_shards}: need 0 <= shard < num_shards")
+        check(self.weights is None or self.model != "groundtruth", f"{key}.weights",
+              "the groundtruth model takes no weights")
+
+
+@dataclass
+class DepthConfig(AnnotateConfig):
+    """``midas_v21`` (what the original taming script used), ``midas_v21_small``, or
+    ``groundtruth`` (the demo's exact maps, no weights needed)."""
+    model: Literal["midas_v21", "midas_v21_small", "groundtruth"] = "groundtruth"
+    section = "depth"
+
+
+@dataclass
+class SegmentConfig(AnnotateConfig):
+    """``deeplabv2_cocostuff`` (DeepLab v2 MSC, as the original) or ``groundtruth``."""
+    model: Literal["deeplabv2_cocostuff", "groundtruth"] = "groundtruth"
+    section = "segment"
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass(kw_only=True)
+class TrainingConfig:
+    """What both training stages share: the optimisation schedule and the Trainer."""
+    base_learning_rate: float = 4.5e-6    # per sample: lr = base x batch_size x devices x accumulation
+    batch_size: int = 16
+    accumulate_grad_batches: int = 1
+    max_steps: int = 1000                 # parameter updates
+    val_every: int = 250
+    ckpt_every: int = 100
+    devices: int = 1
+    seed: int = 0
+
+    def _check_training(self, key: str) -> None:
+        check_positive(self, key, "batch_size", "accumulate_grad_batches", "max_steps", "val_every",
+                       "ckpt_every", "devices")
+        check_finite(self.base_learning_rate, f"{key}.base_learning_rate", 0, low_open=True)
+
+    def learning_rate(self) -> float:
+        """The original's scaling: lr = base x batch x devices x accumulation."""
+        return self.base_learning_rate * self.batch_size * self.devices * self.accumulate_grad_batches
+
+
+@dataclass
+class DDConfig:
+    """The original Encoder/Decoder config. in_channels, out_ch and resolution follow
+    from the model kind and crop size; give them only to double-check."""
+    z_channels: int = 64
+    ch: int = 32
+    ch_mult: list[int] = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 1
+    attn_resolutions: list[int] = field(default_factory=list)
+    dropout: float = 0.0
+    double_z: bool = False
+    in_channels: int | None = None
+    out_ch: int | None = None
+    resolution: int | None = None
+
+
+@dataclass
+class QuantizerConfig:
+    """models.vqgan.VQModel quantizer options; the defaults are the original's."""
+    quantizer: Literal["vq", "ema"] = "vq"
+    beta: float = 0.25
+    legacy: bool = True
+    l2_norm: bool = False
+    ema_decay: float = 0.99
+    restart_threshold: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    """VQLPIPSWithDiscriminator options (original names); segmentation uses codebook_weight only."""
+    disc_start: int = 1000
+    disc_weight: float = 0.8
+    codebook_weight: float = 1.0
+    perceptual_weight: float = 1.0
+    disc_num_layers: int = 2
+    disc_factor: float = 1.0
+    disc_ndf: int = 64
+    disc_loss: Literal["hinge", "vanilla"] = "hinge"
+    use_actnorm: bool = False
+
+
+VQGAN_KINDS = ("image", "depth", "segmentation")
+IN_CHANNELS = {"image": 3, "depth": 1}
+
+
+@dataclass(kw_only=True)
+class VQGANConfig(TrainingConfig):
+    """Section ``vqgan.<model>``: one first-stage model, ``image``, ``depth`` or ``segmentation``."""
+    model: Literal["image", "depth", "segmentation"]
+    n_embed: int = 256
+    embed_dim: int = 64
+    resolution: int = 32            # crop side in pixels (the original's `size`)
+    ddconfig: DDConfig = field(default_factory=DDConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    n_classes: int = 182            # segmentation: one-hot channels (COCO-Stuff labels)
+    num_workers: int = 0
+
+    def __post_init__(self):
+        key = f"vqgan.{self.model}"
+        self._check_training(key)
+        check_positive(self, key, "n_embed", "embed_dim", "resolution", "n_classes")
+        check(self.n_embed <= 65536, f"{key}.n_embed", "must be <= 65536 (tokens are stored as uint16)")
+        check(self.num_workers >= 0, f"{key}.num_workers", "must be >= 0")
+        dd = self.ddconfig
+        check(len(dd.ch_mult) >= 1 and all(m >= 1 for m in dd.ch_mult), f"{key}.ddconfig.ch_mult",
+              f"must be a non-empty list of positive multipliers, got {dd.ch_mult}")
+        check(dd.ch > 0 and dd.ch % 32 == 0, f"{key}.ddconfig.ch", "must be a positive multiple of 32 (GroupNorm with 32 groups)")
+        check(dd.z_channels > 0 and dd.num_res_blocks > 0, f"{key}.ddconfig",
+              "z_channels and num_res_blocks must be positive")
+        check_finite(dd.dropout, f"{key}.ddconfig.dropout", 0, 1)
+        check(dd.dropout < 1, f"{key}.ddconfig.dropout", "must be < 1")
+        factor = 2 ** (len(dd.ch_mult) - 1)
+        check(self.resolution % factor == 0, f"{key}.resolution",
+              f"{self.resolution} must be divisible by the downsampling factor {factor}")
+        for name, want in (("in_channels", self.channels), ("out_ch", self.channels), ("resolution", self.resolution)):
+            got = getattr(dd, name)
+            check(got in (None, want), f"{key}.ddconfig.{name}", f"is {got} but the {self.model} model needs {want}")
+        q, loss = self.quantizer, self.loss
+        check_finite(q.beta, f"{key}.quantizer.beta", 0)
+        check_finite(q.ema_decay, f"{key}.quantizer.ema_decay", 0, 1)
+        check(q.ema_decay < 1, f"{key}.quantizer.ema_decay", "must be < 1")
+        check_finite(q.restart_threshold, f"{key}.quantizer.restart_threshold", 0)
+        check(loss.disc_start >= 0, f"{key}.loss.disc_start", "must be >= 0")
+        for name in ("disc_weight", "codebook_weight", "perceptual_weight", "disc_factor"):
+            check_finite(getattr(loss, name), f"{key}.loss.{name}", 0)
+        check(loss.disc_num_layers >= 1 and loss.disc_ndf >= 1, f"{key}.loss", "disc_num_layers and disc_ndf must be >= 1")
+
+    @property
+    def channels(self) -> int:
+        return self.n_classes if self.model == "segmentation" else IN_CHANNELS[self.model]
+
+    @property
+    def downsampling(self) -> int:
+        return 2 ** (len(self.ddconfig.ch_mult) - 1)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.resolution // self.downsampling
+        return side, side
+
+    def ddconfig_dict(self) -> dict:
+        return {**dataclasses.asdict(self.ddconfig), "in_channels": self.channels, "out_ch": self.channels,
+                "resolution": self.resolution}
+
+    def model_params(self) -> dict:
+        """VQModel / VQSegmentationModel keyword arguments."""
+        params = {"ddconfig": self.ddconfig_dict(), "n_embed": self.n_embed, "embed_dim": self.embed_dim}
+        defaults = QuantizerConfig()
+        params.update({k: v for k, v in dataclasses.asdict(self.quantizer).items() if getattr(defaults, k) != v})
+        if self.model == "segmentation":
+            params["n_labels"] = self.n_classes
+        return params
+
+    def loss_params(self) -> dict:
+        if self.model == "segmentation":
+            return {"codebook_weight": self.loss.codebook_weight}
+        return {**dataclasses.asdict(self.loss), "disc_in_channels": self.channels}
+
+
+@dataclass
+class TokenizeConfig:
+    """Section ``tokenize``: which VQGANs encode the images and their conditioning."""
+    image_model: str = "image"      # VQGAN folder data/vqgan/<image_model> for image tokens
+    cond: Literal["depth", "segmentation", "class", "none"] = "depth"
+    hflip: bool = True              # train: add the mirror image of each crop (aug 1)
+    extra_crops: int = 0            # train: add this many seeded random crops (aug 2..)
+    batch_size: int = 64
+    rows_per_part: int = 4096       # images per Parquet part (all their augmentations go with them)
+    num_workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        check(self.extra_crops >= 0, "tokenize.extra_crops", "must be >= 0")
+        check_positive(self, "tokenize", "batch_size", "rows_per_part")
+        check(self.num_workers >= 0, "tokenize.num_workers", "must be >= 0")
+
+    def augmentations(self, split: str) -> list[int]:
+        if split != "train":
+            return [0]
+        return [0] + ([1] if self.hflip else []) + list(range(2, 2 + self.extra_crops))
+
+
+@dataclass(kw_only=True)
+class TransformerConfig(TrainingConfig):
+    """Section ``transformer``: the GPT and how it is trained."""
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    embd_pdrop: float = 0.0
+    resid_pdrop: float = 0.0
+    attn_pdrop: float = 0.0
+    pkeep: float = 1.0               # keep each input image token with this prob. (original's corruption)
+    label_dropout: float = 0.0       # classifier-free guidance: drop the condition to the null token
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    batch_size: int = 32
+    max_steps: int = 2000
+
+    def __post_init__(self):
+        self._check_training("transformer")
+        check_positive(self, "transformer", "n_layer", "n_head", "n_embd")
+        check(self.n_embd % self.n_head == 0, "transformer.n_embd", f"must be divisible by n_head ({self.n_head})")
+        for name in ("embd_pdrop", "resid_pdrop", "attn_pdrop"):
+            check_finite(getattr(self, name), f"transformer.{name}", 0, 1)
+            check(getattr(self, name) < 1, f"transformer.{name}", "must be < 1")
+        check_finite(self.pkeep, "transformer.pkeep", 0, 1, low_open=True)
+        check_finite(self.label_dropout, "transformer.label_dropout", 0, 1)
+        check(self.label_dropout < 1, "transformer.label_dropout", "must be < 1")
+        check_finite(self.weight_decay, "transformer.weight_decay", 0)
+        for i, beta in enumerate(self.betas):
+            check_finite(beta, f"transformer.betas[{i}]", 0, 1)
+            check(beta < 1, f"transformer.betas[{i}]", "must be < 1")
+        check(self.warmup_steps >= 0, "transformer.warmup_steps", "must be >= 0")
+        check_finite(self.min_lr_ratio, "transformer.min_lr_ratio", 0, 1)
+
+
+# ----------------------------------------------------------------------------- sampling and evaluation
+
+SAMPLING_KEYS = ("top_k", "top_p", "temperature")  # top-level keys, swept with `dvc exp run -S`
+
+
+@dataclass
+class SampleConfig:
+    """Section ``sample``."""
+    conditions: int = 16               # validation conditionings to sample for
+    per_condition: int = 4             # samples per conditioning
+    batch_size: int = 16
+    classes: list[int] | None = None   # only conditionings of these class labels (null: any)
+    seed: int = 0
+    resolution: int | None = None      # output side in px (null: the training size; larger: sliding window)
+    grid_conditions: int = 8           # rows of grid.png
+
+    def __post_init__(self):
+        for key in ("conditions", "per_condition", "batch_size", "grid_conditions"):
+            check(getattr(self, key) >= 1, f"sample.{key}", "must be >= 1")
+        check(self.classes is None or (len(self.classes) > 0 and min(self.classes) >= 0),
+              "sample.classes", "must be a non-empty list of class labels >= 0, or null")
+        check(self.resolution is None or self.resolution >= 8, "sample.resolution", "must be >= 8 or null")
+
+
+@dataclass
+class EvaluateConfig:
+    """Section ``evaluate``."""
+    batch_size: int = 32
+    fid_images: int | None = None   # validation images in the FID reference and rFID (null: all);
+                                    # PSNR, SSIM and codebook usage always cover the whole split
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000     # capped at the smaller image set
+    seed: int = 0                   # KID subset draws
+
+    def __post_init__(self):
+        check(self.batch_size > 0, "evaluate.batch_size", "must be positive")
+        check(self.fid_images is None or self.fid_images > 1, "evaluate.fid_images", "must be > 1 or null")
+        check(self.kid_subsets > 0, "evaluate.kid_subsets", "must be positive")
+        check(self.kid_subset_size > 1, "evaluate.kid_subset_size", "must be > 1")
+
+
+# ----------------------------------------------------------------------------- the whole file
+
+SECTIONS = ("data", "extract", "depth", "segment", "vqgan", "tokenize", "transformer", "sample", "evaluate")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every section of params.yaml, typed and validated."""
+    sampling: SamplingSettings
+    data: DataConfig
+    extract: ExtractConfig
+    depth: DepthConfig
+    segment: SegmentConfig
+    vqgan: dict[str, VQGANConfig]
+    tokenize: TokenizeConfig
+    transformer: TransformerConfig
+    sample: SampleConfig
+    evaluate: EvaluateConfig

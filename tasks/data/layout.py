@@ -1,0 +1,76 @@
+"""Where every stage's inputs and outputs live (the contracts of shared/design.md).
+
+    data/raw/               acquire: ILSVRC2012-style archives, synsets.json, groundtruth/ (demo)
+    data/imagenet/<split>/  extract: <synset>/<name>.JPEG, filelist.txt; rejected.jsonl
+    data/depth/<split>/     depth: <synset>/<name>.png (RGBA-packed float32)
+    data/segmentation/...   segment: <synset>/<name>.png (uint8 labels)
+    data/vqgan/<name>/      train-vqgan: checkpoints/, configs/, dvclive/ (resume/ while running)
+    data/tokens/<split>/    tokenize: part-NNNNN.parquet
+    data/transformer/       train-transformer: checkpoints/, configs/, dvclive/
+    data/samples/           sample: images/, samples.json, grid.png
+    metrics/                extract and evaluate: *.json
+
+dvc.yaml names the same paths; `Layout(root)` moves the whole tree (tests use temporary roots).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "validation")
+MAP_KINDS = ("depth", "segmentation")   # per-image maps an annotation stage writes
+
+# acquire's outputs, in the layout of the official ImageNet files
+TRAIN_TAR = "ILSVRC2012_img_train.tar"
+VAL_TAR = "ILSVRC2012_img_val.tar"
+VAL_SYNSETS = "validation_synset.txt"
+SYNSETS_JSON = "synsets.json"
+FILELIST = "filelist.txt"
+METRICS = Path("metrics")
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: Path = Path("data")
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def synsets_json(self) -> Path:
+        return self.raw / SYNSETS_JSON
+
+    def groundtruth(self, kind: str) -> Path:
+        """The demo generator's exact maps: groundtruth/<kind>/<stem>.png."""
+        return self.raw / "groundtruth" / kind
+
+    @property
+    def images(self) -> Path:
+        return self.root / "imagenet"
+
+    def filelist(self, split: str) -> Path:
+        return self.images / split / FILELIST
+
+    def maps(self, kind: str) -> Path:
+        if kind not in MAP_KINDS:
+            raise ValueError(f"no per-image maps of kind {kind!r} (known: {', '.join(MAP_KINDS)})")
+        return self.root / kind
+
+    def vqgan(self, name: str) -> Path:
+        return self.root / "vqgan" / name
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens"
+
+    @property
+    def transformer(self) -> Path:
+        return self.root / "transformer"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+
+DATA = Layout()

@@ -1,0 +1,1 @@
+"""Image-quality measurements: FID/KID (torch-fidelity), PSNR/SSIM, codebook usage."""

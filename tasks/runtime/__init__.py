@@ -1,0 +1,1 @@
+"""What running any stage needs: user-facing errors, devices, parallel maps, progress."""

@@ -1,0 +1,156 @@
+"""Stage `tokenize`: encode every image and its conditioning once with the frozen VQGANs.
+
+Writes ``data/tokens/{train,validation}/part-NNNNN.parquet`` (tasks/data/token_store.py):
+one row per (image, augmentation). Augmentation 0 is the centre crop the
+validation split also uses; training adds its mirror image (``hflip``, aug 1)
+and ``extra_crops`` seeded random crops (aug 2, 3, ...), each with the same
+crop/flip applied to the conditioning map.
+
+Images are cut into parts of ``rows_per_part`` images in file-list order; a part
+is the unit of work: ``--shard I --num-shards N`` takes parts I, I+N, ... (so
+machines or Prefect tasks can split the work), every part is written
+atomically, and a rerun skips the parts already written for the same VQGAN
+weights and settings.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from tasks.config.schema import SPLITS, TokenizeConfig
+from tasks.config.typed import ConfigError
+from tasks.data.layout import DATA, Layout
+from tasks.runtime.devices import resolve_device
+from tasks.runtime.progress import progress
+
+
+class Augmented:
+    """Rows (image i, augmentation a) of one part of a split, as tasks.data.datasets samples."""
+
+    def __init__(self, centre, random, images: range, augs: list[int], seed: int):
+        self.centre, self.random, self.augs, self.seed = centre, random, augs, seed
+        self.rows = [(i, a) for i in images for a in augs]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> dict:
+        import numpy as np
+        import torch
+        i, aug = self.rows[k]
+        if aug < 2:
+            sample = self.centre[i]
+        else:  # the crop depends only on (seed, image, aug): reproducible on any shard
+            with torch.random.fork_rng():
+                torch.manual_seed(int(np.random.SeedSequence([self.seed, i, aug]).generate_state(1)[0]))
+                sample = self.random[i]
+        if aug == 1:
+            for key in ("image", "depth", "segmentation"):
+                if key in sample:
+                    sample[key] = torch.flip(sample[key], dims=[-1])
+        return {**sample, "aug": aug}
+
+
+class Encoder:
+    """A frozen VQGAN folder: its model (eval, on the device), checkpoint hash and code grid."""
+
+    def __init__(self, folder, kind: str, device):
+        from models.folder import ModelFolder
+        if not (folder / "checkpoints" / "last.ckpt").is_file():
+            raise FileNotFoundError(f"{folder}/checkpoints/last.ckpt: not found; run `taming train-vqgan --model {kind}`")
+        self.folder, self.kind, self.device = ModelFolder.open(folder), kind, device
+        self.model = self.folder.load().to(device)
+
+    @property
+    def resolution(self) -> int:
+        return self.folder.resolution
+
+    def codes(self):
+        from tasks.data.token_store import Codes
+        return Codes(kind=self.kind, vocab_size=self.model.n_embed, grid=self.folder.grid, sha256=self.folder.sha256,
+                     folder=str(self.folder.root))
+
+    def encode(self, batch: dict):
+        import torch
+
+        from tasks.data.datasets import vqgan_input
+        with torch.no_grad():
+            x = vqgan_input(batch, self.kind, self.folder.n_labels).to(self.device)
+            return self.model.encode(x)[2].cpu().numpy()
+
+
+def run(cfg: TokenizeConfig, splits=SPLITS, shard: int = 0, num_shards: int = 1, layout: Layout = DATA) -> dict:
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from tasks.data.classes import ClassTable
+    from tasks.data.datasets import ImageNetDataset
+    from tasks.data.token_store import Codes, TokenMeta, list_parts, part_name, read_meta, write_part
+
+    if not 0 <= shard < num_shards:
+        raise ConfigError(f"--shard {shard}: must be in [0, --num-shards {num_shards})")
+    device = resolve_device()
+    image = Encoder(layout.vqgan(cfg.image_model), "image", device)
+    classes = ClassTable.read(layout.synsets_json)
+    cond_vqgan = None
+    if cfg.cond in ("depth", "segmentation"):
+        cond_vqgan = Encoder(layout.vqgan(cfg.cond), cfg.cond, device)
+        if cond_vqgan.resolution != image.resolution:
+            raise ConfigError(f"tokenize.cond: the {cfg.cond} VQGAN is trained at {cond_vqgan.resolution} px, "
+                              f"the image VQGAN at {image.resolution} px; they must match")
+        cond_codes = cond_vqgan.codes()
+    elif cfg.cond == "class":
+        cond_codes = Codes(kind="class", vocab_size=classes.n_classes, grid=(1, 1))
+    else:
+        cond_codes = Codes(kind="none", vocab_size=1, grid=(1, 1))
+    meta = TokenMeta(image=image.codes(), cond=cond_codes, size=image.resolution)
+
+    counts = {}
+    for split in splits:
+        maps = {f"{cfg.cond}_root": layout.maps(cfg.cond)} if cond_vqgan is not None else {}
+        common = dict(split=split, size=image.resolution, synsets_json=layout.synsets_json, **maps)
+        centre = ImageNetDataset(layout.images, **common)
+        random = ImageNetDataset(layout.images, random_crop=True, **common)
+        augs = cfg.augmentations(split)
+        n_parts = math.ceil(len(centre) / cfg.rows_per_part)
+        split_dir = layout.tokens / split
+        if num_shards == 1:  # a complete run owns the folder: drop parts of an earlier, larger listing
+            for stale in list_parts(split_dir)[n_parts:]:
+                stale.unlink()
+        todo = [k for k in range(shard, n_parts, num_shards)
+                if not ((split_dir / part_name(k)).is_file() and read_meta(split_dir / part_name(k)) == meta)]
+        rows = 0
+        for k in progress(todo, desc=f"tokenize {split}", unit="part", disable=len(todo) < 2):
+            images = range(k * cfg.rows_per_part, min(len(centre), (k + 1) * cfg.rows_per_part))
+            data = Augmented(centre, random, images, augs, cfg.seed)
+            loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+            columns = {"id": [], "class_label": [], "aug": [], "image_tokens": [], "cond_tokens": []}
+            for batch in progress(loader, desc=f"{split} {part_name(k)}", unit="batch", leave=False):
+                labels = batch["class_label"].numpy()
+                columns["id"] += list(batch["relpath"])
+                columns["class_label"].append(labels)
+                columns["aug"].append(batch["aug"].numpy())
+                columns["image_tokens"].append(image.encode(batch))
+                if cond_vqgan is not None:
+                    columns["cond_tokens"].append(cond_vqgan.encode(batch))
+                elif cfg.cond == "class":
+                    columns["cond_tokens"].append(labels[:, None])
+                else:
+                    columns["cond_tokens"].append(np.zeros((len(labels), 1), np.int64))
+            write_part(split_dir / part_name(k), meta, columns["id"],
+                       *(np.concatenate(columns[c]) for c in ("class_label", "aug", "image_tokens", "cond_tokens")))
+            rows += len(data)
+        counts[split] = {"images": len(centre), "parts": n_parts, "written": len(todo), "rows_written": rows}
+        print(f"tokenize {split}: {len(centre)} images x {len(augs)} augmentation(s) in {n_parts} part(s); "
+              f"wrote {len(todo)} part(s) ({rows} rows), {len(range(shard, n_parts, num_shards)) - len(todo)} already done")
+    return counts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", choices=SPLITS, action="append", help="split(s) to encode (default: all)")
+    parser.add_argument("--shard", type=int, default=0, help="this worker's index (default: %(default)s)")
+    parser.add_argument("--num-shards", type=int, default=1, help="number of workers (default: %(default)s)")
+
+
+def main(config, args: argparse.Namespace) -> None:
+    run(config.tokenize, splits=tuple(args.split or SPLITS), shard=args.shard, num_shards=args.num_shards)
