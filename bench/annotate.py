@@ -39,11 +39,11 @@ def make_images(data: Path, n: int, height: int, width: int) -> None:
         r = scenes.render(scenes.scene_for(0, 0, kind, i), max(height, width)).image
         top, left = (r.shape[0] - height) // 2, (r.shape[1] - width) // 2
         rel = f"{scenes.KINDS[kind].synset}/bench_{i}.JPEG"
-        path = data / "imagenet" / "validation" / rel
+        path = data / "dataset" / "image" / "validation" / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.ascontiguousarray(r[top:top + height, left:left + width])).save(path, quality=90)
         rels.append(rel)
-    (data / "imagenet" / "validation" / "filelist.txt").write_text("".join(f"{r}\n" for r in sorted(rels)))
+    (data / "dataset" / "image" / "validation" / "filelist.txt").write_text("".join(f"{r}\n" for r in sorted(rels)))
 
 
 def images_per_second(cfg, annotator, n: int) -> float:

@@ -24,8 +24,8 @@ from PIL import Image
 from tasks import acquire, extract
 from tasks.config.schema import DemoConfig, ExtractConfig
 from tasks.data import scenes
-from tasks.data.layout import TRAIN_TAR, VAL_SYNSETS, VAL_TAR
 from tasks.data.archives import tar_bytes, write_tar
+from tasks.data.layout import TRAIN_TAR, VAL_SYNSETS, VAL_TAR
 
 
 def cpu_seconds() -> float:

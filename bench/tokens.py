@@ -85,8 +85,8 @@ def main() -> None:
         root = write_extracted_dataset(Path(tmp), n_train=args.images, n_val=1, classes=10,
                                        resolution=image_cfg.resolution)
         data = root / "data"
-        images = ImageNetDataset(data / "imagenet", "train", size=image_cfg.resolution, random_crop=True,
-                                 depth_root=data / "depth", synsets_json=data / "raw/synsets.json")
+        images = ImageNetDataset(data / "dataset" / "image", "train", size=image_cfg.resolution, random_crop=True,
+                                 depth_root=data / "dataset" / "depth", synsets_json=data / "raw/synsets.json")
         image_loader = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=True, drop_last=True)
 
         # tokenize once (what `taming tokenize` does), then train from the Parquet part

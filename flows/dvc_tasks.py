@@ -189,7 +189,7 @@ def read_metrics(repo: Path) -> dict[str, dict[str, Any]]:
 
 def metric_columns(metrics: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """One flat row: ``samples.fid`` (file stem + key), or the file's whole path
-    without its suffix where stems repeat (``data/vqgan/image/dvclive/metrics.step``)."""
+    without its suffix where stems repeat (``data/dvclive/vqgan/image/metrics.step``)."""
     stems = collections.Counter(Path(path).stem for path in metrics)
     return {f"{Path(path).stem if stems[Path(path).stem] == 1 else str(Path(path).with_suffix(''))}.{key}": value
             for path, values in metrics.items() for key, value in values.items()}

@@ -2,7 +2,7 @@
 
     prefect deployment run extract-depth/extract-depth --param num_shards=8
 
-The depth stage's own command (from dvc.yaml, e.g. ``taming depth``) runs once
+The depth stage's own command (from dvc.yaml, e.g. ``taming annotate --kind depth``) runs once
 per shard with ``--shard i --num-shards n``; shards are independent, so they
 run concurrently on the flow's task runner: threads here (each shard is a
 subprocess), Dask or Ray on a cluster (README, "Orchestration with Prefect").
@@ -31,7 +31,7 @@ from flows.dvc_tasks import (
     stream,
 )
 
-DEPTH_STAGE = "depth"
+DEPTH_STAGE = "annotate@depth"
 
 
 @task(task_run_name="{stage} shard {shard}/{num_shards}")

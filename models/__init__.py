@@ -11,6 +11,7 @@ _LAZY = {
     "load_pretrained": "models.pretrained",
     "load_with_report": "models.pretrained",
     "ModelFolder": "models.folder",
+    "load_first_stage": "models.first_stage",
     "read_checkpoint": "models.checkpoint",
     "UnsafeCheckpointError": "models.checkpoint",
     "VQModel": "models.vqgan",

@@ -5,7 +5,7 @@
 `ModelFolder.open(path)` finds the files (a folder, a checkpoint, or the s3:// URI of a
 published folder) and reads the project YAML, so the pipeline knows what a folder
 holds (checkpoint hash, image size, downsampling factor, token grid) without importing
-any model code; `.load()` builds the model (models/pretrained.py).
+any model code. Loading is models/first_stage.py (VQGANs) and models/pretrained.py (any model).
 """
 from __future__ import annotations
 
@@ -96,10 +96,6 @@ class ModelFolder:
         return {"target": self.target, "params": {"ckpt_path": str(self.checkpoint), **params,
                                                   "lossconfig": {"target": "taming.modules.losses.DummyLoss"}}}
 
-    def load(self, map_location="cpu", strict: bool = False):
-        """The model in eval mode (models.pretrained.load_pretrained)."""
-        from models.pretrained import load_pretrained
-        return load_pretrained(self.checkpoint, self.config_path, strict=strict, map_location=map_location)
 
 
 def locate(path: str | Path, config: str | Path | None = None) -> tuple[Path, Path]:

@@ -1,9 +1,12 @@
-"""MiDaS v2.1 monocular depth (isl-org/MiDaS), as the original taming depth script ran it.
+"""MiDaS v2.0 / v2.1 monocular depth (isl-org/MiDaS), as the original taming depth script ran it.
 
 Two networks with the official ``state_dict`` layouts (``pretrained.*`` encoder,
 ``scratch.*`` RefineNet-style decoder):
-  MidasNet        midas_v21_384.pt        ResNeXt-101 32x8d (torchvision's, the WSL model's class)
-  MidasNet_small  midas_v21_small_256.pt  EfficientNet-Lite3 (timm's tf_efficientnet_lite3)
+  MidasNet        model-f46da743.pt (v2.0), midas_v21_384.pt (v2.1)  ResNeXt-101 32x8d (the WSL model's class)
+  MidasNet_small  midas_v21_small_256.pt                             EfficientNet-Lite3 (timm's tf_efficientnet_lite3)
+
+The original README warns that the published D-RIN models were trained on depth from
+MiDaS v2.0, which torch.hub served when the data was prepared, and untested with v2.1.
 
 The output is relative *inverse* depth (larger = nearer), non-negative.
 
@@ -130,7 +133,9 @@ class MidasNet_small(_Midas):  # noqa: N801 -- the original's class name
         super().__init__(layers, [32, 48, 136, 384], widths, project=True, skip_activated=False)
 
 
-ARCHITECTURES = {"midas_v21": MidasNet, "midas_v21_small": MidasNet_small}
+# v2.0 (model-f46da743.pt, what the published D-RIN models' depth came from) and v2.1 are
+# the same MidasNet with different weights and the same input transform.
+ARCHITECTURES = {"midas_v20": MidasNet, "midas_v21": MidasNet, "midas_v21_small": MidasNet_small}
 
 
 def load_midas(name: str, weights: str | None = None) -> _Midas:

@@ -33,6 +33,9 @@ from models.sampling_settings import SamplingSettings
 _ORIGINAL_PARAMS = {"transformer_config", "first_stage_config", "cond_stage_config", "permuter_config",
                     "ckpt_path", "ignore_keys", "first_stage_key", "cond_stage_key",
                     "downsample_cond_size", "pkeep", "sos_token", "unconditional"}
+# Ours, written only by models trained with condition dropout (classifier-free guidance):
+# the token that stands for "no condition"; the original's code does not know it.
+_GUIDANCE_PARAMS = {"null_token", "cond_dropout"}
 
 
 def _frozen(model: nn.Module | None) -> nn.Module | None:
@@ -105,7 +108,7 @@ class Net2NetTransformer(nn.Module):
         left out: the stage is passed built). A cond stage without weights (class
         label, SOS, coordinates, "__is_first_stage__") is built from cond_stage_config
         when not passed. Weights are loaded by the caller."""
-        unknown = set(params) - _ORIGINAL_PARAMS
+        unknown = set(params) - _ORIGINAL_PARAMS - _GUIDANCE_PARAMS
         if unknown:
             raise ValueError(f"unknown Net2NetTransformer parameter(s) {sorted(unknown)}")
         transformer_config = params["transformer_config"]
@@ -129,7 +132,7 @@ class Net2NetTransformer(nn.Module):
                    cond_stage_key=params.get("cond_stage_key", "depth"),
                    downsample_cond_size=params.get("downsample_cond_size", -1),
                    pkeep=params.get("pkeep", 1.0), sos_token=params.get("sos_token", 0),
-                   unconditional=unconditional)
+                   unconditional=unconditional, null_token=params.get("null_token"))
 
     @classmethod
     def for_tokens(cls, *, z_vocab: int, z_length: int, c_vocab: int = 0, c_length: int = 1,

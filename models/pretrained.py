@@ -6,63 +6,33 @@
     model = load_pretrained("x/last.ckpt", config="x/project.yaml")  # checkpoint + YAML
     model = load_pretrained("s3://bucket/team/vqgan_image")  # published with `taming publish`
 
-Finding the files of a folder (and what it holds without loading it) is models/folder.py.
-
-The YAML's `model.target` picks one of a fixed set of classes (TARGETS); no target
-string is ever imported. The checkpoint is read by models/checkpoint.py, which runs no
-pickled code. Training-only keys (`loss.*`) are dropped; other missing or unexpected
-keys are reported (a warning, or an error with strict=True). A Net2NetTransformer's
-first and cond stages are built from their configs inside its YAML and take their
-weights from its checkpoint: their `ckpt_path`s are never opened.
+Any target of TARGETS: the VQGANs (models/first_stage.py) and the Net2NetTransformer. Finding
+the files of a folder (and what it holds without loading it) is models/folder.py. No target
+string is ever imported; the checkpoint is read without running pickled code. A
+Net2NetTransformer's first and cond stages are built from their configs inside its YAML and
+take their weights from its checkpoint: their `ckpt_path`s are never opened.
 """
 from __future__ import annotations
 
-import dataclasses
-import os
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from models.checkpoint import CheckpointError, read_state_dict
+from models.first_stage import VQ_TARGETS, VQ_TRAINING_ONLY, LoadReport, build_vqgan, load_state  # noqa: F401 (public)
 from models.folder import NET2NET, locate, read_config
-from models.vqgan import GumbelVQ, VQModel, VQSegmentationModel
 
-VQ_TARGETS: dict[str, type[VQModel]] = {
-    "taming.models.vqgan.VQModel": VQModel,
-    "taming.models.vqgan.GumbelVQ": GumbelVQ,
-    "taming.models.vqgan.VQSegmentationModel": VQSegmentationModel,
-}
 TARGETS = (*VQ_TARGETS, NET2NET)
-# VQ params that only matter to the original's training code (checkpoint to warm-start
-# from, data key, checkpoint metric); the models accept everything else in the YAML
-VQ_TRAINING_ONLY = ("ckpt_path", "ignore_keys", "image_key", "monitor")
-
-
-@dataclasses.dataclass
-class LoadReport:
-    checkpoint: Path
-    config: Path
-    target: str
-    global_step: int | None
-    missing: list[str]      # model keys the checkpoint lacks
-    unexpected: list[str]   # checkpoint keys the model does not have
-    ignored: list[str]      # training-only keys dropped on purpose (loss.*)
 
 
 def load_pretrained(path: str | Path, config: str | Path | None = None, *, strict: bool = False,
                     map_location: str | torch.device = "cpu") -> nn.Module:
     """A folder, a checkpoint (its YAML: `config`, else ../configs/*-project.yaml) or the
     s3:// URI of a published folder (models.s3.fetch_published) -> the model in eval mode.
-    Missing/unexpected keys warn, or raise ValueError with strict=True."""
+    Missing/unexpected keys warn, or raise CheckpointError with strict=True."""
     model, report = load_with_report(path, config, map_location=map_location)
-    if report.missing or report.unexpected:
-        msg = (f"{report.checkpoint}: {len(report.missing)} missing key(s) {report.missing[:10]}, "
-               f"{len(report.unexpected)} unexpected key(s) {report.unexpected[:10]} for {report.target}")
-        if strict:
-            raise CheckpointError(msg)
-        warnings.warn(msg, stacklevel=2)
+    report.check(strict)
     return model
 
 
@@ -72,23 +42,8 @@ def load_with_report(path: str | Path, config: str | Path | None = None, *,
     model_cfg = read_config(config_path)
     state_dict, step = read_state_dict(ckpt_path)
     model = build_model(model_cfg, source=config_path, state_dict=state_dict)
-    ignored = sorted(k for k in state_dict if _training_only(k))
-    state_dict = {k: v for k, v in state_dict.items() if not _training_only(k)}
-    try:
-        result = model.load_state_dict(state_dict, strict=False)
-    except RuntimeError as e:  # shape mismatches: the YAML does not describe this checkpoint
-        raise CheckpointError(f"{ckpt_path} does not fit the model {config_path} describes: {e}") from None
-    if not any(k in state_dict for k in model.state_dict()):
-        raise CheckpointError(f"{ckpt_path}: none of its {len(state_dict)} keys (e.g. {list(state_dict)[:3]}) "
-                         f"belongs to the {model_cfg['target']} that {config_path} describes")
-    model.to(map_location).eval()
-    return model, LoadReport(ckpt_path, config_path, model_cfg["target"], step,
-                             list(result.missing_keys), list(result.unexpected_keys), ignored)
-
-
-def _training_only(key: str) -> bool:
-    # the VQGAN's loss module (discriminator, LPIPS), also inside a Net2Net's stages
-    return key.startswith("loss.") or ".loss." in key
+    report = load_state(model, state_dict, ckpt_path, config_path, model_cfg["target"], step, map_location)
+    return model, report
 
 
 # ---- models from the original YAML -------------------------------------------------
@@ -116,18 +71,3 @@ def build_model(model_cfg: dict, source: str | Path = "config",
     # other cond stages (class label, SOS, coordinates, the first stage) carry no weights of
     # their own: Net2NetTransformer builds them from cond_stage_config
     return Net2NetTransformer.from_original_config(params, first_stage, cond_stage)
-
-
-def build_vqgan(model_cfg: dict, source: str | Path = "config",
-                state_dict: dict[str, torch.Tensor] | None = None, prefix: str = "") -> VQModel:
-    target = model_cfg.get("target")
-    if target not in VQ_TARGETS:
-        raise CheckpointError(f"{source}: expected a VQGAN target ({', '.join(VQ_TARGETS)}), got {target!r}")
-    params = {k: v for k, v in (model_cfg.get("params") or {}).items() if k not in VQ_TRAINING_ONLY}
-    remap, used = params.get("remap"), f"{prefix}quantize.used"
-    if isinstance(remap, str) and not os.path.exists(remap) and state_dict is not None and used in state_dict:
-        params["remap"] = state_dict[used]  # the used-code list is saved as a buffer, too
-    try:
-        return VQ_TARGETS[target](**params)
-    except TypeError as e:
-        raise CheckpointError(f"{source}: params for {target} do not fit: {e}") from None

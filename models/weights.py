@@ -54,6 +54,13 @@ class WeightsFile:
 # we verify what is known and never make a hash up.
 REGISTRY: dict[str, WeightsFile] = {w.name: w for w in [
     WeightsFile(
+        "midas_v20", "model-f46da743.pt",
+        "https://github.com/intel-isl/MiDaS/releases/download/v2/model-f46da743.pt",
+        "MiDaS v2.0 (MidasNet, ResNeXt-101 32x8d): what torch.hub 'intel-isl/MiDaS' 'MiDaS' served when the "
+        "published D-RIN models' depth maps were made (the original README: use v2.0 with them)",
+        sha256_prefix="f46da743",
+        note="torch.hub check_hash: SHA-256 prefix in the file name; full SHA-256 and size not known to us"),
+    WeightsFile(
         "midas_v21", "midas_v21_384.pt",
         "https://github.com/isl-org/MiDaS/releases/download/v2_1/midas_v21_384.pt",
         "MiDaS v2.1 (MidasNet, ResNeXt-101 32x8d); what torch.hub 'intel-isl/MiDaS' 'MiDaS' loads",

@@ -27,21 +27,22 @@ from tasks.config.typed import ConfigError
 # name -> (module, one-line help). Order is pipeline order.
 STAGES: dict[str, tuple[str, str]] = {
     "acquire": ("tasks.acquire", "get ILSVRC2012-style archives: generate the demo set, or check ImageNet / custom lists"),
-    "extract": ("tasks.extract", "safely extract the archives into data/imagenet/{train,validation}/<synset>/"),
-    "depth": ("tasks.depth", "MiDaS (or ground-truth) depth maps as RGBA-packed float32 PNGs"),
-    "segment": ("tasks.segment", "DeepLab v2 (or ground-truth) COCO-Stuff label maps as uint8 PNGs"),
+    "extract": ("tasks.extract", "safely extract the archives into data/dataset/image/{train,validation}/<synset>/"),
+    "annotate": ("tasks.annotate", "per-image maps: MiDaS depth (RGBA-packed float32) or DeepLab v2 COCO-Stuff labels"),
     "train-vqgan": ("tasks.train_vqgan", "train a VQGAN first stage (image, depth or segmentation) with Lightning"),
     "tokenize": ("tasks.tokenize_images", "encode images and conditioning once with the frozen VQGANs into Parquet shards"),
     "train-transformer": ("tasks.train_transformer", "train the conditional transformer from Parquet tokens"),
     "sample": ("tasks.sample", "sample images with the KV cache (top_k / top_p / temperature) and write a grid"),
-    "evaluate": ("tasks.evaluate", "FID/KID, reconstruction metrics and codebook usage into metrics/*.json"),
+    "fid-reference": ("tasks.fid_reference", "Inception features of the FID reference images, computed once"),
+    "evaluate": ("tasks.evaluate", "FID/KID of the samples against the reference into metrics/samples.json"),
+    "evaluate-vqgan": ("tasks.evaluate_vqgan", "the first stages' reconstructions (PSNR, SSIM, rFID) and codebook usage"),
     "weights": ("tasks.weights", "list, fetch, import or push pretrained weight files"),
     "publish": ("tasks.publish", "upload a trained checkpoint with its manifest to S3"),
 }
 
 # The stages of dvc.yaml: they read params.yaml, validated as a whole first.
-PIPELINE_STAGES = ("acquire", "extract", "depth", "segment", "train-vqgan", "tokenize", "train-transformer",
-                   "sample", "evaluate")
+PIPELINE_STAGES = ("acquire", "extract", "annotate", "train-vqgan", "tokenize", "train-transformer",
+                   "sample", "fid-reference", "evaluate", "evaluate-vqgan")
 
 
 def _top_parser() -> argparse.ArgumentParser:

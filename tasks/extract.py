@@ -1,4 +1,4 @@
-"""Stage ``extract``: ILSVRC2012-style archives -> ``data/imagenet/{train,validation}/<synset>/<name>.JPEG``.
+"""Stage ``extract``: ILSVRC2012-style archives -> ``data/dataset/image/{train,validation}/<synset>/<name>.JPEG``.
 
 Reads ``data/raw`` (see tasks/acquire.py) and writes
 

@@ -62,6 +62,7 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
     import torch
 
     from models.folder import ModelFolder
+    from models.pretrained import load_pretrained
     from tasks.data.datasets import ImageNetDataset, spread_indices
     from tasks.data.files import write_json
     from tasks.data.images import make_grid, to_rgb_arrays
@@ -74,7 +75,7 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
     if resolution < size or resolution % f:
         raise StageError(f"sample.resolution: {resolution} must be >= the training size {size} of {folder.root} "
                          f"and a multiple of its VQGAN's downsampling factor {f}")
-    model = folder.load()
+    model = load_pretrained(folder.checkpoint, folder.config_path)
     kind = conditioning_kind(model)
     window, grid = (size // f, size // f), (resolution // f, resolution // f)
 

@@ -55,11 +55,12 @@ class Encoder:
     """A frozen VQGAN folder: its model (eval, on the device), checkpoint hash and code grid."""
 
     def __init__(self, folder, kind: str, device):
+        from models.first_stage import load_first_stage
         from models.folder import ModelFolder
         if not (folder / "checkpoints" / "last.ckpt").is_file():
             raise FileNotFoundError(f"{folder}/checkpoints/last.ckpt: not found; run `taming train-vqgan --model {kind}`")
         self.folder, self.kind, self.device = ModelFolder.open(folder), kind, device
-        self.model = self.folder.load().to(device)
+        self.model = load_first_stage(self.folder.checkpoint, self.folder.config_path).to(device)
 
     @property
     def resolution(self) -> int:
@@ -79,7 +80,9 @@ class Encoder:
             return self.model.encode(x)[2].cpu().numpy()
 
 
-def run(cfg: TokenizeConfig, splits=SPLITS, shard: int = 0, num_shards: int = 1, layout: Layout = DATA) -> dict:
+def run(cfg: TokenizeConfig, conditioning: str, splits=SPLITS, shard: int = 0, num_shards: int = 1,
+        layout: Layout = DATA) -> dict:
+    """Tokens of the images and of their ``conditioning`` (depth, segmentation, class, none)."""
     import numpy as np
     from torch.utils.data import DataLoader
 
@@ -93,13 +96,13 @@ def run(cfg: TokenizeConfig, splits=SPLITS, shard: int = 0, num_shards: int = 1,
     image = Encoder(layout.vqgan(cfg.image_model), "image", device)
     classes = ClassTable.read(layout.synsets_json)
     cond_vqgan = None
-    if cfg.cond in ("depth", "segmentation"):
-        cond_vqgan = Encoder(layout.vqgan(cfg.cond), cfg.cond, device)
+    if conditioning in ("depth", "segmentation"):
+        cond_vqgan = Encoder(layout.vqgan(conditioning), conditioning, device)
         if cond_vqgan.resolution != image.resolution:
-            raise ConfigError(f"tokenize.cond: the {cfg.cond} VQGAN is trained at {cond_vqgan.resolution} px, "
+            raise ConfigError(f"conditioning: the {conditioning} VQGAN is trained at {cond_vqgan.resolution} px, "
                               f"the image VQGAN at {image.resolution} px; they must match")
         cond_codes = cond_vqgan.codes()
-    elif cfg.cond == "class":
+    elif conditioning == "class":
         cond_codes = Codes(kind="class", vocab_size=classes.n_classes, grid=(1, 1))
     else:
         cond_codes = Codes(kind="none", vocab_size=1, grid=(1, 1))
@@ -107,7 +110,7 @@ def run(cfg: TokenizeConfig, splits=SPLITS, shard: int = 0, num_shards: int = 1,
 
     counts = {}
     for split in splits:
-        maps = {f"{cfg.cond}_root": layout.maps(cfg.cond)} if cond_vqgan is not None else {}
+        maps = {f"{conditioning}_root": layout.maps(conditioning)} if cond_vqgan is not None else {}
         common = dict(split=split, size=image.resolution, synsets_json=layout.synsets_json, **maps)
         centre = ImageNetDataset(layout.images, **common)
         random = ImageNetDataset(layout.images, random_crop=True, **common)
@@ -133,7 +136,7 @@ def run(cfg: TokenizeConfig, splits=SPLITS, shard: int = 0, num_shards: int = 1,
                 columns["image_tokens"].append(image.encode(batch))
                 if cond_vqgan is not None:
                     columns["cond_tokens"].append(cond_vqgan.encode(batch))
-                elif cfg.cond == "class":
+                elif conditioning == "class":
                     columns["cond_tokens"].append(labels[:, None])
                 else:
                     columns["cond_tokens"].append(np.zeros((len(labels), 1), np.int64))
@@ -153,4 +156,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(config, args: argparse.Namespace) -> None:
-    run(config.tokenize, splits=tuple(args.split or SPLITS), shard=args.shard, num_shards=args.num_shards)
+    run(config.tokenize, config.conditioning, splits=tuple(args.split or SPLITS), shard=args.shard,
+        num_shards=args.num_shards)

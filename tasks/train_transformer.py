@@ -7,7 +7,7 @@ into the output checkpoint. Writes, in the original project's layout,
 
     data/transformer/checkpoints/last.ckpt
     data/transformer/configs/transformer-project.yaml   # taming.models.cond_transformer.Net2NetTransformer
-    data/transformer/dvclive/                           # metrics.json, plots/metrics
+    data/dvclive/transformer/                           # metrics.json, plots/metrics
 
 so ``models.load_pretrained("data/transformer")`` loads it. A killed run resumes
 from ``data/transformer/resume/``.
@@ -84,6 +84,8 @@ def project_yaml(cfg: TransformerConfig, meta: TokenMeta, vocab: Vocabulary) -> 
         "first_stage_config": vqgan_folder(meta.image).stage_config(),
         "cond_stage_config": cond_config,
     }
+    if vocab.null_token is not None:  # trained with condition dropout: sampling can use guidance
+        params.update(null_token=vocab.null_token, cond_dropout=cfg.label_dropout)
     doc = {"model": {"base_learning_rate": cfg.base_learning_rate,
                      "target": "taming.models.cond_transformer.Net2NetTransformer", "params": params}}
     return yaml.safe_dump(doc, sort_keys=False)
@@ -123,7 +125,7 @@ def run(cfg: TransformerConfig, layout: Layout = DATA) -> Path:
         cond_dropout=cfg.label_dropout, null_token=vocab.null_token, learning_rate=cfg.learning_rate(),
         weight_decay=cfg.weight_decay, betas=cfg.betas, warmup_steps=cfg.warmup_steps,
         max_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio, stage_checkpoints=stages)
-    trainer = make_trainer(out, cfg, desc="train-transformer", resuming=resume is not None)
+    trainer = make_trainer(out, layout.logs("transformer"), cfg, desc="train-transformer", resuming=resume is not None)
     train = token_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=len(train_set) >= cfg.batch_size)
     val = token_loader(val_set, cfg.batch_size, shuffle=False) if val_set is not None else None
     trainer.fit(module, train, val, ckpt_path=resume)

@@ -1,13 +1,21 @@
-"""Stage `train-vqgan --model image|depth|segmentation`: train one first-stage VQGAN.
+"""Stage `train-vqgan --model image|depth|segmentation`: one first stage, trained or imported.
 
 Reads params section ``vqgan.<model>``; writes (the original project's layout)
 
     data/vqgan/<model>/checkpoints/last.ckpt
     data/vqgan/<model>/configs/<model>-project.yaml   # model.target taming.models.vqgan.VQModel
-    data/vqgan/<model>/dvclive/                       # metrics.json, plots/metrics, plots/images/reconstructions
+    data/dvclive/vqgan/<model>/                       # metrics.json, plots/metrics, plots/images/reconstructions
 
 so ``models.load_pretrained("data/vqgan/<model>")`` loads it like an official
 checkpoint. A killed run resumes from ``data/vqgan/<model>/resume/``.
+
+``vqgan.<model>: {folder: ..., sha256: ...}`` names a model instead of training one: an
+official taming log folder (``vqgan_imagenet_f16_16384``, ``2020-09-23T17-56-33_imagenet_vqgan``,
+the Gumbel f8 model) or one published with `taming publish` (``s3://...``). The stage
+checks it is a first stage of the right kind and, if given, that its checkpoint has that
+SHA-256; reconstructs validation images with it (PSNR and a picture in DVCLive's folder, as a
+trained one logs); and copies it into the same layout, with ``configs/source.json``
+saying where it came from. Everything downstream then reads it like a trained one.
 """
 from __future__ import annotations
 
@@ -16,9 +24,12 @@ from pathlib import Path
 
 import yaml
 
-from tasks.config.schema import VQGAN_KINDS, VQGANConfig
+from tasks.config.schema import IN_CHANNELS, VQGAN_KINDS, PretrainedVQGAN, VQGANConfig
 from tasks.config.typed import ConfigError
 from tasks.data.layout import DATA, Layout
+from tasks.runtime.errors import StageError
+
+IMPORT_CHECK_IMAGES = 8   # validation images an imported first stage reconstructs
 
 
 def project_yaml(cfg: VQGANConfig) -> str:
@@ -61,11 +72,70 @@ def run(cfg: VQGANConfig, layout: Layout = DATA) -> Path:
     val = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     module = LitVQGAN(cfg.model, cfg.model_params(), cfg.loss_params(), cfg.learning_rate(),
                       accumulate_grad_batches=cfg.accumulate_grad_batches)
-    trainer = make_trainer(out, cfg, desc=f"train-vqgan {cfg.model}", resuming=resume is not None,
+    trainer = make_trainer(out, layout.logs(f"vqgan/{cfg.model}"), cfg, desc=f"train-vqgan {cfg.model}", resuming=resume is not None,
                            manual_optimization=True, optimizer_steps_per_update=module.optimizer_steps_per_update,
                            find_unused_parameters=True)
     trainer.fit(module, train, val, ckpt_path=resume)
     return finish(trainer, out, out / "configs" / f"{cfg.model}-project.yaml", project_yaml(cfg))
+
+
+def import_folder(cfg: PretrainedVQGAN, layout: Layout = DATA) -> Path:
+    """Verify the model folder ``cfg.folder`` and copy it into data/vqgan/<model>."""
+    import shutil
+
+    import torch
+    from dvclive import Live
+    from PIL import Image
+
+    from models.first_stage import VQ_TARGETS, load_first_stage
+    from models.folder import NET2NET, ModelFolder
+    from tasks.data.datasets import vqgan_input
+    from tasks.data.files import atomic_path, write_json, write_text
+    from tasks.data.images import make_grid, to_rgb_arrays
+    from tasks.evaluation.fidelity import psnr_ssim
+
+    source = ModelFolder.open(cfg.folder)
+    where = f"vqgan.{cfg.model}.folder {cfg.folder}"
+    if source.target not in VQ_TARGETS:
+        hint = " (a transformer: name its first stage's folder)" if source.target == NET2NET else ""
+        raise StageError(f"{where}: {source.target} is not a first stage{hint}")
+    channels = source.config["params"]["ddconfig"].get("in_channels")
+    if cfg.model == "segmentation" and source.n_labels is None:
+        raise StageError(f"{where}: not a segmentation VQGAN (no n_labels in {source.config_path})")
+    if cfg.model != "segmentation" and channels != IN_CHANNELS[cfg.model]:
+        raise StageError(f"{where}: its encoder takes {channels} channels, a {cfg.model} first stage "
+                         f"{IN_CHANNELS[cfg.model]}")
+    if cfg.sha256 and source.sha256 != cfg.sha256:
+        raise StageError(f"{source.checkpoint}: SHA-256 {source.sha256} is not vqgan.{cfg.model}.sha256 {cfg.sha256}")
+
+    out = layout.vqgan(cfg.model)
+    model = load_first_stage(source.checkpoint, source.config_path, strict=True)
+    data = dataset(layout, cfg.model, "validation", source.resolution, False)
+    n = min(IMPORT_CHECK_IMAGES, len(data))
+    batch = torch.utils.data.default_collate([data[i] for i in range(n)])
+    x = vqgan_input(batch, cfg.model, source.n_labels)
+    with torch.inference_mode():
+        xrec, _, _ = model(x)
+    shutil.rmtree(layout.logs(f"vqgan/{cfg.model}"), ignore_errors=True)
+    with Live(str(layout.logs(f"vqgan/{cfg.model}")), save_dvc_exp=False, dvcyaml=None, report=None) as live:
+        if cfg.model == "segmentation":
+            live.log_metric("val/pixel_accuracy", float((xrec.argmax(1) == x.argmax(1)).float().mean()))
+        else:
+            psnr, ssim = psnr_ssim(xrec, x)
+            live.log_metric("val/psnr", float(psnr.mean()))
+            live.log_metric("val/ssim", float(ssim.mean()))
+        grid = make_grid([list(to_rgb_arrays(x, cfg.model)), list(to_rgb_arrays(xrec, cfg.model))])
+        live.log_image("reconstructions/000000.png", Image.fromarray(grid))
+
+    with atomic_path(out / "checkpoints" / "last.ckpt") as tmp:
+        shutil.copyfile(source.checkpoint, tmp)
+    write_text(out / "configs" / f"{cfg.model}-project.yaml", source.config_path.read_text())
+    write_json(out / "configs" / "source.json", {"folder": cfg.folder, "checkpoint": str(source.checkpoint),
+                                                 "config": str(source.config_path), "sha256": source.sha256,
+                                                 "target": source.target, "resolution": source.resolution})
+    print(f"train-vqgan {cfg.model}: imported {cfg.folder} ({source.target}, {source.resolution}px, "
+          f"f{source.downsampling}, SHA-256 {source.sha256[:12]}...)")
+    return out / "checkpoints" / "last.ckpt"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,4 +146,8 @@ def main(config, args: argparse.Namespace) -> None:
     if args.model not in config.vqgan:
         raise ConfigError(f"vqgan.{args.model}: no such first-stage model in params "
                           f"(configured: {', '.join(config.vqgan) or 'none'})")
-    run(config.vqgan[args.model])
+    cfg = config.vqgan[args.model]
+    if isinstance(cfg, PretrainedVQGAN):
+        import_folder(cfg)
+    else:
+        run(cfg)

@@ -77,24 +77,31 @@ def stage_code(stage_command: str) -> list[str]:
     return sorted(str(p.relative_to(REPO)) for p in files)
 
 
+def _strip_comment(line: str) -> tuple[str, str]:
+    code, sep, comment = line.partition(" #")
+    return code.rstrip(), (sep + comment) if sep else ""
+
+
 def update_dvc_yaml(path: Path = REPO / "dvc.yaml") -> None:
-    """Rewrite the .py entries of each stage's flow-style ``deps: [...]`` list."""
+    """Rewrite the .py entries of each stage's flow-style ``deps: [...]`` list (a comment
+    after the list is kept)."""
     lines, out, stage, i = path.read_text().split("\n"), [], None, 0
     while i < len(lines):
         line = lines[i]
         if m := re.match(r"^\s*cmd: taming ([\w-]+)", line):
             stage = m.group(1)
         if (m := re.match(r"^(\s*)deps: \[", line)) and stage is not None:
-            block = [line]
-            while not block[-1].rstrip().endswith("]"):
+            block = [_strip_comment(line)]
+            while not block[-1][0].endswith("]"):
                 i += 1
-                block.append(lines[i])
-            joined = " ".join(b.strip() for b in block)
-            entries = [e.strip() for e in joined.split("[", 1)[1].rsplit("]", 1)[0].split(",")]
+                block.append(_strip_comment(lines[i]))
+            joined = " ".join(code.strip() for code, _ in block)
+            comment = "".join(c for _, c in block)
+            entries = [e.strip() for e in joined.split("[", 1)[1].rsplit("]", 1)[0].split(",") if e.strip()]
             items = stage_code(stage) + [e for e in entries if not e.endswith(".py")]
             out.append(textwrap.fill(", ".join(items), 112, initial_indent=f"{m.group(1)}deps: [",
                                      subsequent_indent=m.group(1) + "       ", break_on_hyphens=False,
-                                     break_long_words=False) + "]")
+                                     break_long_words=False) + "]" + comment)
         else:
             out.append(line)
         i += 1

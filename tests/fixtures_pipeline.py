@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
+import yaml
+from params_files import with_conditioning
 from processes import run_bounded
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,15 +49,19 @@ def working_tree_files(root: Path = REPO_ROOT) -> list[str]:
     return sorted({p for p in out.split("\0") if p and (root / p).is_file()})
 
 
-def make_smoke_repo(dest: str | Path) -> Path:
-    """Copy the working tree to ``dest`` as a fresh git+DVC repo with the smoke params."""
+def make_smoke_repo(dest: str | Path, conditioning: str = "depth", profile: str = SMOKE_PROFILE) -> Path:
+    """Copy the working tree to ``dest`` as a fresh git+DVC repo with the smoke params
+    (switched to ``conditioning``: tests/params_files.with_conditioning)."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for rel in working_tree_files():
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO_ROOT / rel, target)
-    shutil.copyfile(dest / SMOKE_PROFILE, dest / "params.yaml")
+    shutil.copyfile(dest / profile, dest / "params.yaml")
+    if conditioning != "depth":
+        params = yaml.safe_load((dest / "params.yaml").read_text())
+        (dest / "params.yaml").write_text(yaml.safe_dump(with_conditioning(params, conditioning), sort_keys=False))
     (dest / "dvc.lock").unlink(missing_ok=True)  # a lock from the source checkout describes other outputs
     _git(dest, "init", "-q", "-b", "main")
     _git(dest, "add", "-A")

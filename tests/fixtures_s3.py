@@ -30,7 +30,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from processes import run_bounded
 
 # Fake, distinctive and made fresh each session, so that finding one anywhere (even in a
@@ -53,6 +52,7 @@ class S3Server:
         self.endpoint = f"http://127.0.0.1:{port}"
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self._uploads_left: int | None = None
+        self._down = False      # the upload quota is used up: refuse everything until stopped
         self._server = None
         self._thread: threading.Thread | None = None
         self._stopper: threading.Thread | None = None
@@ -69,6 +69,7 @@ class S3Server:
             def log_request(self, *args, **kwargs):  # one line per request drowns test output
                 pass
 
+        self._down = False
         moto_app = DomainDispatcherApplication(create_backend_app)
         self._server = make_server("127.0.0.1", self.port, self._recording(moto_app), threaded=True,
                                    request_handler=Quiet)
@@ -99,12 +100,16 @@ class S3Server:
             headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")}
             is_upload = environ["REQUEST_METHOD"] == "PUT" and environ.get("PATH_INFO", "/").count("/") > 1
             self.requests.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), headers))
+            if self._down:  # gone: while the port closes, a request (on a kept-alive connection too) is cut off
+                environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+                return
             yield from app(environ, start_response)
             if is_upload:
                 with self._lock:
                     if self._uploads_left is not None:
                         self._uploads_left -= 1
                         if self._uploads_left <= 0:
+                            self._down = True
                             # shutdown() waits for serve_forever, which must not wait for us
                             self._stopper = threading.Thread(target=self.stop, daemon=True)
                             self._stopper.start()

@@ -6,17 +6,17 @@ import tarfile
 
 import numpy as np
 import pytest
+from params_files import write_params
 from PIL import Image
 
-from params_files import write_params
 from tasks import acquire, cli, extract
 from tasks.acquire import OFFICIAL_SIZES, AcquireError
 from tasks.config.schema import CustomConfig, DataConfig, DemoConfig, ExtractConfig, ImagenetConfig
 from tasks.config.typed import ConfigError, build
 from tasks.data import scenes
+from tasks.data.formats import load_depth_png, load_label_png
 from tasks.data.layout import TRAIN_TAR, VAL_SYNSETS, VAL_TAR
 from tasks.runtime.errors import StageError
-from tasks.data.formats import load_depth_png, load_label_png
 
 TINY = DemoConfig(seed=3, resolution=16, classes=3, n_train=4, n_val=2, distractors=1)
 

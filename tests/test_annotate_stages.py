@@ -10,26 +10,34 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
+from params_files import with_conditioning, write_params
 from PIL import Image
+from reference_weights import fill_reference
 
 from models import deeplab, midas
-from params_files import write_params
-from reference_weights import fill_reference
 from tasks import cli
+from tasks.annotate import run
 from tasks.config.schema import DepthConfig, SegmentConfig
 from tasks.config.typed import ConfigError
 from tasks.data import annotation as annotate
 from tasks.data import scenes
-from tasks.depth import run as run_depth
 from tasks.data.files import is_temp
 from tasks.data.formats import load_depth_png, load_label_png, save_depth_png, save_label_png
-from tasks.segment import run as run_segment
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def run_depth(cfg):
+    return run("depth", cfg)
+
+
+def run_segment(cfg):
+    return run("segmentation", cfg)
+
+
 def make_dataset(root: Path, n_train: int = 3, n_val: int = 2, resolution: int = 32) -> Path:
-    """data/imagenet/<split>/<synset>/<name>.JPEG + filelist.txt + demo ground truth."""
+    """data/dataset/image/<split>/<synset>/<name>.JPEG + filelist.txt + demo ground truth."""
     data = root / "data"
     for split_index, split in enumerate(["train", "validation"]):
         rels = []
@@ -41,14 +49,14 @@ def make_dataset(root: Path, n_train: int = 3, n_val: int = 2, resolution: int =
                 if i == 0:  # one narrower image per class: batches must group by size
                     image, depth, seg = image[:, 4:-4], depth[:, 4:-4], seg[:, 4:-4]
                 rel = f"{synset}/{synset}_{split}_{i}.JPEG"
-                path = data / "imagenet" / split / rel
+                path = data / "dataset" / "image" / split / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(np.ascontiguousarray(image)).save(path, quality=95)
                 stem = Path(rel).stem
                 save_depth_png(data / "raw/groundtruth/depth" / f"{stem}.png", np.ascontiguousarray(depth))
                 save_label_png(data / "raw/groundtruth/segmentation" / f"{stem}.png", np.ascontiguousarray(seg))
                 rels.append(rel)
-        (data / "imagenet" / split / "filelist.txt").write_text("".join(f"{r}\n" for r in sorted(rels)))
+        (data / "dataset" / "image" / split / "filelist.txt").write_text("".join(f"{r}\n" for r in sorted(rels)))
     return data
 
 
@@ -65,11 +73,11 @@ def small_weights(tmp_path_factory):
 
 
 def filelist(data: Path, split: str) -> list[str]:
-    return (data / "imagenet" / split / "filelist.txt").read_text().split()
+    return (data / "dataset" / "image" / split / "filelist.txt").read_text().split()
 
 
 def outputs(data: Path, kind: str) -> dict[str, bytes]:
-    root = data / kind
+    root = data / "dataset" / kind
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.png")) if not is_temp(p)}
 
 
@@ -135,8 +143,8 @@ def test_sigkilled_stage_resumes_and_ends_identical(data, tmp_path, small_weight
     assert len(expected) == 6
 
     params = write_params(tmp_path / "params.yaml",
-                          depth={**settings, "weights": str(small_weights), "data_dir": str(data)})
-    stage = [sys.executable, "-m", "tasks.cli", "depth", "--params", str(params)]
+                          annotate={"depth": {**settings, "weights": str(small_weights), "data_dir": str(data)}})
+    stage = [sys.executable, "-m", "tasks.cli", "annotate", "--kind", "depth", "--params", str(params)]
     proc = subprocess.Popen(stage, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not outputs(data, "depth"):
@@ -158,10 +166,10 @@ def test_bad_inputs_are_named(data):
     with pytest.raises(FileNotFoundError, match="no ground-truth depth"):
         run_depth(DepthConfig(data_dir=data, num_workers=0, splits=["validation"]))
     rel = filelist(data, "train")[1]
-    (data / "imagenet/train" / rel).write_bytes(b"\xff\xd8 truncated")
+    (data / "dataset/image/train" / rel).write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(ValueError, match=f"{rel}: cannot read image"):
         run_segment(SegmentConfig(data_dir=data, num_workers=0, splits=["train"]))
-    shutil.rmtree(data / "imagenet/validation")
+    shutil.rmtree(data / "dataset/image/validation")
     with pytest.raises(FileNotFoundError, match="filelist.txt: missing"):
         run_segment(SegmentConfig(data_dir=data, num_workers=0, splits=["validation"]))
 
@@ -176,17 +184,23 @@ def test_config_is_validated():
 
 
 def test_cli_runs_a_shard_and_reports_missing_weights_offline(data, tmp_path, monkeypatch, capsys):
-    params = write_params(tmp_path / "params.yaml", depth={"data_dir": str(data), "num_workers": 0},
-                          segment={"data_dir": str(data), "model": "deeplabv2_cocostuff"})
-    assert cli.main(["depth", "--params", str(params), "--split", "validation", "--shard", "1",
-                     "--num-shards", "2"]) == 0
+    params = write_params(tmp_path / "params.yaml", annotate={"depth": {"data_dir": str(data), "num_workers": 0}})
+    depth = ["annotate", "--kind", "depth", "--params", str(params)]
+    assert cli.main([*depth, "--split", "validation", "--shard", "1", "--num-shards", "2"]) == 0
     assert len(outputs(data, "depth")) == 2
-    assert cli.main(["depth", "--params", str(params), "--shard", "2", "--num-shards", "2"]) == 2  # ConfigError
+    assert cli.main([*depth, "--shard", "2", "--num-shards", "2"]) == 2  # ConfigError
+    # a map kind the conditioning does not read is not configured: refused, naming it
+    assert cli.main(["annotate", "--kind", "segmentation", "--params", str(params)]) == 2
+    assert "annotate.segmentation: not configured; conditioning depth reads depth" in capsys.readouterr().err
+
+    segmentation = with_conditioning(yaml.safe_load(params.read_text()), "segmentation",
+                                     {"data_dir": str(data), "model": "deeplabv2_cocostuff"})
+    params.write_text(yaml.safe_dump(segmentation))
 
     monkeypatch.setenv("TAMING_OFFLINE", "1")
     monkeypatch.setenv("TAMING_WEIGHTS_DIR", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("TAMING_WEIGHTS_S3", raising=False)
     capsys.readouterr()
-    assert cli.main(["segment", "--params", str(params)]) == 1
+    assert cli.main(["annotate", "--kind", "segmentation", "--params", str(params)]) == 1
     err = capsys.readouterr().err
     assert "deeplabv2_resnet101_msc-cocostuff164k-100000.pth" in err and "taming weights import" in err

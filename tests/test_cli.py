@@ -7,8 +7,8 @@ import pytest
 
 from tasks.cli import STAGES, main
 
-REQUIRED = ["acquire", "extract", "depth", "segment", "train-vqgan", "tokenize",
-            "train-transformer", "sample", "evaluate", "weights"]
+REQUIRED = ["acquire", "extract", "annotate", "train-vqgan", "tokenize", "train-transformer", "sample",
+            "fid-reference", "evaluate", "evaluate-vqgan", "weights", "publish"]
 
 
 def run_cli(*args):

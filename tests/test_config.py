@@ -4,7 +4,6 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import pytest
-
 import yaml
 
 from tasks.config.params import validate

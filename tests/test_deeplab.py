@@ -4,9 +4,9 @@ import os
 
 import pytest
 import torch
+from reference_weights import fill_reference, layout, reference_layout, relative_error
 
 from models import deeplab
-from reference_weights import fill_reference, layout, reference_layout, relative_error
 
 NAME = "deeplabv2_cocostuff"
 

@@ -1,18 +1,29 @@
-"""Stage `evaluate`: torch-fidelity distances named honestly, reconstruction metrics and
-codebook usage, on tiny real data with the official-format image VQGAN."""
+"""Stages fid-reference, evaluate and evaluate-vqgan: torch-fidelity distances named
+honestly, the reference features computed once, reconstruction metrics and codebook usage,
+on tiny real data with the official-format image VQGAN."""
 import json
 import math
+import shutil
 
 import pytest
 import torch
 import yaml
 from PIL import Image
-
+from test_sample import make_validation_data
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-from tasks.evaluate import EvaluateConfig, run
-from tasks.evaluation.fidelity import SeededInceptionV3, codebook_usage, distances, frechet_distance, inception, psnr_ssim
-from test_sample import make_validation_data
+from tasks import evaluate, evaluate_vqgan, fid_reference
+from tasks.config.schema import EvaluateConfig
+from tasks.data.layout import Layout
+from tasks.evaluation.fidelity import (
+    SeededInceptionV3,
+    codebook_usage,
+    distances,
+    frechet_distance,
+    inception,
+    psnr_ssim,
+)
+from tasks.runtime.errors import StageError
 
 DEPTH_DDCONFIG = dict(double_z=False, z_channels=8, resolution=32, in_channels=1, out_ch=1, ch=32,
                       ch_mult=[1, 1, 1], num_res_blocks=1, attn_resolutions=[], dropout=0.0)
@@ -35,23 +46,27 @@ def make_depth_vqgan(folder):
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, reference_dir):
-    """evaluate on 6 validation images, 4 of them the FID reference; the 'samples' are
-    those 4 reference images themselves (centre crops, as the dataset gives them)."""
+    """6 validation images, 4 of them the FID reference; the 'samples' are those 4
+    reference images themselves (centre crops, as the dataset gives them)."""
     root = tmp_path_factory.mktemp("evaluate")
-    data = make_validation_data(root / "data", classes=3, per_class=2, size=32)
+    layout = Layout(make_validation_data(root / "data", classes=3, per_class=2, size=32))
     samples = root / "samples"
-    samples.mkdir()
-    listed = (data / "imagenet" / "validation" / "filelist.txt").read_text().split()
-    for i, k in enumerate([0, 1, 3, 4]):     # what pick_conditions spreads 4 of 6 over
-        Image.open(data / "imagenet" / "validation" / listed[k]).crop((4, 0, 36, 32)).save(samples / f"{i:05d}.png")
-    vqgans = {"image": f"{reference_dir}/taming_small/vqgan_image", "depth": make_depth_vqgan(root / "depth_vq")}
-    cfg = EvaluateConfig(batch_size=4, kid_subsets=5, fid_images=4)
-    summary = run(cfg, samples, data, vqgans, root / "metrics")
-    return root, summary
+    (samples / "images").mkdir(parents=True)
+    listed = layout.filelist("validation").read_text().split()
+    for i, k in enumerate([0, 1, 3, 4]):     # what spread_indices spreads 4 of 6 over
+        Image.open(layout.images / "validation" / listed[k]).crop((4, 0, 36, 32)).save(samples / "images" / f"{i:05d}.png")
+    shutil.copytree(f"{reference_dir}/taming_small/vqgan_image", layout.vqgan("image"))
+    make_depth_vqgan(layout.vqgan("depth"))
+    cfg = EvaluateConfig(resolution=32, reference_images=4, rfid_images=4, batch_size=4, kid_subsets=5)
+    reference = fid_reference.run(cfg, layout)
+    summary = {"reference": reference,
+               "samples": evaluate.run(cfg, samples, layout.fid, root / "metrics"),
+               **evaluate_vqgan.run(cfg, ["image", "depth"], layout, root / "metrics")}
+    return root, layout, summary
 
 
 def test_offline_distances_are_never_called_fid(evaluated):
-    root, summary = evaluated
+    root, _, summary = evaluated
     files = {name: json.loads((root / "metrics" / f"{name}.json").read_text())
              for name in ("samples", "reconstruction", "codebook")}
     assert files["samples"] == summary["samples"]
@@ -60,13 +75,15 @@ def test_offline_distances_are_never_called_fid(evaluated):
     s = files["samples"]
     assert s["comparable_to_published"] is False and "random init" in s["feature_extractor"]
     assert s["num_samples"] == s["num_reference"] == 4
+    assert (s["reference_split"], s["resolution"]) == ("validation", 32)
+    assert summary["reference"]["images"] == 4 and summary["reference"]["classes"] == 3
     # the 'samples' are the reference images: their distance is ~0, the reconstructions' is not
     rfd = files["reconstruction"]["image"]["rfd_random_inception"]
     assert abs(s["fd_random_inception"]) < 1e-3 * rfd and rfd > 0
 
 
 def test_reconstruction_and_codebook(evaluated):
-    _, summary = evaluated
+    _, _, summary = evaluated
     for name in ("image", "depth"):
         r = summary["reconstruction"][name]
         assert 0 < r["psnr"] < 100 and -1 <= r["ssim"] <= 1 and r["images"] == 6
@@ -75,6 +92,27 @@ def test_reconstruction_and_codebook(evaluated):
         assert 1 <= c["codes_used"] <= c["codebook_size"] and c["usage"] == c["codes_used"] / c["codebook_size"]
         assert 1 <= c["perplexity"] <= c["codes_used"] + 1e-9
     assert summary["codebook"]["image"]["codebook_size"] == 64 and summary["codebook"]["depth"]["codebook_size"] == 16
+
+
+def test_evaluate_reuses_the_reference_and_refuses_mismatches(evaluated, tmp_path):
+    """The reference features are read, not recomputed; samples of another size and a reference
+    made with another feature extractor are refused, naming what to do."""
+    root, layout, summary = evaluated
+    features = (layout.fid / "features.npy").read_bytes()
+    again = evaluate.run(EvaluateConfig(resolution=32, batch_size=4, kid_subsets=5), root / "samples", layout.fid,
+                         tmp_path / "metrics")
+    assert again["fd_random_inception"] == summary["samples"]["fd_random_inception"]
+    assert (layout.fid / "features.npy").read_bytes() == features
+    with pytest.raises(ValueError, match=r"00000.png: 32x32 px, the reference images are 16x16"):
+        evaluate.run(EvaluateConfig(resolution=16, batch_size=4, kid_subsets=5), root / "samples", layout.fid,
+                     tmp_path / "metrics")
+    info = json.loads((layout.fid / "reference.json").read_text())
+    other = tmp_path / "fid"
+    shutil.copytree(layout.fid, other)
+    (other / "reference.json").write_text(json.dumps({**info, "feature_extractor": "inception-v3-compat (real)"}))
+    with pytest.raises(StageError, match="dvc repro -f fid-reference"):
+        evaluate.run(EvaluateConfig(resolution=32, batch_size=4, kid_subsets=5), root / "samples", other,
+                     tmp_path / "metrics")
 
 
 @pytest.mark.parametrize("n", [5, 20])

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from params_files import write_params
 from PIL import Image
 
-from params_files import write_params
 from tasks import cli, extract
 from tasks.config.schema import ExtractConfig
 from tasks.data.classes import str_to_indices

@@ -19,15 +19,21 @@ from uuid import UUID
 
 import pytest
 import yaml
+from fixtures_pipeline import make_smoke_repo
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId,
-                                            LogFilter, LogFilterFlowRunId)
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.client.schemas.sorting import LogSort
 from prefect.exceptions import ObjectNotFound
-
-from fixtures_pipeline import make_smoke_repo
-from flows.dvc_tasks import CommandFailed, apply_overrides, stage_order, stop_process_group, stream
 from toy_dvc_project import make_toy_repo
+
+from flows.dvc_tasks import CommandFailed, apply_overrides, stage_order, stop_process_group, stream
 
 PREFECT = str(Path(sys.executable).parent / "prefect")
 DEPLOYMENTS = ("train-drin/train-drin", "train-vqgan/train-vqgan", "sample/sample", "extract-depth/extract-depth")
@@ -42,9 +48,12 @@ def dvc(repo: Path, *args: str) -> str:
 
 def test_stage_order_is_dvcs_graph_with_foreach_items_expanded(tmp_path):
     repo = make_toy_repo(tmp_path / "toy")
-    assert stage_order(repo) == ["acquire", "depth", "train-vqgan@image", "train-vqgan@depth", "sample", "evaluate"]
-    assert stage_order(repo, ["train-vqgan"]) == ["acquire", "depth", "train-vqgan@image", "train-vqgan@depth"]
-    assert stage_order(repo, ["depth", "train-vqgan@image"]) == ["acquire", "depth", "train-vqgan@image"]
+    assert stage_order(repo) == ["acquire", "annotate@depth", "train-vqgan@image", "train-vqgan@depth", "sample",
+                                 "evaluate"]
+    assert stage_order(repo, ["train-vqgan"]) == ["acquire", "annotate@depth", "train-vqgan@image",
+                                                  "train-vqgan@depth"]
+    assert stage_order(repo, ["annotate@depth", "train-vqgan@image"]) == ["acquire", "annotate@depth",
+                                                                          "train-vqgan@image"]
     # Dependencies first even when dvc.yaml lists the stages the other way round.
     (repo / "dvc.yaml").write_text(
         "stages:\n"
@@ -173,7 +182,7 @@ def test_train_drin_runs_every_stage_retries_a_transient_failure_and_publishes(p
     assert cli.returncode == 0 and run.state.is_completed(), f"{run.state}\n{cli.stdout}\n{logs[-4000:]}"
     assert run.parameters["repo"] == str(repo)  # the served default
     tasks = task_runs(run)
-    stages = ["acquire", "depth", "train-vqgan@image", "train-vqgan@depth", "sample", "evaluate"]
+    stages = ["acquire", "annotate@depth", "train-vqgan@image", "train-vqgan@depth", "sample", "evaluate"]
     assert list(tasks) == ["dvc pull", *stages, "dvc push", "publish metrics", "publish grids"]
     assert all(t.state.is_completed() for t in tasks.values())
     assert tasks["train-vqgan@image"].run_count == 2 and tasks["train-vqgan@depth"].run_count == 1
@@ -234,7 +243,8 @@ def test_train_vqgan_runs_only_the_first_stages_and_what_they_need(prefect_serve
                               {"repo": str(repo), "overrides": {"train.steps": 4}, **FAST_RETRY})
 
     assert run.state.is_completed(), f"{run.state}\n{cli.stdout}\n{run_logs(run, '')[-4000:]}"
-    assert list(task_runs(run)) == ["acquire", "depth", "train-vqgan@image", "train-vqgan@depth", "publish metrics"]
+    assert list(task_runs(run)) == ["acquire", "annotate@depth", "train-vqgan@image", "train-vqgan@depth",
+                                    "publish metrics"]
     assert (repo / "data/vqgan/depth.txt").read_text() == "depth trained 4 steps\n"
     assert not (repo / "data/samples").exists()
 
@@ -269,15 +279,15 @@ def test_extract_depth_fans_shards_out_concurrently_and_records_the_stage(prefec
 
     assert run.state.is_completed(), f"{run.state}\n{cli.stdout}\n{run_logs(run, '')[-4000:]}"
     tasks = task_runs(run)
-    shards = [tasks[f"depth shard {i}/3"] for i in range(3)]
+    shards = [tasks[f"annotate@depth shard {i}/3"] for i in range(3)]
     assert max(t.start_time for t in shards) < min(t.end_time for t in shards), "shards did not overlap"
-    assert list(tasks)[-1] == "dvc commit depth"
+    assert list(tasks)[-1] == "dvc commit annotate@depth"
     written = {p.name: p.read_text() for p in (repo / "data/depth").iterdir()}
     assert sorted(written) == [f"img{i}.txt" for i in range(6)]
     assert {text.split("shard ")[1].strip() for text in written.values()} == {"0/3", "1/3", "2/3"}
-    # Recorded as if `dvc repro depth` had run: DVC now considers it up to date.
-    assert json.loads(dvc(repo, "status", "--json", "depth")) == {}
-    assert "Stage 'depth' didn't change, skipping" in dvc(repo, "repro", "--single-item", "depth")
+    # Recorded as if `dvc repro annotate@depth` had run: DVC now considers it up to date.
+    assert json.loads(dvc(repo, "status", "--json", "annotate@depth")) == {}
+    assert "Stage 'annotate@depth' didn't change, skipping" in dvc(repo, "repro", "--single-item", "annotate@depth")
 
 
 @pytest.mark.slow
@@ -293,8 +303,8 @@ def test_train_drin_on_the_smoke_profile_of_the_real_pipeline(prefect_server, se
     logs = run_logs(run, "Updating lock file")
     assert cli.returncode == 0 and run.state.is_completed(), f"{run.state}\n{cli.stdout}\n{logs[-6000:]}"
     stages = set(yaml.safe_load((repo / "dvc.lock").read_text())["stages"])
-    assert {"extract", "depth", "train-vqgan@image", "train-vqgan@depth", "tokenize", "train-transformer",
-            "sample", "evaluate"} <= stages
+    assert {"extract", "annotate@depth", "train-vqgan@image", "train-vqgan@depth", "tokenize", "train-transformer",
+            "sample", "fid-reference", "evaluate", "evaluate-vqgan"} <= stages
     tasks = task_runs(run)
     assert set(tasks) == stages | {"dvc pull", "publish metrics", "publish grids"}  # no push after a failed pull
     assert json.loads(dvc(repo, "status", "--json")) == {}  # every stage recorded by DVC

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from code_closure import REPO, closure, stage_code
+
 from tasks.cli import PIPELINE_STAGES, STAGES
 
 

@@ -10,8 +10,8 @@ from models import load_pretrained
 from models.conditioning import CoordStage, Labelator, SOSProvider
 from models.gpt import GPT, GPTConfig
 from models.net2net import Net2NetTransformer
-from models.sampling_settings import SamplingSettings as S
 from models.permuter import ZCurve
+from models.sampling_settings import SamplingSettings as S
 from models.vqgan import VQSegmentationModel
 
 

@@ -2,8 +2,17 @@
 import pytest
 import torch
 
-from models.permuter import (AlternateParsing, Identity, Random, SpiralIn, SpiralOut, Subsample,
-                             ZCurve, build_permuter, morton_code)
+from models.permuter import (
+    AlternateParsing,
+    Identity,
+    Random,
+    SpiralIn,
+    SpiralOut,
+    Subsample,
+    ZCurve,
+    build_permuter,
+    morton_code,
+)
 
 # forward_shuffle_idx for a 4x4 grid, as printed by CompVis/taming-transformers'
 # taming/modules/transformer/permuter.py

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fixtures_s3 import assert_no_credentials
 from fixtures_s3 import run_logged as sh
+
 from models import s3
 
 CKPT, CONFIG = "checkpoints/last.ckpt", "configs/2026-01-01T00-00-00-project.yaml"

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from fixtures_pipeline import REPO_ROOT, make_smoke_repo
 from fixtures_s3 import assert_no_credentials
 from fixtures_s3 import run_logged as sh

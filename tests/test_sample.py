@@ -7,15 +7,15 @@ import sys
 
 import numpy as np
 import pytest
+from params_files import write_params
 from PIL import Image
 
-from tasks.config.typed import ConfigError
-from tasks.data.formats import save_depth_png
 from models.sampling_settings import SamplingSettings as SamplingParams
-from params_files import write_params
 from tasks.config.params import validate
 from tasks.config.schema import SampleConfig
+from tasks.config.typed import ConfigError
 from tasks.data.datasets import spread_indices
+from tasks.data.formats import save_depth_png
 from tasks.data.images import make_grid
 from tasks.runtime.errors import StageError
 from tasks.sample import run
@@ -30,13 +30,13 @@ def make_validation_data(root, classes=3, per_class=2, size=40):
         synsets[synset] = {"index": k, "human": f"kind{k}"}
         for j in range(per_class):
             rel = f"{synset}/val_{k}_{j}.JPEG"
-            path = root / "imagenet" / "validation" / rel
+            path = root / "dataset" / "image" / "validation" / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 256, (size, size + 8, 3), dtype=np.uint8)).save(path, format="JPEG")
             depth = rng.uniform(0.1, 1.0, (size, size + 8)).astype(np.float32)
-            save_depth_png(root / "depth" / "validation" / rel.replace(".JPEG", ".png"), depth)
+            save_depth_png(root / "dataset" / "depth" / "validation" / rel.replace(".JPEG", ".png"), depth)
             lines.append(rel)
-    (root / "imagenet" / "validation" / "filelist.txt").write_text("\n".join(sorted(lines)) + "\n")
+    (root / "dataset" / "image" / "validation" / "filelist.txt").write_text("\n".join(sorted(lines)) + "\n")
     (root / "raw").mkdir(parents=True, exist_ok=True)
     (root / "raw" / "synsets.json").write_text(json.dumps(synsets))
     return root

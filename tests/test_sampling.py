@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from models.gpt import GPT, GPTConfig
-from models.sampling import (filter_logits, generate, generate_sliding_window, generate_without_cache,
-                             guided_logits, sample_logits, window_start)
+from models.sampling import (
+    filter_logits,
+    generate,
+    generate_sliding_window,
+    generate_without_cache,
+    guided_logits,
+    sample_logits,
+    window_start,
+)
 from models.sampling_settings import SamplingSettings as S
 
 

@@ -5,8 +5,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tasks.data.token_store import (META_KEY, Codes, TokenDataset, TokenMeta, list_parts, part_name, read_meta,
-                          token_loader, write_part)
+from tasks.data.token_store import (
+    META_KEY,
+    Codes,
+    TokenDataset,
+    TokenMeta,
+    list_parts,
+    part_name,
+    read_meta,
+    token_loader,
+    write_part,
+)
 
 META = TokenMeta(image=Codes("image", 300, (4, 4), "a" * 64, "data/vqgan/image"),
                  cond=Codes("depth", 40, (2, 2), "b" * 64, "data/vqgan/depth"), size=16)

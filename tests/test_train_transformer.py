@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from models.pretrained import load_with_report
+from params_files import write_params
 from scene_data import make_scene_data
+
 from models.files import sha256_file
+from models.pretrained import load_with_report
 from tasks import tokenize_images as tokenize
 from tasks import train_transformer
 from tasks.config.params import vqgan_config
@@ -59,13 +60,13 @@ def _tokenize(**kw):
 
 def test_tokenize_shards_resume_and_record_sources(repo):
     cfg = _tokenize(extra_crops=1)
-    first = tokenize.run(cfg, splits=("train",), shard=1, num_shards=2)
+    first = tokenize.run(cfg, "depth", splits=("train",), shard=1, num_shards=2)
     assert [p.name for p in list_parts("data/tokens/train")] == ["part-00001.parquet"]  # parts 1, 3, ... of 0..2
-    second = tokenize.run(cfg, splits=("train",), shard=0, num_shards=2)
+    second = tokenize.run(cfg, "depth", splits=("train",), shard=0, num_shards=2)
     assert (first["train"]["written"], second["train"]["written"]) == (1, 2)  # 6 images, 2 per part
-    assert tokenize.run(cfg, splits=("train",))["train"]["written"] == 0  # all parts done: nothing redone
+    assert tokenize.run(cfg, "depth", splits=("train",))["train"]["written"] == 0  # all parts done: nothing redone
     Path("data/tokens/train/part-00002.parquet").unlink()
-    assert tokenize.run(cfg, splits=("train",))["train"]["written"] == 1
+    assert tokenize.run(cfg, "depth", splits=("train",))["train"]["written"] == 1
 
     ds = TokenDataset("data/tokens/train")
     assert len(ds) == 6 * 3  # centre crop, its mirror, one extra crop
@@ -77,7 +78,7 @@ def test_tokenize_shards_resume_and_record_sources(repo):
     # the tokens are exactly what the frozen VQGANs give for the centre crop and its mirror
     from models.pretrained import load_pretrained
     from tasks.data.datasets import ImageNetDataset
-    sample = ImageNetDataset("data/imagenet", "train", size=32, depth_root="data/depth")[0]
+    sample = ImageNetDataset("data/dataset/image", "train", size=32, depth_root="data/dataset/depth")[0]
     image_vq, depth_vq = load_pretrained("data/vqgan/image"), load_pretrained("data/vqgan/depth")
     rows = {a: i for i, a in enumerate(ds.aug) if ds.ids[i] == sample["relpath"]}
     with torch.no_grad():
@@ -87,12 +88,12 @@ def test_tokenize_shards_resume_and_record_sources(repo):
 
 
 def test_segmentation_tokens_encode_one_hot_label_maps(repo):
-    tokenize.run(_tokenize(cond="segmentation", hflip=False), splits=("validation",))
+    tokenize.run(_tokenize(hflip=False), "segmentation", splits=("validation",))
     ds = TokenDataset("data/tokens/validation")
     assert (ds.meta.cond.kind, ds.meta.cond.vocab_size) == ("segmentation", 32)
     from models.pretrained import load_pretrained
     from tasks.data.datasets import ImageNetDataset
-    sample = ImageNetDataset("data/imagenet", "validation", size=32, segmentation_root="data/segmentation")[0]
+    sample = ImageNetDataset("data/dataset/image", "validation", size=32, segmentation_root="data/dataset/segmentation")[0]
     one_hot = torch.nn.functional.one_hot(sample["segmentation"], 12).permute(2, 0, 1).float()[None]
     with torch.no_grad():
         tokens = load_pretrained("data/vqgan/segmentation").encode(one_hot)[2][0]
@@ -100,12 +101,12 @@ def test_segmentation_tokens_encode_one_hot_label_maps(repo):
 
 
 def test_class_and_unconditional_tokens(repo):
-    tokenize.run(_tokenize(cond="class", hflip=False), splits=("validation",))
+    tokenize.run(_tokenize(hflip=False), "class", splits=("validation",))
     ds = TokenDataset("data/tokens/validation")
     assert (ds.meta.cond.kind, ds.meta.cond.vocab_size, ds.meta.cond.sha256) == ("class", 2, None)
     np.testing.assert_array_equal(ds.cond_tokens[:, 0], ds.class_label)
     shutil.rmtree("data/tokens")
-    tokenize.run(_tokenize(cond="none"), splits=("validation",))
+    tokenize.run(_tokenize(), "none", splits=("validation",))
     assert read_meta(list_parts("data/tokens/validation")[0]).cond.kind == "none"
 
 
@@ -122,7 +123,7 @@ print("NO-VQGAN-OK")
 
 
 def test_trains_from_parquet_only_and_loads_like_an_official_checkpoint(repo):
-    tokenize.run(_tokenize())
+    tokenize.run(_tokenize(), "depth")
     done = subprocess.run([sys.executable, "-c", TRAIN_AND_CHECK.format(gpt=GPT)], cwd=repo, capture_output=True,
                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0 and "NO-VQGAN-OK" in done.stdout, done.stderr[-3000:]
@@ -138,16 +139,17 @@ def test_trains_from_parquet_only_and_loads_like_an_official_checkpoint(repo):
     assert (report.missing, report.unexpected) == ([], [])
     vq = torch.load("data/vqgan/depth/checkpoints/last.ckpt", weights_only=True)["state_dict"]
     torch.testing.assert_close(model.cond_stage_model.encoder.conv_in.weight, vq["encoder.conv_in.weight"])
-    assert Path("data/transformer/dvclive/metrics.json").is_file()
+    assert Path("data/dvclive/transformer/metrics.json").is_file()
 
 
 def test_tokens_from_other_vqgan_weights_are_refused(repo, capsys):
-    tokenize.run(_tokenize(), splits=("train",))
+    tokenize.run(_tokenize(), "depth", splits=("train",))
     ckpt_path = Path("data/vqgan/image/checkpoints/last.ckpt")
     ckpt = torch.load(ckpt_path, weights_only=True)
     ckpt["state_dict"]["quantize.embedding.weight"] += 1  # "retrained" without re-tokenizing
     torch.save(ckpt, ckpt_path)
-    Path("params.yaml").write_text(yaml.safe_dump({"vqgan": {"image": VQ, "depth": VQ}, "transformer": GPT}))
+    write_params(Path("params.yaml"), vqgan={"image": VQ, "depth": VQ}, transformer=GPT, top_k=None,
+                 evaluate={"resolution": 32})
     from tasks.cli import main
     assert main(["train-transformer"]) == 1
     err = capsys.readouterr().err
@@ -178,7 +180,8 @@ def test_label_dropout_adds_a_null_token_to_the_vocabulary():
 
 
 def test_decay_split_and_schedule():
-    from models.gpt import GPT as MinGPT, GPTConfig
+    from models.gpt import GPT as MinGPT
+    from models.gpt import GPTConfig
     gpt = MinGPT(GPTConfig(vocab_size=8, block_size=4, n_layer=1, n_head=1, n_embd=8))
     decay, no_decay = gpt.optim_groups(0.01)
     names = {id(p): n for n, p in gpt.named_parameters()}

@@ -1,8 +1,8 @@
 """train-vqgan on a tiny real dataset: learning, outputs in the original layout, resume after
 SIGKILL, DDP with two gloo processes, segmentation one-hot input, config validation."""
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,13 +14,13 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from scene_data import make_scene_data
 
 from models.pretrained import load_with_report
-from scene_data import make_scene_data
-from tasks.config.typed import ConfigError
 from tasks import cli
 from tasks.config.params import vqgan_config
 from tasks.config.schema import VQGANConfig
+from tasks.config.typed import ConfigError
 from tasks.data.layout import DATA
 from tasks.train_vqgan import dataset, run
 from tasks.training.lit_vqgan import LitVQGAN
@@ -90,10 +90,10 @@ def test_stage_writes_original_layout_metrics_and_grids(scene_repo, monkeypatch)
     assert (report.missing, report.unexpected) == ([], [])
     assert model.encode(torch.zeros(1, 1, 32, 32))[2].shape == (1, 64)
 
-    metrics = json.loads((folder / "dvclive/metrics.json").read_text())
+    metrics = json.loads((scene_repo / "data/dvclive/vqgan/depth/metrics.json").read_text())
     assert 0 < metrics["val"]["codebook_usage"] <= 1 and metrics["val"]["perplexity"] >= 1
-    assert (folder / "dvclive/plots/metrics/train/rec_loss.tsv").is_file()
-    grids = sorted((folder / "dvclive/plots/images/reconstructions").glob("*.png"))
+    assert (scene_repo / "data/dvclive/vqgan/depth/plots/metrics/train/rec_loss.tsv").is_file()
+    grids = sorted((scene_repo / "data/dvclive/vqgan/depth/plots/images/reconstructions").glob("*.png"))
     assert [g.name for g in grids] == ["000002.png", "000004.png"]  # one per validation
     assert Image.open(grids[-1]).size == (2 + 4 * 34, 2 + 2 * 34)  # 4 val images; inputs row, reconstructions row
 
@@ -139,7 +139,7 @@ def test_resumes_after_sigkill(scene_repo, tmp_path):
     assert _global_step(root / "data/vqgan/image/checkpoints/last.ckpt") == 40
     # the resumed run trained only the remaining steps: DVCLive's step axis continues
     steps = [int(line.split("\t")[0]) for line in
-             (root / "data/vqgan/image/dvclive/plots/metrics/train/rec_loss.tsv").read_text().splitlines()[1:]]
+             (root / "data/dvclive/vqgan/image/plots/metrics/train/rec_loss.tsv").read_text().splitlines()[1:]]
     assert steps[0] >= killed_at - 2 and steps[-1] == 39
 
 

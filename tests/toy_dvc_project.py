@@ -1,6 +1,6 @@
 """A toy DVC project with the shape of the real pipeline, for testing flows fast.
 
-Stages (same names as dvc.yaml's): acquire -> depth (shardable) ->
+Stages (same names as dvc.yaml's): acquire -> annotate@depth (shardable) ->
 train-vqgan@{image,depth} -> sample (top_k / top_p, writes a PNG grid) ->
 evaluate (metrics/eval.json). Each stage runs in well under a second.
 
@@ -46,7 +46,7 @@ a = p.parse_args()
 if a.stage == "acquire":
     Path("data").mkdir(exist_ok=True)
     Path("data/raw.txt").write_text("\\n".join(ITEMS) + "\\n")
-elif a.stage == "depth":
+elif a.stage == "annotate":
     out = Path("data/depth")
     out.mkdir(parents=True, exist_ok=True)
     if a.num_shards > 1:
@@ -88,10 +88,12 @@ stages:
     cmd: python toy.py acquire
     deps: [toy.py]
     outs: [data/raw.txt]
-  depth:
-    cmd: python toy.py depth
-    deps: [data/raw.txt]
-    outs: [data/depth]
+  annotate:
+    foreach: [depth]
+    do:
+      cmd: python toy.py annotate ${item}
+      deps: [data/raw.txt]
+      outs: [data/depth]
   train-vqgan:
     foreach: [image, depth]
     do:

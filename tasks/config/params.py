@@ -5,7 +5,11 @@ hour of training. So every pipeline command (``taming <stage>``, tasks/cli.py)
 first builds *every* section's typed config here, once, and hands the stage its
 own; a bad value anywhere stops the first stage with a message naming the key
 (``top_p: must be in (0, 1] ...``, ``vqgan.foo.model: 'foo' is not one of ...``,
-``tokenize.cond: depth needs vqgan.depth``). Cheap: no torch import.
+``conditioning: depth needs vqgan.depth``). Cheap: no torch import.
+
+The top-level ``conditioning`` decides the graph: which per-image maps are computed
+(``annotate``) and which first stages exist (``vqgan``); dvc.yaml makes one stage per
+entry of those sections, so they must hold exactly what the conditioning reads.
 """
 from __future__ import annotations
 
@@ -14,15 +18,19 @@ from typing import Sequence
 
 from models.sampling_settings import SamplingSettings
 from tasks.config.schema import (
+    ANNOTATORS,
+    CONDITIONINGS,
+    MAPS_OF,
     SAMPLING_KEYS,
     SECTIONS,
+    TOP_LEVEL_KEYS,
+    AnnotateConfig,
     DataConfig,
-    DepthConfig,
     EvaluateConfig,
     ExtractConfig,
     PipelineConfig,
+    PretrainedVQGAN,
     SampleConfig,
-    SegmentConfig,
     TokenizeConfig,
     TransformerConfig,
     VQGANConfig,
@@ -40,10 +48,10 @@ def validate(path: str | Path = "params.yaml", overrides: Sequence[str] = ()) ->
 
 
 def from_dict(params: dict) -> PipelineConfig:
-    unknown = sorted(set(params) - set(SAMPLING_KEYS) - set(SECTIONS))
+    unknown = sorted(set(params) - set(TOP_LEVEL_KEYS) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown parameter(s): {', '.join(unknown)} "
-                          f"(known: {', '.join(SAMPLING_KEYS + SECTIONS)})")
+                          f"(known: {', '.join(TOP_LEVEL_KEYS + SECTIONS)})")
     refuse_dvc_ignored_keys(params)
 
     def section(name: str) -> dict:
@@ -52,12 +60,15 @@ def from_dict(params: dict) -> PipelineConfig:
             raise ConfigError(f"{name}: must be a mapping, got {value!r}")
         return value
 
+    conditioning = params.get("conditioning", "depth")
+    if conditioning not in CONDITIONINGS:
+        raise ConfigError(f"conditioning: {conditioning!r} is not one of {', '.join(CONDITIONINGS)}")
     config = PipelineConfig(
+        conditioning=conditioning,
         sampling=build(SamplingSettings, {k: params[k] for k in SAMPLING_KEYS if k in params}),
         data=build(DataConfig, section("data"), "data"),
         extract=build(ExtractConfig, section("extract"), "extract"),
-        depth=build(DepthConfig, section("depth"), "depth"),
-        segment=build(SegmentConfig, section("segment"), "segment"),
+        annotate={kind: annotate_config(kind, value) for kind, value in section("annotate").items()},
         vqgan={name: vqgan_config(name, value) for name, value in section("vqgan").items()},
         tokenize=build(TokenizeConfig, section("tokenize"), "tokenize"),
         transformer=build(TransformerConfig, section("transformer"), "transformer"),
@@ -68,34 +79,62 @@ def from_dict(params: dict) -> PipelineConfig:
     return config
 
 
-def vqgan_config(name: str, section: object) -> VQGANConfig:
+def annotate_config(kind: str, section: object) -> AnnotateConfig:
+    key = f"annotate.{kind}"
+    if kind not in ANNOTATORS:
+        raise ConfigError(f"{key}: no annotator for {kind!r} (known: {', '.join(ANNOTATORS)})")
+    if not isinstance(section, dict):
+        raise ConfigError(f"{key}: must be a mapping of the annotator's settings, got {section!r}")
+    return build(ANNOTATORS[kind], section, key)
+
+
+def vqgan_config(name: str, section: object) -> VQGANConfig | PretrainedVQGAN:
+    """A first stage to train (its settings), or a model folder to use ({folder: ...})."""
     key = f"vqgan.{name}"
     if not isinstance(section, dict):
-        raise ConfigError(f"{key}: must be a mapping of the model's settings, got {section!r}")
+        raise ConfigError(f"{key}: must be a mapping of the model's settings or {{folder: ...}}, got {section!r}")
     if "model" in section:
         raise ConfigError(f"{key}.model: not a parameter (the model kind is the key, {name!r})")
-    return build(VQGANConfig, {**section, "model": name}, key)
+    cls = PretrainedVQGAN if "folder" in section else VQGANConfig
+    return build(cls, {**section, "model": name}, key)
 
 
 def check_consistency(config: PipelineConfig) -> None:
-    """What no single section can check alone."""
-    tokenize, vqgans = config.tokenize, config.vqgan
+    """What no single section can check alone: mostly, that the graph-shaping sections
+    hold exactly what the conditioning reads (dvc.yaml makes a stage of each entry)."""
+    conditioning, tokenize, vqgans = config.conditioning, config.tokenize, config.vqgan
+    maps = MAPS_OF[conditioning]
+    wanted = {maps} if maps else set()
+    if set(config.annotate) != wanted:
+        extra, missing = set(config.annotate) - wanted, wanted - set(config.annotate)
+        raise ConfigError(
+            f"annotate: conditioning {conditioning} reads {'the ' + maps + ' maps' if maps else 'no per-image maps'}; "
+            + (f"annotate.{', annotate.'.join(sorted(extra))} would be computed for nothing: remove it"
+               if extra else f"add annotate.{', annotate.'.join(sorted(missing))} (the model that computes them)"))
     if tokenize.image_model not in vqgans:
         raise ConfigError(f"tokenize.image_model: {tokenize.image_model!r} is not a configured VQGAN "
                           f"(vqgan: {', '.join(vqgans) or 'none'})")
-    if tokenize.cond in ("depth", "segmentation") and tokenize.cond not in vqgans:
-        raise ConfigError(f"tokenize.cond: {tokenize.cond} needs vqgan.{tokenize.cond} "
-                          f"(vqgan: {', '.join(vqgans) or 'none'})")
+    wanted = {tokenize.image_model} | wanted
+    if set(vqgans) != wanted:
+        extra, missing = set(vqgans) - wanted, wanted - set(vqgans)
+        raise ConfigError(
+            f"vqgan: conditioning {conditioning} uses the first stage(s) {', '.join(sorted(wanted))}; "
+            + (f"vqgan.{', vqgan.'.join(sorted(extra))}: nothing reads it: remove it" if extra
+               else f"add vqgan.{', vqgan.'.join(sorted(missing))} (settings to train it, or {{folder: ...}})"))
     image = vqgans[tokenize.image_model]
-    if tokenize.cond in vqgans and tokenize.cond in ("depth", "segmentation"):
-        cond = vqgans[tokenize.cond]
-        if cond.resolution != image.resolution:
-            raise ConfigError(f"vqgan.{tokenize.cond}.resolution: {cond.resolution} px, but the image VQGAN "
-                              f"is trained at {image.resolution} px; the conditioning is cut like the image")
+    if not isinstance(image, VQGANConfig):
+        return  # a model folder: its sizes are checked when train-vqgan verifies it
+    if maps and isinstance(vqgans[maps], VQGANConfig) and vqgans[maps].resolution != image.resolution:
+        raise ConfigError(f"vqgan.{maps}.resolution: {vqgans[maps].resolution} px, but the image VQGAN "
+                          f"is trained at {image.resolution} px; the conditioning is cut like the image")
     resolution = config.sample.resolution
     if resolution is not None and (resolution < image.resolution or resolution % image.downsampling):
         raise ConfigError(f"sample.resolution: {resolution} must be >= the training size {image.resolution} "
                           f"and a multiple of the image VQGAN's downsampling factor {image.downsampling}")
+    if config.evaluate.resolution != (resolution or image.resolution):
+        raise ConfigError(f"evaluate.resolution: {config.evaluate.resolution} px, but the samples are "
+                          f"{resolution or image.resolution} px (sample.resolution, or the image VQGAN's "
+                          f"resolution): FID compares images of the samples' size")
     top_k = config.sampling.top_k
     if top_k is not None and top_k > image.n_embed:
         raise ConfigError(f"top_k: {top_k} is more than the image codebook's {image.n_embed} entries "

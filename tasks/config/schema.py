@@ -105,7 +105,7 @@ class ExtractConfig:
 
 @dataclass
 class AnnotateConfig:
-    """Sections ``depth`` and ``segment``: one network over every extracted image."""
+    """Section ``annotate.<kind>``: one network's map for every extracted image."""
     model: str
     weights: Path | None = None  # explicit weights file; default: the resolver (cache, S3 mirror, URL)
     batch_size: int = 8
@@ -134,17 +134,27 @@ class AnnotateConfig:
 
 @dataclass
 class DepthConfig(AnnotateConfig):
-    """``midas_v21`` (what the original taming script used), ``midas_v21_small``, or
-    ``groundtruth`` (the demo's exact maps, no weights needed)."""
-    model: Literal["midas_v21", "midas_v21_small", "groundtruth"] = "groundtruth"
-    section = "depth"
+    """``annotate.depth``: ``midas_v20`` (what the published D-RIN models were trained on),
+    ``midas_v21`` (what torch.hub serves now), ``midas_v21_small``, or ``groundtruth`` (the
+    demo's exact maps, no weights needed)."""
+    model: Literal["midas_v20", "midas_v21", "midas_v21_small", "groundtruth"] = "groundtruth"
+    section = "annotate.depth"
 
 
 @dataclass
 class SegmentConfig(AnnotateConfig):
-    """``deeplabv2_cocostuff`` (DeepLab v2 MSC, as the original) or ``groundtruth``."""
+    """``annotate.segmentation``: ``deeplabv2_cocostuff`` (DeepLab v2 MSC, as the original)
+    or ``groundtruth``."""
     model: Literal["deeplabv2_cocostuff", "groundtruth"] = "groundtruth"
-    section = "segment"
+    section = "annotate.segmentation"
+
+
+ANNOTATORS: dict[str, type[AnnotateConfig]] = {"depth": DepthConfig, "segmentation": SegmentConfig}
+
+# What each conditioning reads besides the images: per-image maps (computed by an
+# annotate stage) and a first stage that turns them into tokens.
+CONDITIONINGS = ("depth", "segmentation", "class", "none")
+MAPS_OF = {"depth": "depth", "segmentation": "segmentation", "class": None, "none": None}
 
 
 # ----------------------------------------------------------------------------- training
@@ -292,10 +302,32 @@ class VQGANConfig(TrainingConfig):
 
 
 @dataclass
+class PretrainedVQGAN:
+    """Section ``vqgan.<model>: {folder: ...}``: a first stage that is not trained here: an
+    official taming log folder (e.g. vqgan_imagenet_f16_16384, or the Gumbel f8 model) or one
+    published with `taming publish` (``s3://...``). Stage train-vqgan@<model> verifies it (the
+    model kind, the checkpoint's SHA-256 if given, a reconstruction of validation images) and
+    copies it into data/vqgan/<model>, so everything downstream reads it like a trained one."""
+    model: Literal["image", "depth", "segmentation"]
+    folder: str
+    sha256: str | None = None   # expected SHA-256 of its checkpoint; any other file is refused
+
+    def __post_init__(self):
+        key = f"vqgan.{self.model}"
+        check(bool(self.folder.strip()), f"{key}.folder", "must name a model folder (local path or s3:// URI)")
+        check(self.sha256 is None or (len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256)),
+              f"{key}.sha256", "must be 64 lowercase hex digits or null")
+
+    @property
+    def channels(self) -> int:
+        return IN_CHANNELS.get(self.model, 0)
+
+
+@dataclass
 class TokenizeConfig:
-    """Section ``tokenize``: which VQGANs encode the images and their conditioning."""
+    """Section ``tokenize``: how images and their conditioning (the top-level ``conditioning``)
+    become tokens."""
     image_model: str = "image"      # VQGAN folder data/vqgan/<image_model> for image tokens
-    cond: Literal["depth", "segmentation", "class", "none"] = "depth"
     hflip: bool = True              # train: add the mirror image of each crop (aug 1)
     extra_crops: int = 0            # train: add this many seeded random crops (aug 2..)
     batch_size: int = 64
@@ -353,6 +385,7 @@ class TransformerConfig(TrainingConfig):
 # ----------------------------------------------------------------------------- sampling and evaluation
 
 SAMPLING_KEYS = ("top_k", "top_p", "temperature")  # top-level keys, swept with `dvc exp run -S`
+TOP_LEVEL_KEYS = ("conditioning", *SAMPLING_KEYS)
 
 
 @dataclass
@@ -376,35 +409,48 @@ class SampleConfig:
 
 @dataclass
 class EvaluateConfig:
-    """Section ``evaluate``."""
+    """Section ``evaluate``: the FID protocol and the first stages' reconstruction metrics.
+
+    FID/KID compare the samples with ``reference_images`` images of the ``reference`` split
+    (the paper's tables: the train split; null: the whole split), preprocessed like the
+    training data at ``resolution`` px (the samples' size). Stage fid-reference computes
+    their Inception features once; evaluate-vqgan scores the first stages on the
+    validation split (rFID on ``rfid_images`` of them, PSNR/SSIM and codebook usage on all)."""
+    resolution: int                  # px of the samples and the reference images
+    reference: Literal["validation", "train"] = "validation"
+    reference_images: int | None = None
+    rfid_images: int | None = None
     batch_size: int = 32
-    fid_images: int | None = None   # validation images in the FID reference and rFID (null: all);
-                                    # PSNR, SSIM and codebook usage always cover the whole split
     kid_subsets: int = 100
-    kid_subset_size: int = 1000     # capped at the smaller image set
-    seed: int = 0                   # KID subset draws
+    kid_subset_size: int = 1000      # capped at the smaller image set
+    seed: int = 0                    # reference subset and KID subset draws
+    device: str = "auto"             # auto: CUDA when present
 
     def __post_init__(self):
+        check(self.resolution >= 8, "evaluate.resolution", "must be >= 8")
         check(self.batch_size > 0, "evaluate.batch_size", "must be positive")
-        check(self.fid_images is None or self.fid_images > 1, "evaluate.fid_images", "must be > 1 or null")
+        for key in ("reference_images", "rfid_images"):
+            check(getattr(self, key) is None or getattr(self, key) > 1, f"evaluate.{key}", "must be > 1 or null")
         check(self.kid_subsets > 0, "evaluate.kid_subsets", "must be positive")
         check(self.kid_subset_size > 1, "evaluate.kid_subset_size", "must be > 1")
+        check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "evaluate.device",
+              f"{self.device!r}: use auto, cpu, cuda or cuda:N")
 
 
 # ----------------------------------------------------------------------------- the whole file
 
-SECTIONS = ("data", "extract", "depth", "segment", "vqgan", "tokenize", "transformer", "sample", "evaluate")
+SECTIONS = ("data", "extract", "annotate", "vqgan", "tokenize", "transformer", "sample", "evaluate")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     """Every section of params.yaml, typed and validated."""
+    conditioning: str                       # depth | segmentation | class | none
     sampling: SamplingSettings
     data: DataConfig
     extract: ExtractConfig
-    depth: DepthConfig
-    segment: SegmentConfig
-    vqgan: dict[str, VQGANConfig]
+    annotate: dict[str, AnnotateConfig]     # the per-image maps the conditioning reads
+    vqgan: dict[str, VQGANConfig | PretrainedVQGAN]   # first stages: the image's and the conditioning's
     tokenize: TokenizeConfig
     transformer: TransformerConfig
     sample: SampleConfig

@@ -1,16 +1,23 @@
 """Where every stage's inputs and outputs live (the contracts of shared/design.md).
 
-    data/raw/               acquire: ILSVRC2012-style archives, synsets.json, groundtruth/ (demo)
-    data/imagenet/<split>/  extract: <synset>/<name>.JPEG, filelist.txt; rejected.jsonl
-    data/depth/<split>/     depth: <synset>/<name>.png (RGBA-packed float32)
-    data/segmentation/...   segment: <synset>/<name>.png (uint8 labels)
-    data/vqgan/<name>/      train-vqgan: checkpoints/, configs/, dvclive/ (resume/ while running)
-    data/tokens/<split>/    tokenize: part-NNNNN.parquet
-    data/transformer/       train-transformer: checkpoints/, configs/, dvclive/
-    data/samples/           sample: images/, samples.json, grid.png
-    metrics/                extract and evaluate: *.json
+    data/raw/                        acquire: ILSVRC2012-style archives, synsets.json, groundtruth/ (demo)
+    data/dataset/image/<split>/      extract: <synset>/<name>.JPEG, filelist.txt; rejected.jsonl
+    data/dataset/depth/<split>/      annotate@depth: <synset>/<name>.png (RGBA-packed float32)
+    data/dataset/segmentation/...    annotate@segmentation: <synset>/<name>.png (uint8 labels)
+    data/vqgan/<name>/               train-vqgan@<name>: checkpoints/, configs/ (resume/ while running)
+    data/tokens/<split>/             tokenize: part-NNNNN.parquet
+    data/transformer/                train-transformer: checkpoints/, configs/
+    data/dvclive/{vqgan/<name>,transformer}/  the training stages' DVCLive metrics and plots
+    data/samples/                    sample: images/, samples.json, grid.png
+    data/fid/                        fid-reference: Inception statistics of the reference images
+    metrics/                         extract and evaluate: *.json
 
-dvc.yaml names the same paths; `Layout(root)` moves the whole tree (tests use temporary roots).
+A model folder holds the model only (checkpoints, configs), so that what reads it can depend on
+the folder. data/dataset/<key> holds, per image, the dataset key <key> of the original's sample dicts
+(image, depth, segmentation): a conditioning's inputs are found by its name, and stages
+that read "whatever the conditioning reads" depend on data/dataset and data/vqgan as a
+whole, whose contents the profile decides. dvc.yaml names the same paths; `Layout(root)`
+moves the whole tree (tests use temporary roots).
 """
 from __future__ import annotations
 
@@ -46,8 +53,12 @@ class Layout:
         return self.raw / "groundtruth" / kind
 
     @property
+    def dataset(self) -> Path:
+        return self.root / "dataset"
+
+    @property
     def images(self) -> Path:
-        return self.root / "imagenet"
+        return self.dataset / "image"
 
     def filelist(self, split: str) -> Path:
         return self.images / split / FILELIST
@@ -55,10 +66,14 @@ class Layout:
     def maps(self, kind: str) -> Path:
         if kind not in MAP_KINDS:
             raise ValueError(f"no per-image maps of kind {kind!r} (known: {', '.join(MAP_KINDS)})")
-        return self.root / kind
+        return self.dataset / kind
 
     def vqgan(self, name: str) -> Path:
         return self.root / "vqgan" / name
+
+    def logs(self, run: str) -> Path:
+        """DVCLive's folder of a training run: ``vqgan/<name>`` or ``transformer``."""
+        return self.root / "dvclive" / run
 
     @property
     def tokens(self) -> Path:
@@ -71,6 +86,10 @@ class Layout:
     @property
     def samples(self) -> Path:
         return self.root / "samples"
+
+    @property
+    def fid(self) -> Path:
+        return self.root / "fid"
 
 
 DATA = Layout()

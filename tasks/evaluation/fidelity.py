@@ -76,9 +76,12 @@ def inception(weights: str | None = None) -> tuple[FeatureExtractorInceptionV3, 
 
 
 @torch.inference_mode()
-def inception_features(net: nn.Module, batches: Iterable[torch.Tensor], desc: str) -> torch.Tensor:
-    """(N, 2048) float64 pool features of uint8 (B, 3, H, W) batches."""
-    feats = [net(b)[0].double() for b in progress(batches, desc=desc, unit="batch", leave=False)]
+def inception_features(net: nn.Module, batches: Iterable[torch.Tensor], desc: str,
+                       total: int | None = None) -> torch.Tensor:
+    """(N, 2048) float64 pool features (on the CPU) of uint8 (B, 3, H, W) batches, computed
+    on the batches' device (move ``net`` there). fp32 throughout, as torch-fidelity: FID is
+    sensitive to the features' precision, so no reduced-precision autocast here."""
+    feats = [net(b)[0].double().cpu() for b in progress(batches, desc=desc, unit="batch", total=total)]
     return torch.cat(feats)
 
 
@@ -129,19 +132,36 @@ def extractor_info(pretrained: bool) -> dict:
             f"inception-v3-compat architecture, random init (seed {RANDOM_INCEPTION_SEED}): offline stand-in"}
 
 
-def png_batches(folder: Path, batch_size: int) -> Iterator[torch.Tensor]:
-    """uint8 (B, 3, H, W) batches of the PNGs in ``folder``, in name order."""
-    from PIL import Image
+class PngBatches:
+    """uint8 (B, 3, H, W) batches of the PNGs in ``folder``, in name order, read lazily
+    (memory: one batch). ``expect_size``: every image must be that many pixels square."""
 
-    paths = sorted(folder.glob("*.png"))
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no sample PNGs (run the sample stage first)")
-    for i in range(0, len(paths), batch_size):
-        arrays = []
-        for p in paths[i:i + batch_size]:
-            with Image.open(p) as im:
-                arrays.append(np.asarray(im.convert("RGB")))
-        yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    def __init__(self, folder: Path, batch_size: int, expect_size: int | None = None):
+        self.paths = sorted(Path(folder).glob("*.png"))
+        if not self.paths:
+            raise FileNotFoundError(f"{folder}: no sample PNGs (run the sample stage first)")
+        self.batch_size, self.expect_size = batch_size, expect_size
+        self.total = math.ceil(len(self.paths) / batch_size)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        from PIL import Image
+
+        for i in range(0, len(self.paths), self.batch_size):
+            arrays = []
+            for p in self.paths[i:i + self.batch_size]:
+                with Image.open(p) as im:
+                    if self.expect_size and im.size != (self.expect_size, self.expect_size):
+                        raise ValueError(f"{p}: {im.size[0]}x{im.size[1]} px, the reference images are "
+                                         f"{self.expect_size}x{self.expect_size} (evaluate.resolution)")
+                    arrays.append(np.asarray(im.convert("RGB")))
+            yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def png_batches(folder: Path, batch_size: int, expect_size: int | None = None) -> PngBatches:
+    return PngBatches(folder, batch_size, expect_size)
 
 
 def psnr_ssim(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,3 +185,31 @@ def codebook_usage(counts: torch.Tensor) -> dict:
         "perplexity": float(torch.exp(-(nz * nz.log()).sum())),
         "tokens": int(counts.sum()),
     }
+
+
+# ---- the reference statistics (stage fid-reference writes them, evaluate reads them) ----
+
+REFERENCE_FEATURES, REFERENCE_INFO = "features.npy", "reference.json"
+
+
+def save_reference(folder: Path, features: torch.Tensor, info: dict) -> None:
+    """features (N, 2048) as float32 .npy and what they are, each written atomically."""
+    from tasks.data.files import atomic_path, write_json
+
+    with atomic_path(folder / REFERENCE_FEATURES) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, features.float().cpu().numpy(), allow_pickle=False)
+    write_json(folder / REFERENCE_INFO, info)
+
+
+def load_reference(folder: Path) -> tuple[torch.Tensor, dict]:
+    """(features (N, 2048) float64, info) of a reference written by save_reference."""
+    import json
+
+    features_path, info_path = folder / REFERENCE_FEATURES, folder / REFERENCE_INFO
+    if not (features_path.is_file() and info_path.is_file()):
+        raise FileNotFoundError(f"{folder}: no reference features (run the fid-reference stage first)")
+    features = np.load(features_path, allow_pickle=False)
+    if features.ndim != 2 or features.shape[1] != 2048:
+        raise ValueError(f"{features_path}: expected (N, 2048) features, got {features.shape}")
+    return torch.from_numpy(features).double(), json.loads(info_path.read_text())

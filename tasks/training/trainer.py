@@ -107,9 +107,10 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
-def make_trainer(out_dir: Path, cfg: TrainingConfig, *, desc: str, resuming: bool, manual_optimization: bool = False,
-                 optimizer_steps_per_update: int = 1, find_unused_parameters: bool = False) -> L.Trainer:
-    """A Trainer that logs to ``<out>/dvclive`` and checkpoints to ``<out>/resume``.
+def make_trainer(out_dir: Path, log_dir: Path, cfg: TrainingConfig, *, desc: str, resuming: bool,
+                 manual_optimization: bool = False, optimizer_steps_per_update: int = 1,
+                 find_unused_parameters: bool = False) -> L.Trainer:
+    """A Trainer that logs to DVCLive in ``log_dir`` and checkpoints to ``<out>/resume``.
 
     ``max_steps``/``ckpt_every`` count parameter updates; Lightning counts one
     global step per ``optimizer.step()``, so a GAN with two optimisers passes
@@ -124,7 +125,7 @@ def make_trainer(out_dir: Path, cfg: TrainingConfig, *, desc: str, resuming: boo
     strategy = "auto"
     if cfg.devices > 1:
         strategy = "ddp_find_unused_parameters_true" if find_unused_parameters else "ddp"
-    logger = DVCLiveLogger(dir=str(out_dir / "dvclive"), resume=resuming, save_dvc_exp=False,
+    logger = DVCLiveLogger(dir=str(log_dir), resume=resuming, save_dvc_exp=False,
                            dvcyaml=False, report=None)
     checkpoint = ModelCheckpoint(dirpath=out_dir / RESUME_DIR, save_last=True, save_top_k=0,
                                  every_n_train_steps=cfg.ckpt_every * optimizer_steps_per_update,
