@@ -1,4 +1,5 @@
-"""The ``taming`` command: one sub-command per pipeline stage, plus ``weights`` and ``publish``.
+"""The ``taming`` command: one sub-command per pipeline stage, plus ``sample-model``, ``reconstruct``,
+``weights`` and ``publish``.
 
 ``dvc.yaml`` calls these; Prefect reproduces them through DVC. For a pipeline stage the
 command validates the whole params file once (tasks/config/params.py: a bad value
@@ -35,6 +36,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "train-transformer": ("tasks.train_transformer", "train the conditional transformer from Parquet tokens"),
     "sample": ("tasks.sample", "sample images with the KV cache (top_k / top_p / temperature) and write a grid"),
     "evaluate": ("tasks.evaluate", "FID/KID, reconstruction metrics and codebook usage into metrics/*.json"),
+    "sample-model": ("tasks.sample_model", "sample any transformer folder (ours, official, s3://) without a dataset"),
+    "reconstruct": ("tasks.reconstruct", "run images through a VQGAN folder: reconstructions, PSNR/SSIM, codebook usage"),
     "weights": ("tasks.weights", "list, fetch, import or push pretrained weight files"),
     "publish": ("tasks.publish", "upload a trained checkpoint with its manifest to S3"),
 }
