@@ -68,7 +68,7 @@ def fit(array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
         resample = Image.NEAREST if labels else Image.BILINEAR
         array = np.asarray(Image.fromarray(array, mode=mode).resize((nw, nh), resample))
     top, left = (nh - th) // 2, (nw - tw) // 2
-    return np.ascontiguousarray(array[top:top + th, left:left + tw])
+    return np.array(array[top:top + th, left:left + tw])  # a writable, contiguous copy
 
 
 # ----------------------------------------------------------------------------- classes
