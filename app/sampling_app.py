@@ -143,11 +143,11 @@ def completion_widgets(model: SamplingModel, hw: tuple[int, int], grid: tuple[in
 
 
 def sample(model: SamplingModel, condition: cond.Condition, completion, settings: SamplingSettings, seed: int,
-           grid: tuple[int, int], every: int, canvas) -> np.ndarray:
+           grid: tuple[int, int], every: int, progress, canvas) -> np.ndarray:
     """One picture, redrawn on `canvas` every `every` token rows while its tokens are sampled."""
     H, W = grid
     start = completion[1] if completion else 0
-    progress = st.progress(0.0, text="sampling")
+    progress.progress(0.0, text="sampling")
 
     def preview(z, done):
         rows = done // W
@@ -189,10 +189,10 @@ def main() -> None:
         st.caption(f"{hw[1]}x{hw[0]} px is larger than the training size: sliding-window sampling "
                    f"over {grid[0]}x{grid[1]} tokens")
     clicked = st.button("Sample", key="sample", type="primary", disabled=condition is None)
-    canvas = st.empty()
+    progress, canvas = st.empty(), st.empty()
     if clicked:
         try:
-            picture = sample(model, condition, completion, settings, seed, grid, every, canvas)
+            picture = sample(model, condition, completion, settings, seed, grid, every, progress, canvas)
         except USER_ERRORS as e:
             st.error(str(e))
             return

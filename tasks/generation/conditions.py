@@ -25,7 +25,7 @@ from models.permuter import Identity
 from tasks.data.classes import ClassTable
 from tasks.data.datasets import normalise_depth
 from tasks.data.formats import rgba_to_depth
-from tasks.data.images import labels_to_rgb, load_rgb
+from tasks.data.images import labels_to_rgb
 from tasks.generation.model import SamplingModel
 from tasks.runtime.errors import StageError
 
