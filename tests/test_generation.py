@@ -329,10 +329,13 @@ def test_parse_resolution():
         cond.parse_resolution("12x")
 
 
-def test_class_names():
+def test_class_names(trained):
     assert cond.class_names(3)[2] == "class 2"
     names = cond.class_names(1000)
     assert names[9] == "ostrich" and names[232] == "Border collie" and len(names) == 1000
+    synsets = trained / "data/raw/synsets.json"
+    assert cond.class_names(2, synsets) == ["sphere", "cube"]        # the scenes' kinds
+    assert cond.class_names(1000, synsets)[9] == "ostrich"           # another dataset's table does not apply
 
 
 # ----------------------------------------------------------------------------- reconstructions

@@ -74,14 +74,14 @@ def fit(array: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 # ----------------------------------------------------------------------------- classes
 
 def class_names(n_classes: int, synsets_json: str | Path | None = None) -> list[str]:
-    """Human names of labels 0..n-1: from a pipeline's synsets.json when given, the
-    ImageNet names for a 1000-class model (the published cIN), else "class i"."""
+    """Human names of labels 0..n-1: from a pipeline's synsets.json when it has as many
+    classes as the model, else the ImageNet names for a 1000-class model (the published
+    cIN), else "class i"."""
     names = [f"class {i}" for i in range(n_classes)]
-    if synsets_json is not None and Path(synsets_json).is_file():
-        table = ClassTable.read(synsets_json)
+    table = ClassTable.read(synsets_json) if synsets_json is not None and Path(synsets_json).is_file() else None
+    if table is not None and table.n_classes == n_classes:
         for synset, label in table.labels.items():
-            if label < n_classes:
-                names[label] = table.name(synset)
+            names[label] = table.name(synset)
     elif n_classes == 1000:
         from torchvision.models import ResNet50_Weights  # the standard ImageNet class index
 

@@ -4,8 +4,9 @@
     model.kind, model.training_size, model.window, model.n_classes, model.can_guide
 
 ``device="auto"`` is CUDA when present. On CUDA the GPT runs under bf16 autocast (where
-the GPU supports it): logits are filtered and sampled in float32, and the VQGANs encode
-(nearest-code search) and decode in float32, where bf16 could change codes or colours.
+the GPU supports it; softmax and the top-p cumulative sum stay float32 under autocast),
+while the VQGANs encode (nearest-code search) and decode in float32, where bf16 could
+change codes or colours.
 """
 from __future__ import annotations
 
