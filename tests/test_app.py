@@ -51,6 +51,12 @@ def class_model(tmp_path_factory, drin):
     return str(folder)
 
 
+@pytest.fixture(autouse=True)
+def elsewhere(tmp_path, monkeypatch):
+    """Run where the app's default model (data/transformer) does not exist, whatever this checkout holds."""
+    monkeypatch.chdir(tmp_path)
+
+
 def app_test():
     from streamlit.testing.v1 import AppTest
 
