@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # dvc stages call `taming`, tests call `dvc` and `prefect`: use the venv's.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test clean-venv bench
+.PHONY: install demo test clean-venv bench app
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ demo: install
 	$(BIN)/dvc repro
 
 # The test suite. Exit code 5 ("no tests collected") is not a failure of the code.
+# The sampling app (README "Sampling"): on http://127.0.0.1:$(APP_PORT), with the demo's
+# transformer by default, so it works right after `make demo`.
+APP_MODEL ?= data/transformer
+APP_PORT  ?= 8501
+app: install
+	$(BIN)/streamlit run app/sampling_app.py --server.address 127.0.0.1 --server.port $(APP_PORT) \
+	  --server.headless true --browser.gatherUsageStats false --client.toolbarMode viewer -- --model $(APP_MODEL)
+
 test: install
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 

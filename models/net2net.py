@@ -197,6 +197,12 @@ class Net2NetTransformer(nn.Module):
         # output i predicts sequence element i + 1, so image token 0 comes from the last condition position
         return logits[:, c.shape[1] - 1:], target
 
+    def _null_token(self) -> int:
+        if self.null_token is None:
+            raise ValueError("classifier-free guidance needs a model trained with condition dropout "
+                             "(a null_token); this one was not")
+        return self.null_token
+
     def _sample_sequence(self, c: torch.Tensor, z_prefix: torch.Tensor | None, steps: int,
                          settings: SamplingSettings, generator: torch.Generator | None = None,
                          callback=None) -> torch.Tensor:
@@ -207,10 +213,7 @@ class Net2NetTransformer(nn.Module):
         prefix = torch.cat((c, z_prefix.long()), dim=1)
         uncond_prefix = None
         if settings.guided:
-            if self.null_token is None:
-                raise ValueError("classifier-free guidance needs a model trained with condition dropout "
-                                 "(a null_token); this one was not")
-            uncond_prefix = torch.cat((torch.full_like(c, self.null_token), z_prefix.long()), dim=1)
+            uncond_prefix = torch.cat((torch.full_like(c, self._null_token()), z_prefix.long()), dim=1)
         with _eval_mode(self.transformer) as gpt:
             new = sampling.generate(gpt, prefix, steps, settings, generator=generator,
                                     uncond_prefix=uncond_prefix, callback=callback)
@@ -235,11 +238,16 @@ class Net2NetTransformer(nn.Module):
     def sample_indices_sliding(self, c_indices: torch.Tensor | None, grid: tuple[int, int],
                                window: tuple[int, int], z_init: torch.Tensor | None = None,
                                settings: SamplingSettings = SamplingSettings(),
-                               generator: torch.Generator | None = None, callback=None) -> torch.Tensor:
-        """Sample a latent grid (H, W) larger than the training grid `window` (h, w):
-        each position from a training-size window around it (sampling.generate_sliding_window).
-        c_indices: (B, H*W) condition tokens on the same grid, raster order, or
-        (B, n_c) prefix tokens (class), or None (unconditional). Returns (B, H*W) raster."""
+                               generator: torch.Generator | None = None, callback=None,
+                               start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Sample a latent grid (H, W), square or not, larger than the training grid
+        `window` (h, w): each position from a training-size window around it
+        (sampling.generate_sliding_window). c_indices: (B, H*W) condition tokens on the
+        same grid, raster order, or (B, n_c) prefix tokens (class), or None
+        (unconditional). z_init (B, H*W): the grid to start from, of which raster
+        positions [start, stop) are sampled (completion keeps the ones before `start`).
+        settings.guidance_scale != 1 applies classifier-free guidance against null_token.
+        Returns (B, H*W) raster."""
         if not isinstance(self.permuter, Identity):
             raise ValueError("sliding-window sampling walks the grid in raster order; it needs the Identity permuter")
         H, W = grid
@@ -251,9 +259,10 @@ class Net2NetTransformer(nn.Module):
             c = self._condition(c_indices, batch, (c_indices if c_indices is not None else z_init).device)
         z = torch.zeros(c.shape[0], H, W, dtype=torch.int64, device=c.device) if z_init is None \
             else z_init.long().reshape(-1, H, W)
+        uncond = torch.full_like(c, self._null_token()) if settings.guided else None
         with _eval_mode(self.transformer) as gpt:
             out = sampling.generate_sliding_window(gpt, c, z, window, settings, generator=generator,
-                                                   callback=callback)
+                                                   start=start, stop=stop, callback=callback, uncond_c=uncond)
         return out.reshape(out.shape[0], -1)
 
     # ---- image level (the original's API) -------------------------------------------

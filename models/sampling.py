@@ -136,37 +136,50 @@ def window_start(i: int, size: int, window: int) -> int:
 @torch.inference_mode()
 def generate_sliding_window(gpt: GPT, c: torch.Tensor, z_grid: torch.Tensor, window: tuple[int, int],
                             settings: SamplingSettings = DEFAULT, generator: torch.Generator | None = None,
-                            start: int = 0, callback=None) -> torch.Tensor:
-    """Sample a latent grid larger than the one the GPT was trained on.
+                            start: int = 0, callback=None, uncond_c: torch.Tensor | None = None,
+                            stop: int | None = None) -> torch.Tensor:
+    """Sample a latent grid larger than the one the GPT was trained on (any H x W, square or not).
 
     c: condition tokens, either a (B, H, W) grid on the image grid (depth,
     segmentation: cropped with each window) or a (B, n) prefix used for every
     window (class or SOS token);
-    z_grid (B, H, W): image tokens, of which positions from raster index `start` on
-    are (re)sampled. Each position is sampled from a window of the training latent
-    size `window` (h, w) placed around it (window_start), with the condition
-    cropped alike: the sequence is cond crop + image crop, raster order, as in the
-    original's sample_conditional script. Returns the completed (B, H, W) grid.
+    z_grid (B, H, W): image tokens, of which the positions from raster index `start`
+    up to `stop` (default: the end) are (re)sampled. Each position is sampled from a
+    window of the training latent size `window` (h, w) placed around it
+    (window_start), with the condition cropped alike: the sequence is cond crop +
+    image crop, raster order, as in the original's sample_conditional script.
+    uncond_c: c with the condition replaced by null tokens, for classifier-free
+    guidance with settings.guidance_scale (both run as one batch of 2B).
+    Returns the completed (B, H, W) grid.
     """
-    if settings.guided:
-        raise ValueError("sliding-window sampling does not apply classifier-free guidance")
     B, H, W = z_grid.shape
     h, w = window
+    if settings.guided and uncond_c is None:
+        raise ValueError(f"guidance_scale {settings.guidance_scale} needs uncond_c (the null condition)")
     if c.dim() == 3 and c.shape != z_grid.shape:
         raise ValueError(f"condition grid {tuple(c.shape)} must match image grid {tuple(z_grid.shape)}")
+    if uncond_c is not None and uncond_c.shape != c.shape:
+        raise ValueError(f"uncond_c {tuple(uncond_c.shape)} must match c {tuple(c.shape)}")
     if H < h or W < w:
         raise ValueError(f"grid {H}x{W} is smaller than the window {h}x{w}")
+    guided = settings.guided
+    conds = torch.cat((c, uncond_c)) if guided else c
     z_grid = z_grid.clone()
     with packed_linears(gpt):
-        for n in range(start, H * W):
+        for n in range(start, H * W if stop is None else stop):
             if callback is not None:
                 callback(n)
             i, j = divmod(n, W)
             i0, j0 = window_start(i, H, h), window_start(j, W, w)
             local = (i - i0) * w + (j - j0)
-            c_patch = c[:, i0:i0 + h, j0:j0 + w].reshape(B, -1) if c.dim() == 3 else c
-            z_patch = z_grid[:, i0:i0 + h, j0:j0 + w].reshape(B, -1)
+            c_patch = conds[:, i0:i0 + h, j0:j0 + w].reshape(len(conds), -1) if c.dim() == 3 else conds
+            z_patch = z_grid[:, i0:i0 + h, j0:j0 + w].reshape(B, -1)[:, :local]
+            if guided:
+                z_patch = torch.cat((z_patch, z_patch))
             # the causal model only looks left, so feed the crop up to the token before (i, j)
-            logits, _ = gpt(torch.cat((c_patch, z_patch[:, :local]), dim=1))
-            z_grid[:, i, j] = sample_logits(logits[:, -1], settings, generator)[:, 0]
+            logits, _ = gpt(torch.cat((c_patch, z_patch), dim=1))
+            last = logits[:, -1]
+            if guided:
+                last = guided_logits(last[:B], last[B:], settings.guidance_scale)
+            z_grid[:, i, j] = sample_logits(last, settings, generator)[:, 0]
     return z_grid

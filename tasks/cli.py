@@ -1,4 +1,5 @@
-"""The ``taming`` command: one sub-command per pipeline stage, plus ``weights`` and ``publish``.
+"""The ``taming`` command: one sub-command per pipeline stage, plus ``sample-model``, ``reconstruct``,
+``weights`` and ``publish``.
 
 ``dvc.yaml`` calls these; Prefect reproduces them through DVC. For a pipeline stage the
 command validates the whole params file once (tasks/config/params.py: a bad value
@@ -36,6 +37,9 @@ STAGES: dict[str, tuple[str, str]] = {
     "fid-reference": ("tasks.fid_reference", "Inception features of the FID reference images, computed once"),
     "evaluate": ("tasks.evaluate", "FID/KID of the samples against the reference into metrics/samples.json"),
     "evaluate-vqgan": ("tasks.evaluate_vqgan", "the first stages' reconstructions (PSNR, SSIM, rFID) and codebook usage"),
+    "evaluate": ("tasks.evaluate", "FID/KID, reconstruction metrics and codebook usage into metrics/*.json"),
+    "sample-model": ("tasks.sample_model", "sample any transformer folder (ours, official, s3://) without a dataset"),
+    "reconstruct": ("tasks.reconstruct", "run images through a VQGAN folder: reconstructions, PSNR/SSIM, codebook usage"),
     "weights": ("tasks.weights", "list, fetch, import or push pretrained weight files"),
     "publish": ("tasks.publish", "upload a trained checkpoint with its manifest to S3"),
 }

@@ -2,22 +2,25 @@
 
 Conditionings come from the validation split: for D-RIN a validation image's
 depth map (encoded by the transformer's depth VQGAN), for a segmentation model
-its label map, for a class-conditional model its class label; an
-unconditional model needs none. Each conditioning gets ``per_condition``
-samples, drawn with the top-level ``top_k`` / ``top_p`` / ``temperature``
-(the only stage that reads them, so ``dvc exp run -S top_k=250`` reruns just
-``sample`` and ``evaluate``). A ``resolution`` above the training size samples
-the larger latent grid with a sliding window, as the paper's
-high-resolution results.
+its label map, for a class-conditional model its class label; an unconditional
+model needs none. Each conditioning gets ``per_condition`` samples, drawn with the
+top-level ``top_k`` / ``top_p`` / ``temperature`` / ``guidance_scale`` (the only
+stage that reads them, so ``dvc exp run -S top_k=250`` reruns just ``sample`` and
+``evaluate``). A ``resolution`` above the training size samples the larger latent
+grid with a sliding window, as the paper's high-resolution results. ``device: auto``
+samples on CUDA when present. The sampling itself is tasks/generation's, shared
+with ``taming sample-model`` and the app.
 
 Writes ``data/samples/images/NNNNN.png`` (what ``evaluate`` scores),
 ``data/samples/samples.json`` (which conditioning each image comes from, and
 the settings), and ``data/samples/grid.png``: one row per conditioning, the
 conditioning rendered as an image, the real validation image, then its samples.
+Images are written batch by batch; only the grid's few rows stay in memory.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,57 +30,59 @@ from tasks.data.layout import DATA, Layout
 from tasks.runtime.errors import StageError
 
 
-def conditioning_kind(model) -> str:
-    """none | depth | segmentation | class_label: what the transformer is conditioned on."""
-    return "none" if model.be_unconditional else model.cond_stage_key
+class ValidationConditions:
+    """The chosen validation items as conditions, loaded and encoded when a batch needs them."""
 
+    def __init__(self, model, dataset, indices: list[int]):
+        self.model, self.dataset, self.indices = model, dataset, indices
+        self._cached = functools.lru_cache(maxsize=64)(self._load)  # a condition's samples may span batches
 
-def render_condition(item: dict, kind: str):
-    """The conditioning as an RGB uint8 (H, W, 3) array for the grid, or None (class, none)."""
-    from tasks.data.images import labels_to_rgb, to_rgb_arrays
+    def __len__(self) -> int:
+        return len(self.indices)
 
-    if kind == "depth":   # inverse depth in [-1, 1]: near is bright
-        return to_rgb_arrays(item["depth"][None])[0]
-    if kind == "segmentation":
-        return labels_to_rgb(item["segmentation"].numpy())
-    return None
+    def __getitem__(self, i: int):
+        return self._cached(i)
 
+    def _load(self, i: int):
+        import torch
 
-def save_png(path: Path, array) -> None:
-    from PIL import Image
+        from tasks.generation.conditions import Condition, encode_maps, render_map
 
-    from tasks.data.files import atomic_path
+        item, kind, model = self.dataset[self.indices[i]], self.model.kind, self.model
+        name, label = item["relpath"], item["class_label"]
+        if kind == "none":
+            return Condition(name, None, class_label=label)
+        if kind == "class_label":
+            return Condition(name, torch.tensor([[label]], device=model.device), class_label=label)
+        array = item["depth"][0].numpy() if kind == "depth" else item["segmentation"].numpy().astype("uint8")
+        return Condition(name, encode_maps(model, [array]), render_map(kind, array), label)
 
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-
-
-# ---- the stage ------------------------------------------------------------------------
 
 def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path = DATA.transformer,
         data_dir: str | Path = DATA.root, out: str | Path = DATA.samples) -> dict:
     import json
     import shutil
 
-    import torch
-
-    from models.folder import ModelFolder
-    from models.pretrained import load_pretrained
     from tasks.data.datasets import ImageNetDataset, spread_indices
     from tasks.data.files import write_json
     from tasks.data.images import make_grid, to_rgb_arrays
+    from tasks.generation.model import SamplingModel
+    from tasks.generation.output import save_png
+    from tasks.generation.tokens import sample_batches
     from tasks.runtime.progress import progress
 
     layout, out = Layout(Path(data_dir)), Path(out)
-    folder = ModelFolder.open(transformer)
-    size, f = folder.resolution, folder.downsampling
+    model = SamplingModel.open(transformer, cfg.device)
+    size = model.training_size
     resolution = cfg.resolution or size
-    if resolution < size or resolution % f:
-        raise StageError(f"sample.resolution: {resolution} must be >= the training size {size} of {folder.root} "
-                         f"and a multiple of its VQGAN's downsampling factor {f}")
-    model = load_pretrained(folder.checkpoint, folder.config_path)
-    kind = conditioning_kind(model)
-    window, grid = (size // f, size // f), (resolution // f, resolution // f)
+    try:
+        grid = model.grid(resolution, resolution)
+    except StageError as e:
+        raise StageError(f"sample.resolution: {e} ({model.folder.root})") from None
+    if sampling.guided and not model.can_guide:
+        raise StageError(f"guidance_scale: {sampling.guidance_scale} needs a transformer trained with condition "
+                         f"dropout (transformer.label_dropout > 0); {model.folder.root} was not")
+    kind = model.kind
 
     maps = {f"{kind}_root": layout.maps(kind)} if kind in ("depth", "segmentation") else {}
     dataset = ImageNetDataset(layout.images, "validation", size=resolution, synsets_json=layout.synsets_json, **maps)
@@ -85,50 +90,38 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
         indices = spread_indices(dataset.class_labels, cfg.conditions, cfg.classes)
     except ValueError as e:
         raise StageError(f"sample.classes: {e}") from None
-    items = [dataset[i] for i in indices]
-    if kind == "none":
-        c_all = None
-    else:
-        cond = torch.tensor([it["class_label"] for it in items]) if kind == "class_label" \
-            else torch.stack([it[kind] for it in items])
-        c_all = torch.cat([model.encode_to_c(chunk)[1] for chunk in cond.split(cfg.batch_size)])
+    conditions = ValidationConditions(model, dataset, indices)
 
     # Everything goes to a fresh folder that replaces `out` when complete: a run that
     # is interrupted leaves the previous samples intact, and no stale image survives.
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    total = len(items) * cfg.per_condition
-    generator = torch.Generator().manual_seed(cfg.seed)
-    manifest, samples = [], []
-    with progress(total=total, desc=f"sample {resolution}px ({kind})", unit="img") as bar:
-        for start in range(0, total, cfg.batch_size):
-            which = [k // cfg.per_condition for k in range(start, min(start + cfg.batch_size, total))]
-            c = c_all[which] if c_all is not None else None
-            if grid == window:
-                z = model.sample_indices(c, torch.zeros(len(which), 0, dtype=torch.long), steps=grid[0] * grid[1],
-                                         settings=sampling, generator=generator)
-            else:
-                z = model.sample_indices_sliding(c, grid, window, settings=sampling, generator=generator,
-                                                 z_init=torch.zeros(len(which), grid[0] * grid[1], dtype=torch.long))
-            with torch.no_grad():
-                images = model.first_stage_model.decode_indices(z, grid)
-            for k, (cond_index, array) in enumerate(zip(which, to_rgb_arrays(images))):
-                name = f"images/{start + k:05d}.png"
+    total = len(indices) * cfg.per_condition
+    shown = min(cfg.grid_conditions, len(indices))
+    generator = model.generator(cfg.seed)
+    manifest, grid_samples = [], [[] for _ in range(shown)]
+    tokens = total * grid[0] * grid[1]
+    with progress(total=tokens, desc=f"sample {resolution}px ({kind}, {model.device.type})", unit="tok") as bar:
+        for jobs, pictures in sample_batches(model, conditions, cfg.per_condition, cfg.batch_size, grid, sampling,
+                                             generator, on_position=bar.update):
+            for (i, k), array in zip(jobs, pictures):
+                name = f"images/{i * cfg.per_condition + k:05d}.png"
                 save_png(tmp / name, array)
-                samples.append(array)
-                manifest.append({"file": name, "condition": items[cond_index]["relpath"],
-                                 "class_label": items[cond_index]["class_label"]})
-            bar.update(len(which))
+                manifest.append({"file": name, "condition": conditions[i].name,
+                                 "class_label": conditions[i].class_label})
+                if i < shown:
+                    grid_samples[i].append(array)
 
-    lead = [render_condition(it, kind) for it in items]
     rows = []
-    for i, it in enumerate(items[:cfg.grid_conditions]):
-        own = samples[i * cfg.per_condition:(i + 1) * cfg.per_condition]
-        rows.append(([lead[i]] if lead[i] is not None else []) + [to_rgb_arrays(it["image"][None])[0]] + own)
+    for i in range(shown):
+        lead = conditions[i].picture
+        real = to_rgb_arrays(dataset[indices[i]]["image"][None])[0]
+        rows.append(([lead] if lead is not None else []) + [real] + grid_samples[i])
     n_lead = len(rows[0]) - cfg.per_condition
     save_png(tmp / "grid.png", make_grid(rows, tile=max(resolution, 96), lead=n_lead, gap=4))
     summary = {"conditioning": kind, "resolution": resolution, "training_size": size,
-               "sliding_window": grid != window, "samples": total, **asdict(sampling)}
+               "sliding_window": grid != model.window, "samples": total, "device": model.device.type,
+               **asdict(sampling)}
     write_json(tmp / "samples.json", {**summary, "settings": asdict(cfg), "images": manifest})
 
     if out.exists():

@@ -31,6 +31,11 @@ def check_finite(value: float, key: str, low: float | None = None, high: float |
         check(value <= high, key, f"must be <= {high}, got {value}")
 
 
+def check_device(device: str, key: str) -> None:
+    check(device == "auto" or device.split(":")[0] in ("cpu", "cuda", "mps"), key,
+          f"{device!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
 def check_positive(cfg, key: str, *names: str) -> None:
     for name in names:
         check(getattr(cfg, name) > 0, f"{key}.{name}", f"must be positive, got {getattr(cfg, name)}")
@@ -122,8 +127,7 @@ class AnnotateConfig:
         key = self.section
         check(self.batch_size >= 1, f"{key}.batch_size", "must be >= 1")
         check(self.num_workers >= 0, f"{key}.num_workers", "must be >= 0")
-        check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"), f"{key}.device",
-              f"{self.device!r}: use auto, cpu, cuda, cuda:N or mps")
+        check_device(self.device, f"{key}.device")
         check(len(self.splits) > 0 and set(self.splits) <= set(SPLITS), f"{key}.splits",
               f"{self.splits}: choose from {', '.join(SPLITS)}")
         check(self.num_shards >= 1 and 0 <= self.shard < self.num_shards, f"{key}.shard",
@@ -384,7 +388,9 @@ class TransformerConfig(TrainingConfig):
 
 # ----------------------------------------------------------------------------- sampling and evaluation
 
-SAMPLING_KEYS = ("top_k", "top_p", "temperature")  # top-level keys, swept with `dvc exp run -S`
+# top-level keys, swept with `dvc exp run -S` (read only by `sample`); guidance_scale != 1
+# needs a transformer trained with condition dropout (transformer.label_dropout > 0)
+SAMPLING_KEYS = ("top_k", "top_p", "temperature", "guidance_scale")
 TOP_LEVEL_KEYS = ("conditioning", *SAMPLING_KEYS)
 
 
@@ -398,10 +404,12 @@ class SampleConfig:
     seed: int = 0
     resolution: int | None = None      # output side in px (null: the training size; larger: sliding window)
     grid_conditions: int = 8           # rows of grid.png
+    device: str = "auto"               # auto: CUDA when present (the GPT in bf16 autocast there), else CPU
 
     def __post_init__(self):
         for key in ("conditions", "per_condition", "batch_size", "grid_conditions"):
             check(getattr(self, key) >= 1, f"sample.{key}", "must be >= 1")
+        check_device(self.device, "sample.device")
         check(self.classes is None or (len(self.classes) > 0 and min(self.classes) >= 0),
               "sample.classes", "must be a non-empty list of class labels >= 0, or null")
         check(self.resolution is None or self.resolution >= 8, "sample.resolution", "must be >= 8 or null")

@@ -46,11 +46,15 @@ def vqgan_input(batch: dict, kind: str, n_labels: int | None = None) -> torch.Te
     return batch[kind]
 
 
-def normalised_depth(path: str | Path) -> np.ndarray:
-    """The stored float32 depth map, min-max normalised to [-1, 1] per image (original D-RIN)."""
-    depth = load_depth_png(path)
+def normalise_depth(depth: np.ndarray) -> np.ndarray:
+    """A depth map min-max normalised to [-1, 1] over the whole map (original D-RIN)."""
     depth = (depth - depth.min()) / max(1e-8, float(depth.max() - depth.min()))
     return (2.0 * depth - 1.0).astype(np.float32)
+
+
+def normalised_depth(path: str | Path) -> np.ndarray:
+    """The stored float32 depth map, min-max normalised to [-1, 1] per image (normalise_depth)."""
+    return normalise_depth(load_depth_png(path))
 
 
 class Preprocess:

@@ -1,0 +1,104 @@
+"""A transformer folder ready to sample: loaded once on its device, described for the callers.
+
+    model = SamplingModel.open("logs/2021-04-03T19-39-50_cin_transformer")   # or s3://, a checkpoint
+    model.kind, model.training_size, model.window, model.n_classes, model.can_guide
+
+``device="auto"`` is CUDA when present. On CUDA the GPT runs under bf16 autocast (where
+the GPU supports it; softmax and the top-p cumulative sum stay float32 under autocast),
+while the VQGANs encode (nearest-code search) and decode in float32, where bf16 could
+change codes or colours.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.folder import ModelFolder
+from models.net2net import Net2NetTransformer
+from models.pretrained import load_pretrained
+from tasks.runtime.devices import resolve_device
+from tasks.runtime.errors import StageError
+
+# what a transformer can be conditioned on, as Net2NetTransformer.cond_stage_key names it
+KINDS = ("none", "class_label", "depth", "segmentation")
+
+
+@dataclass
+class SamplingModel:
+    net: Net2NetTransformer
+    folder: ModelFolder
+    device: torch.device
+
+    @classmethod
+    def open(cls, path: str | Path, device: str = "auto") -> "SamplingModel":
+        """A transformer folder, checkpoint or s3:// URI, loaded in eval mode on `device`."""
+        folder = ModelFolder.open(path)
+        if not folder.is_transformer:
+            raise StageError(f"{folder.root}: holds a {folder.target.rsplit('.', 1)[-1]}, not a transformer; "
+                             f"sample a transformer folder (a VQGAN's reconstructions: `taming reconstruct`)")
+        device = resolve_device(device)
+        model = cls(load_pretrained(folder.checkpoint, folder.config_path, map_location=device), folder, device)
+        if model.kind not in KINDS:
+            raise StageError(f"{folder.root}: conditioned on {model.kind!r}; sampling supports "
+                             f"{', '.join(KINDS)}")
+        return model
+
+    @property
+    def kind(self) -> str:
+        """none | class_label | depth | segmentation."""
+        return "none" if self.net.be_unconditional else self.net.cond_stage_key
+
+    @property
+    def training_size(self) -> int:
+        """The side in pixels the first stage (and the transformer's windows) were trained at."""
+        return self.folder.resolution
+
+    @property
+    def downsampling(self) -> int:
+        return self.folder.downsampling
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """The token grid of a training-size image: the transformer's context."""
+        return self.folder.grid
+
+    @property
+    def n_classes(self) -> int | None:
+        """Class labels a class-conditional model knows (0..n-1); None for others."""
+        return getattr(self.net.cond_stage_model, "n_classes", None) if self.kind == "class_label" else None
+
+    @property
+    def n_labels(self) -> int | None:
+        """Segmentation labels the condition VQGAN one-hot encodes; None for others."""
+        return getattr(self.net.cond_stage_model, "n_labels", None) if self.kind == "segmentation" else None
+
+    @property
+    def can_guide(self) -> bool:
+        """Trained with condition dropout: classifier-free guidance works."""
+        return self.net.null_token is not None
+
+    @property
+    def name(self) -> str:
+        return self.folder.root.name
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """The token grid of an output size, which must be a multiple of the downsampling
+        factor and at least the training size (smaller needs a window the GPT never saw)."""
+        f, size = self.downsampling, self.training_size
+        if height % f or width % f or height < size or width < size:
+            raise StageError(f"output size {width}x{height}: both sides must be multiples of {f} "
+                             f"(the VQGAN's downsampling) and at least the training size {size}")
+        return height // f, width // f
+
+    def autocast(self):
+        """bf16 autocast for the GPT on CUDA (when supported); float32 elsewhere."""
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A seeded generator on the model's device (multinomial draws there)."""
+        return torch.Generator(device=self.device).manual_seed(seed)
