@@ -100,8 +100,13 @@ def run_route(repo: Path) -> list[str]:
     ("segmentation", ["annotate@segmentation", "train-vqgan@segmentation"]),
 ])
 def test_each_conditioning_runs_end_to_end_at_smoke_size(tmp_path, conditioning, route):
-    """(The depth route is tests/test_pipeline.py's smoke test.)"""
+    """(The depth route is tests/test_pipeline.py's smoke test.) The class model is trained
+    with condition dropout, and a guidance sweep point reruns only sample and evaluate."""
     repo = make_smoke_repo(tmp_path / "repo", conditioning=conditioning)
+    if conditioning == "class":
+        params = yaml.safe_load((repo / "params.yaml").read_text())
+        params["transformer"]["label_dropout"] = 0.5
+        (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = run_route(repo)
     assert set(stages) == COMMON | set(route), stages
     project = yaml.safe_load((repo / "data/transformer/configs/transformer-project.yaml").read_text())["model"]
@@ -120,6 +125,14 @@ def test_each_conditioning_runs_end_to_end_at_smoke_size(tmp_path, conditioning,
     if conditioning == "segmentation":
         assert 0 <= reconstruction["segmentation"]["pixel_accuracy"] <= 1
     assert Image.open(repo / "data/samples/grid.png").size[0] > 0
+    if conditioning == "class":
+        assert project["params"]["null_token"] == 2      # recorded: guidance works after reloading
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "class route"],
+                       cwd=repo, check=True)
+        sweep = run_dvc(repo, "exp", "run", "-S", "guidance_scale=2.0")
+        assert RAN.findall(sweep.stdout) == ["sample", "evaluate"]
+        guided = json.loads((repo / "data/samples/samples.json").read_text())
+        assert guided["guidance_scale"] == 2.0
 
 
 REFERENCE_VQGAN = "tests/reference/taming_small/vqgan_image"
