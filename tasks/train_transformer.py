@@ -97,6 +97,36 @@ def gpt_params(cfg: TransformerConfig, vocab: Vocabulary) -> dict:
             "resid_pdrop": cfg.resid_pdrop, "attn_pdrop": cfg.attn_pdrop}
 
 
+def init_weights(module, cfg: TransformerConfig, meta: TokenMeta) -> None:
+    """Fine-tuning: start from the GPT of the transformer folder ``cfg.init_from``. Its
+    architecture must be this run's, and its first stage the one that made the tokens (the
+    GPT's image tokens mean that VQGAN's codes)."""
+    import torch
+
+    from models.checkpoint import read_state_dict
+    from models.folder import ModelFolder
+
+    source = ModelFolder.open(cfg.init_from)
+    where = f"transformer.init_from {cfg.init_from}"
+    if not source.is_transformer:
+        raise StageError(f"{where}: holds a {source.target}, not a transformer")
+    state, _ = read_state_dict(source.checkpoint)
+    gpt = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
+    ours = module.model.transformer.state_dict()
+    mismatched = sorted(k for k in ours if k not in gpt or gpt[k].shape != ours[k].shape)
+    if mismatched:
+        raise StageError(f"{where}: its GPT does not fit this run's transformer settings "
+                         f"({len(mismatched)} parameters differ, e.g. {mismatched[:3]}): set n_layer, n_head, "
+                         f"n_embd and the vocabulary as it was trained")
+    codebook = state.get("first_stage_model.quantize.embedding.weight")
+    first_stage, _ = read_state_dict(vqgan_folder(meta.image).checkpoint)
+    if codebook is None or not torch.equal(codebook, first_stage["quantize.embedding.weight"]):
+        raise StageError(f"{where}: its first stage is not the VQGAN that made the tokens ({meta.image.folder}); "
+                         f"fine-tune on tokens of the same first stage (vqgan.image: {{folder: <its first stage>}})")
+    module.model.transformer.load_state_dict({k: gpt[k] for k in ours}, strict=True)
+    print(f"train-transformer: starting from the GPT of {source.root} (SHA-256 {source.sha256[:12]}...)")
+
+
 def run(cfg: TransformerConfig, layout: Layout = DATA) -> Path:
     import lightning as L
 
@@ -125,6 +155,8 @@ def run(cfg: TransformerConfig, layout: Layout = DATA) -> Path:
         cond_dropout=cfg.label_dropout, null_token=vocab.null_token, learning_rate=cfg.learning_rate(),
         weight_decay=cfg.weight_decay, betas=cfg.betas, warmup_steps=cfg.warmup_steps,
         max_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio, stage_checkpoints=stages)
+    if cfg.init_from and resume is None:
+        init_weights(module, cfg, meta)
     trainer = make_trainer(out, layout.logs("transformer"), cfg, desc="train-transformer", resuming=resume is not None)
     train = token_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=len(train_set) >= cfg.batch_size)
     val = token_loader(val_set, cfg.batch_size, shuffle=False) if val_set is not None else None

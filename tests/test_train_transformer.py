@@ -13,6 +13,7 @@ import yaml
 from params_files import write_params
 from scene_data import make_scene_data
 
+from models.checkpoint import read_state_dict
 from models.files import sha256_file
 from models.pretrained import load_with_report
 from tasks import tokenize_images as tokenize
@@ -211,3 +212,37 @@ def test_checkpoint_layout_round_trip_restores_the_transformer(vqgans):
     restored.on_load_checkpoint(checkpoint)
     restored.load_state_dict(checkpoint["state_dict"], strict=True)
     torch.testing.assert_close(restored.model.transformer.head.weight, saved.model.transformer.head.weight)
+
+
+def test_fine_tuning_starts_from_a_published_transformer(repo, tmp_path):
+    """transformer.init_from: the GPT of another run starts this one; a different architecture
+    or a first stage other than the tokens' is refused, naming the setting."""
+    from tasks.config.schema import TransformerConfig
+    from tasks.runtime.errors import StageError
+    from tasks.train_transformer import init_weights
+
+    tokenize.run(_tokenize(), "depth")
+    train_transformer.run(build(TransformerConfig, GPT, "transformer"))
+    published = tmp_path / "published"
+    shutil.copytree("data/transformer", published)
+    source, _ = read_state_dict(published / "checkpoints/last.ckpt")
+    meta = TokenDataset("data/tokens/train").meta
+    vocab = train_transformer.Vocabulary.of(meta, 0.0)
+    cfg = build(TransformerConfig, {**GPT, "init_from": str(published)}, "transformer")
+
+    def fresh(**gpt):
+        return LitTransformer(gpt={**train_transformer.gpt_params(cfg, vocab), **gpt}, unconditional=False, pkeep=1.0,
+                              cond_dropout=0.0, null_token=None, learning_rate=1e-3, weight_decay=0.0,
+                              betas=(0.9, 0.95), warmup_steps=1, max_steps=4, min_lr_ratio=0.1, stage_checkpoints={})
+
+    module = fresh()
+    init_weights(module, cfg, meta)
+    for k, v in module.model.transformer.state_dict().items():
+        assert torch.equal(v, source[f"transformer.{k}"]), k
+    with pytest.raises(StageError, match="does not fit this run's transformer settings"):
+        init_weights(fresh(n_embd=64), cfg, meta)
+    other = torch.load("data/vqgan/image/checkpoints/last.ckpt", weights_only=True)
+    other["state_dict"]["quantize.embedding.weight"] += 1
+    torch.save(other, "data/vqgan/image/checkpoints/last.ckpt")
+    with pytest.raises(StageError, match="its first stage is not the VQGAN that made the tokens"):
+        init_weights(fresh(), cfg, meta)

@@ -367,6 +367,7 @@ class TransformerConfig(TrainingConfig):
     min_lr_ratio: float = 0.1
     batch_size: int = 32
     max_steps: int = 2000
+    init_from: str | None = None     # fine-tune: a transformer folder (or s3://) whose GPT weights start the run
 
     def __post_init__(self):
         self._check_training("transformer")

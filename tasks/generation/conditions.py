@@ -29,6 +29,7 @@ from tasks.data.images import labels_to_rgb
 from tasks.generation.model import SamplingModel
 from tasks.runtime.errors import StageError
 
+
 @dataclass
 class Condition:
     """One conditioning: `name` is its output folder (a class label, a file's stem; "" for
