@@ -37,7 +37,6 @@ STAGES: dict[str, tuple[str, str]] = {
     "fid-reference": ("tasks.fid_reference", "Inception features of the FID reference images, computed once"),
     "evaluate": ("tasks.evaluate", "FID/KID of the samples against the reference into metrics/samples.json"),
     "evaluate-vqgan": ("tasks.evaluate_vqgan", "the first stages' reconstructions (PSNR, SSIM, rFID) and codebook usage"),
-    "evaluate": ("tasks.evaluate", "FID/KID, reconstruction metrics and codebook usage into metrics/*.json"),
     "sample-model": ("tasks.sample_model", "sample any transformer folder (ours, official, s3://) without a dataset"),
     "reconstruct": ("tasks.reconstruct", "run images through a VQGAN folder: reconstructions, PSNR/SSIM, codebook usage"),
     "weights": ("tasks.weights", "list, fetch, import or push pretrained weight files"),
