@@ -9,7 +9,9 @@
 Finding the files of a folder (and what it holds without loading it) is models/folder.py.
 
 The YAML's `model.target` picks one of a fixed set of classes (TARGETS); no target
-string is ever imported. The checkpoint is read by models/checkpoint.py, which runs no
+string is ever imported. The model is first built on PyTorch's meta device, which
+allocates nothing, and refused if it would exceed models/limits.py (a YAML asking for
+`n_embed: 2147483648` would take 64 GiB). The checkpoint is read by models/checkpoint.py, which runs no
 pickled code. Training-only keys (`loss.*`) are dropped; other missing or unexpected
 keys are reported (a warning, or an error with strict=True). A Net2NetTransformer's
 first and cond stages are built from their configs inside its YAML and take their
@@ -24,9 +26,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 from models.checkpoint import CheckpointError, read_state_dict
 from models.folder import NET2NET, locate, read_config
+from models.limits import MAX_MODEL_BYTES, MAX_MODEL_MODULES
 from models.vqgan import GumbelVQ, VQModel, VQSegmentationModel
 
 VQ_TARGETS: dict[str, type[VQModel]] = {
@@ -95,8 +99,49 @@ def _training_only(key: str) -> bool:
 
 def build_model(model_cfg: dict, source: str | Path = "config",
                 state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """{target, params} -> an untrained model of one of the TARGETS classes.
+    """{target, params} -> an untrained model of one of the TARGETS classes, refused with
+    CheckpointError if it would be larger than models/limits.py allows.
     `state_dict` (the checkpoint's) only supplies `remap` code lists whose .npy is absent."""
+    check_model_size(lambda: _build_model(model_cfg, source, state_dict), source)
+    return _build_model(model_cfg, source, state_dict)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def check_model_size(build, source: str | Path) -> None:
+    """Run ``build()`` on the meta device (tensors without memory) and count the bytes of
+    every parameter and buffer and the modules as they are registered, stopping as soon as
+    MAX_MODEL_BYTES or MAX_MODEL_MODULES is passed."""
+    total = {"bytes": 0, "modules": 0}
+
+    def tensor(module, name, t):
+        if t is not None:
+            total["bytes"] += t.numel() * t.element_size()
+            if total["bytes"] > MAX_MODEL_BYTES:
+                raise _TooLarge(f"its parameters and buffers pass {MAX_MODEL_BYTES} bytes (at {name} of shape "
+                                f"{tuple(t.shape)} in a {type(module).__name__})")
+
+    def submodule(module, name, child):
+        total["modules"] += 1
+        if total["modules"] > MAX_MODEL_MODULES:
+            raise _TooLarge(f"it has more than {MAX_MODEL_MODULES} modules")
+
+    hooks = [torch_module.register_module_parameter_registration_hook(tensor),
+             torch_module.register_module_buffer_registration_hook(tensor),
+             torch_module.register_module_module_registration_hook(submodule)]
+    try:
+        with torch.device("meta"):
+            build()
+    except _TooLarge as e:
+        raise CheckpointError(f"{source}: refusing to build the model it describes: {e} (models/limits.py)") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _build_model(model_cfg: dict, source: str | Path, state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
     target, params = model_cfg["target"], dict(model_cfg.get("params") or {})
     if target in VQ_TARGETS:
         return build_vqgan(model_cfg, source, state_dict)
@@ -115,7 +160,10 @@ def build_model(model_cfg: dict, source: str | Path = "config",
                                  state_dict, prefix="cond_stage_model.")
     # other cond stages (class label, SOS, coordinates, the first stage) carry no weights of
     # their own: Net2NetTransformer builds them from cond_stage_config
-    return Net2NetTransformer.from_original_config(params, first_stage, cond_stage)
+    try:
+        return Net2NetTransformer.from_original_config(params, first_stage, cond_stage)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: params for {target} do not fit: {e}") from None
 
 
 def build_vqgan(model_cfg: dict, source: str | Path = "config",
@@ -129,5 +177,5 @@ def build_vqgan(model_cfg: dict, source: str | Path = "config",
         params["remap"] = state_dict[used]  # the used-code list is saved as a buffer, too
     try:
         return VQ_TARGETS[target](**params)
-    except TypeError as e:
+    except (TypeError, ValueError, OSError) as e:   # OSError: a remap file that is missing or not a file
         raise CheckpointError(f"{source}: params for {target} do not fit: {e}") from None

@@ -1,0 +1,33 @@
+"""What the model layer accepts from untrusted files: checkpoints, project YAMLs and the
+code lists (``remap``) they name.
+
+A checkpoint downloaded or fetched from S3 is untrusted, and so is the YAML beside it.
+Memory must follow the bytes a file really holds, never a size it declares:
+
+- checkpoints (models/checkpoint.py): every member of the zip is stored uncompressed,
+  as torch.save writes them (a deflated ``data.pkl`` of 51 KB can inflate without end),
+  members do not overlap (together they hold at most the file's bytes), the pickle is
+  bounded, and no tensor claims more bytes than its storage holds (a stride-0 view of
+  2**31 elements costs 8 bytes on disk and 16 GiB once copied);
+- project YAMLs (models/pretrained.py): the model is first built on PyTorch's meta
+  device, which allocates nothing, and refused above the limits below;
+- ``remap`` code lists: a regular file (not a FIFO or device) holding at most one entry
+  per codebook entry, checked from the .npy header before the array is read.
+"""
+from __future__ import annotations
+
+# Bytes of a checkpoint's pickle (data.pkl: the dicts and lists around the tensors, whose
+# bytes are stored beside it). Unpickled Python objects take up to ~30x their pickled size;
+# a Lightning checkpoint's pickle is tens to hundreds of KB.
+MAX_PICKLE_BYTES = 64 * 2**20
+
+# Parameters and buffers of a model a project YAML describes. The largest published
+# taming transformers have about 1.4 billion float32 parameters (5.6 GB).
+MAX_MODEL_BYTES = 16 * 2**30
+
+# nn.Modules in such a model: each costs memory even on the meta device, so a YAML asking
+# for a billion layers is refused early. The largest published models have under 2000.
+MAX_MODEL_MODULES = 10_000
+
+# Positions of a transformer's latent grid that a permuter orders (H x W): a 256 x 256 grid.
+MAX_GRID_TOKENS = 256 * 256
