@@ -131,16 +131,13 @@ def extractor_info(pretrained: bool) -> dict:
 
 def png_batches(folder: Path, batch_size: int) -> Iterator[torch.Tensor]:
     """uint8 (B, 3, H, W) batches of the PNGs in ``folder``, in name order."""
-    from PIL import Image
+    from tasks.data.images import load_rgb
 
     paths = sorted(folder.glob("*.png"))
     if not paths:
         raise FileNotFoundError(f"{folder}: no sample PNGs (run the sample stage first)")
     for i in range(0, len(paths), batch_size):
-        arrays = []
-        for p in paths[i:i + batch_size]:
-            with Image.open(p) as im:
-                arrays.append(np.asarray(im.convert("RGB")))
+        arrays = [load_rgb(p) for p in paths[i:i + batch_size]]
         yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
