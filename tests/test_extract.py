@@ -220,6 +220,8 @@ def test_inspect_image_classifies_each_kind():
     assert inspect_image(image_bytes(1)) == (None, None)
     assert inspect_image(b"") == ("zero-byte file", None)
     assert inspect_image(b"\xff\xd8\xff" + b"\x00" * 50)[0] is not None
+    for short in (b"\x00", b"II*", b"GIF8"):      # too short for some formats' magic-byte tests
+        assert inspect_image(short) == ("not an image", None)
     assert inspect_image(truncated())[0].startswith("truncated or corrupt")
     assert inspect_image(image_bytes(2, "CMYK")) == (None, "CMYK JPEG")
     assert inspect_image(image_bytes(3, fmt="PNG")) == (None, "PNG data under a .JPEG name")
