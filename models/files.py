@@ -55,10 +55,16 @@ def open_regular(path: str | Path) -> BinaryIO:
 
 
 def _check_regular(path: str | Path, mode: int) -> None:
-    if not stat.S_ISREG(mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket or other special file")
+    if kind := special_kind(mode):
         raise OSError(f"{path}: is {kind}, not a regular file; refusing to read it")
+
+
+def special_kind(mode: int) -> str | None:
+    """What a file of this ``st_mode`` is if it is not a regular file ("a FIFO", ...), else None."""
+    if stat.S_ISREG(mode):
+        return None
+    return ("a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket or other special file")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -192,7 +192,7 @@ def test_custom_lists_stay_under_their_folder_unless_told_otherwise(tmp_path):
     (lists / "test.txt").write_text("ok.png\n")
     depth = "../" * len(lists.parts)
     cases = {f"{depth}etc/passwd": "is outside", "/etc/passwd": "is outside", "innocent.png": "is outside",
-             "../images/shared.png": "is outside", "pipe.png": "is not a regular file (a FIFO"}
+             "../images/shared.png": "is outside", "pipe.png": "is a FIFO, not a regular file"}
     for line, reason in cases.items():
         (lists / "train.txt").write_text(f"ok.png\n{line}\n")
         cfg = DataConfig(source="custom", custom=CustomConfig(str(lists / "train.txt"), str(lists / "test.txt")))

@@ -11,9 +11,9 @@ image must be a regular file (not a FIFO or device) of at most MAX_IMAGE_BYTES.
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
 
+from models.files import special_kind
 from tasks.data.limits import MAX_IMAGE_BYTES
 from tasks.runtime.errors import StageError
 
@@ -42,8 +42,8 @@ def read_image_list(path: str | Path, root: str | Path | None = None, allow_outs
             st = image.stat()
         except FileNotFoundError:
             raise StageError(f"{path}:{n}: image {name!r} not found (looked at {image})") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise StageError(f"{path}:{n}: image {name!r} is not a regular file (a FIFO, device or folder)")
+        if kind := special_kind(st.st_mode):
+            raise StageError(f"{path}:{n}: image {name!r} is {kind}, not a regular file")
         if st.st_size > MAX_IMAGE_BYTES:
             raise StageError(f"{path}:{n}: image {name!r} has {st.st_size} bytes, more than the limit of "
                              f"{MAX_IMAGE_BYTES}")
