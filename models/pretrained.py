@@ -9,10 +9,10 @@
 Finding the files of a folder (and what it holds without loading it) is models/folder.py.
 
 The YAML's `model.target` picks one of a fixed set of classes (TARGETS); no target
-string is ever imported. The model is first built on PyTorch's meta device, which
-allocates nothing, and refused if it would exceed models/limits.py (a YAML asking for
-`n_embed: 2147483648` would take 64 GiB). The checkpoint is read by models/checkpoint.py, which runs no
-pickled code. Training-only keys (`loss.*`) are dropped; other missing or unexpected
+string is ever imported. build_model and build_vqgan go through
+models.limits.build_within_limits: a model a YAML describes is sized on the meta device
+before it is built (`n_embed: 2147483648` would take 64 GiB). The checkpoint is read
+by models/checkpoint.py, which runs no pickled code. Training-only keys (`loss.*`) are dropped; other missing or unexpected
 keys are reported (a warning, or an error with strict=True). A Net2NetTransformer's
 first and cond stages are built from their configs inside its YAML and take their
 weights from its checkpoint: their `ckpt_path`s are never opened.
@@ -26,11 +26,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.modules import module as torch_module
 
 from models.checkpoint import CheckpointError, read_state_dict
 from models.folder import NET2NET, locate, read_config
-from models.limits import MAX_MODEL_BYTES, MAX_MODEL_MODULES
+from models.limits import build_within_limits
 from models.vqgan import GumbelVQ, VQModel, VQSegmentationModel
 
 VQ_TARGETS: dict[str, type[VQModel]] = {
@@ -100,64 +99,28 @@ def _training_only(key: str) -> bool:
 def build_model(model_cfg: dict, source: str | Path = "config",
                 state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """{target, params} -> an untrained model of one of the TARGETS classes, refused with
-    CheckpointError if it would be larger than models/limits.py allows.
+    ModelTooLarge if it would be larger than models/limits.py allows.
     `state_dict` (the checkpoint's) only supplies `remap` code lists whose .npy is absent."""
-    check_model_size(lambda: _build_model(model_cfg, source, state_dict), source)
-    return _build_model(model_cfg, source, state_dict)
-
-
-class _TooLarge(Exception):
-    pass
-
-
-def check_model_size(build, source: str | Path) -> None:
-    """Run ``build()`` on the meta device (tensors without memory) and count the bytes of
-    every parameter and buffer and the modules as they are registered, stopping as soon as
-    MAX_MODEL_BYTES or MAX_MODEL_MODULES is passed."""
-    total = {"bytes": 0, "modules": 0}
-
-    def tensor(module, name, t):
-        if t is not None:
-            total["bytes"] += t.numel() * t.element_size()
-            if total["bytes"] > MAX_MODEL_BYTES:
-                raise _TooLarge(f"its parameters and buffers pass {MAX_MODEL_BYTES} bytes (at {name} of shape "
-                                f"{tuple(t.shape)} in a {type(module).__name__})")
-
-    def submodule(module, name, child):
-        total["modules"] += 1
-        if total["modules"] > MAX_MODEL_MODULES:
-            raise _TooLarge(f"it has more than {MAX_MODEL_MODULES} modules")
-
-    hooks = [torch_module.register_module_parameter_registration_hook(tensor),
-             torch_module.register_module_buffer_registration_hook(tensor),
-             torch_module.register_module_module_registration_hook(submodule)]
-    try:
-        with torch.device("meta"):
-            build()
-    except _TooLarge as e:
-        raise CheckpointError(f"{source}: refusing to build the model it describes: {e} (models/limits.py)") from None
-    finally:
-        for hook in hooks:
-            hook.remove()
+    return build_within_limits(lambda: _build_model(model_cfg, source, state_dict), source)
 
 
 def _build_model(model_cfg: dict, source: str | Path, state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
     target, params = model_cfg["target"], dict(model_cfg.get("params") or {})
     if target in VQ_TARGETS:
-        return build_vqgan(model_cfg, source, state_dict)
+        return _build_vqgan(model_cfg, source, state_dict)
     if target != NET2NET:
         raise CheckpointError(f"{source}: unsupported model target {target!r}; known: {', '.join(TARGETS)}")
     from models.net2net import Net2NetTransformer
 
     if "first_stage_config" not in params:
         raise CheckpointError(f"{source}: a Net2NetTransformer config needs model.params.first_stage_config")
-    first_stage = build_vqgan(params.pop("first_stage_config"), f"{source} first_stage_config",
-                              state_dict, prefix="first_stage_model.")
+    first_stage = _build_vqgan(params.pop("first_stage_config"), f"{source} first_stage_config",
+                               state_dict, prefix="first_stage_model.")
     cond_stage = None
     cond_cfg = params.get("cond_stage_config")
     if isinstance(cond_cfg, dict) and cond_cfg.get("target") in VQ_TARGETS:
-        cond_stage = build_vqgan(params.pop("cond_stage_config"), f"{source} cond_stage_config",
-                                 state_dict, prefix="cond_stage_model.")
+        cond_stage = _build_vqgan(params.pop("cond_stage_config"), f"{source} cond_stage_config",
+                                  state_dict, prefix="cond_stage_model.")
     # other cond stages (class label, SOS, coordinates, the first stage) carry no weights of
     # their own: Net2NetTransformer builds them from cond_stage_config
     try:
@@ -168,6 +131,13 @@ def _build_model(model_cfg: dict, source: str | Path, state_dict: dict[str, torc
 
 def build_vqgan(model_cfg: dict, source: str | Path = "config",
                 state_dict: dict[str, torch.Tensor] | None = None, prefix: str = "") -> VQModel:
+    """A VQGAN {target, params} -> the untrained model, refused with ModelTooLarge if it
+    would be larger than models/limits.py allows."""
+    return build_within_limits(lambda: _build_vqgan(model_cfg, source, state_dict, prefix), source)
+
+
+def _build_vqgan(model_cfg: dict, source: str | Path, state_dict: dict[str, torch.Tensor] | None,
+                 prefix: str = "") -> VQModel:
     target = model_cfg.get("target")
     if target not in VQ_TARGETS:
         raise CheckpointError(f"{source}: expected a VQGAN target ({', '.join(VQ_TARGETS)}), got {target!r}")

@@ -12,6 +12,7 @@ import torch
 import yaml
 
 from models.checkpoint import CheckpointError
+from models.limits import ModelTooLarge
 from models.pretrained import build_vqgan, load_pretrained, load_with_report
 from models.vqgan import VQModel
 
@@ -184,8 +185,10 @@ def test_a_project_yaml_asking_for_a_huge_model_is_refused_before_anything_is_al
     run, cfg = vqgan_run
     cfg["params"].update({k: ({**cfg["params"][k], **v} if isinstance(v, dict) else v) for k, v in params.items()})
     config = _write_config(run, cfg, "2027-01-01T00-00-00-project.yaml")
-    with pytest.raises(CheckpointError, match=f"{config}: refusing to build the model it describes: {message}"):
+    with pytest.raises(ModelTooLarge, match=f"{config}: refusing to build the model it describes: {message}"):
         load_pretrained(run)
+    with pytest.raises(ModelTooLarge, match=f"yaml: refusing to build the model it describes: {message}"):
+        build_vqgan(cfg, "yaml")        # what every loader of a first stage builds with
 
 
 def test_a_stride_0_used_code_list_with_a_remap_is_refused_before_it_is_copied(vqgan_run):
