@@ -5,7 +5,7 @@ A checkpoint downloaded or fetched from S3 is untrusted, and so is the YAML besi
 Memory must follow the bytes a file really holds, never a size it declares:
 
 - checkpoints (models/checkpoint.py): every member of the zip is stored uncompressed,
-  as torch.save writes them (a deflated ``data.pkl`` of 51 KB can inflate without end),
+  as torch.save writes them (a deflated ``data.pkl`` of 51 KB inflates to gigabytes),
   members do not overlap (together they hold at most the file's bytes), the pickle is
   bounded, and no tensor claims more bytes than its storage holds (a stride-0 view of
   2**31 elements costs 8 bytes on disk and 16 GiB once copied);
@@ -24,7 +24,7 @@ from models.errors import ModelFileError
 T = TypeVar("T")
 
 # Bytes of a checkpoint's pickle (data.pkl: the dicts and lists around the tensors, whose
-# bytes are stored beside it). Unpickled Python objects take up to ~30x their pickled size;
+# bytes are stored beside it). Unpickled Python objects take many times their pickled size;
 # a Lightning checkpoint's pickle is tens to hundreds of KB.
 MAX_PICKLE_BYTES = 64 * 2**20
 
