@@ -5,7 +5,7 @@ A checkpoint downloaded or fetched from S3 is untrusted, and so is the YAML besi
 Memory must follow the bytes a file really holds, never a size it declares:
 
 - checkpoints (models/checkpoint.py): every member of the zip is stored uncompressed,
-  as torch.save writes them (a deflated ``data.pkl`` of 51 KB inflates to gigabytes),
+  as torch.save writes them (deflate packs up to ~1000 bytes into one: a zip bomb),
   members do not overlap (together they hold at most the file's bytes), the pickle is
   bounded, and no tensor claims more bytes than its storage holds (a stride-0 view of
   2**31 elements costs 8 bytes on disk and 16 GiB once copied);
