@@ -120,7 +120,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], int | No
 
 def _check_archive(path: Path) -> None:
     """torch.save stores every zip member uncompressed, one after another. Refuse anything
-    else before torch reads it: compressed members (a zip bomb inflates without bound) and
+    else before torch reads it: compressed members (a zip bomb: ~1000 bytes per stored byte) and
     members that overlap, which together claim more bytes than the file has."""
     try:
         with zipfile.ZipFile(path) as archive:
