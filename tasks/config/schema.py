@@ -72,8 +72,10 @@ class ImagenetConfig:
 
 @dataclass
 class CustomConfig:
-    train_list: str = ""   # text file: one image path per line
+    train_list: str = ""   # text file: one image path per line (relative: from the list's folder)
     test_list: str = ""
+    root: str = ""         # listed images must lie under this folder (empty: each list's own folder)
+    allow_outside: bool = False   # true: read listed images wherever they are
 
 
 @dataclass

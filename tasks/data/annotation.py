@@ -25,6 +25,7 @@ import numpy as np
 
 from tasks.config.schema import AnnotateConfig
 from tasks.data.formats import load_depth_png, load_label_png, save_depth_png, save_label_png
+from tasks.data.images import open_image, to_rgb
 from tasks.data.layout import Layout
 from tasks.runtime.progress import progress
 
@@ -70,20 +71,17 @@ def groundtruth_path(data_dir: Path, kind: str, relpath: str) -> Path:
 
 
 def _read_image(path: Path, read: Callable):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return read(im)
-    except (OSError, ValueError, Image.UnidentifiedImageError) as e:  # missing, truncated, not an image
-        raise ValueError(f"{path}: cannot read image: {e}") from e
+    """``read(image)`` of an image file opened by open_image (accepted formats and sizes; a
+    missing, truncated or refused file raises ImageRefused naming it)."""
+    with open_image(path) as im:
+        return read(im)
 
 
 def load_image(data_dir: Path, split: str, relpath: str):
     """uint8 RGB (3, H, W) tensor."""
     import torch
 
-    rgb = _read_image(image_path(data_dir, split, relpath), lambda im: np.asarray(im.convert("RGB")))
+    rgb = _read_image(image_path(data_dir, split, relpath), to_rgb)
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 

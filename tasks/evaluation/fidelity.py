@@ -147,16 +147,16 @@ class PngBatches:
         return self.total
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        from PIL import Image
+        from tasks.data.images import open_image, to_rgb
 
         for i in range(0, len(self.paths), self.batch_size):
             arrays = []
             for p in self.paths[i:i + self.batch_size]:
-                with Image.open(p) as im:
+                with open_image(p) as im:
                     if self.expect_size and im.size != (self.expect_size, self.expect_size):
                         raise ValueError(f"{p}: {im.size[0]}x{im.size[1]} px, the reference images are "
                                          f"{self.expect_size}x{self.expect_size} (evaluate.resolution)")
-                    arrays.append(np.asarray(im.convert("RGB")))
+                    arrays.append(to_rgb(im))
             yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
