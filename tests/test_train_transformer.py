@@ -7,6 +7,8 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
@@ -84,6 +86,57 @@ def test_tokenize_shards_resume_and_record_sources(repo):
         for aug, flip in ((0, lambda x: x), (1, lambda x: torch.flip(x, [-1]))):
             assert image_vq.encode(flip(sample["image"])[None])[2][0].tolist() == ds.image_tokens[rows[aug]].tolist()
             assert depth_vq.encode(flip(sample["depth"])[None])[2][0].tolist() == ds.cond_tokens[rows[aug]].tolist()
+
+
+def test_changed_settings_remake_the_parts_without_duplicates_or_leftovers(repo):
+    """A rerun used to keep parts made with other settings: flipped rows after hflip was
+    turned off, and duplicate rows after rows_per_part changed."""
+    tokenize.run(_tokenize(hflip=True), splits=("train",))
+    assert len(TokenDataset("data/tokens/train")) == 6 * 2
+    again = tokenize.run(_tokenize(hflip=False), splits=("train",))
+    assert again["train"]["written"] == 3                      # every part re-made
+    ds = TokenDataset("data/tokens/train")
+    assert len(ds) == 6 and set(ds.aug.tolist()) == {0} and ds.meta.rows.hflip is False
+
+    bigger = tokenize.run(_tokenize(hflip=False, rows_per_part=4), splits=("train",))
+    assert (bigger["train"]["parts"], bigger["train"]["written"]) == (2, 2)
+    assert [p.name for p in list_parts("data/tokens/train")] == ["part-00000.parquet", "part-00001.parquet"]
+    ds = TokenDataset("data/tokens/train")
+    assert len(ds) == 6 and len(set(ds.ids)) == 6               # no row twice
+
+    assert tokenize.run(_tokenize(hflip=False, rows_per_part=4, seed=1), splits=("train",))["train"]["written"] == 2
+    # a changed image (same name, new bytes) re-makes just its part
+    first = sorted(Path("data/imagenet/train/filelist.txt").read_text().split())[0]
+    image = Path("data/imagenet/train") / first
+    image.write_bytes(image.read_bytes())
+    assert tokenize.run(_tokenize(hflip=False, rows_per_part=4, seed=1), splits=("train",))["train"]["written"] == 1
+
+
+def test_a_sharded_split_gets_its_manifest_from_the_last_shard(repo):
+    cfg = _tokenize(hflip=False, rows_per_part=1)   # 2 validation images: 2 parts
+    first = tokenize.run(cfg, splits=("validation",), shard=0, num_shards=2)
+    assert first["validation"]["complete"] is False and not Path("data/tokens/validation/manifest.json").exists()
+    with pytest.raises(ValueError, match="manifest.json: missing"):
+        TokenDataset("data/tokens/validation")
+    assert tokenize.run(cfg, splits=("validation",), shard=1, num_shards=2)["validation"]["complete"] is True
+    assert len(TokenDataset("data/tokens/validation")) == 2
+
+
+def test_damaged_tokens_stop_training_before_it_starts_naming_the_file(repo, capsys):
+    """In-range token flips used to train with rc=0."""
+    tokenize.run(_tokenize())
+    part = Path("data/tokens/train/part-00001.parquet")
+    table = pq.read_table(part)
+    tokens = np.stack(table.column("image_tokens").to_pylist()).astype(np.uint16)
+    tokens[0, 5] = (tokens[0, 5] + 1) % 32
+    column = pa.FixedSizeListArray.from_arrays(pa.array(tokens.reshape(-1), type=pa.uint16()), tokens.shape[1])
+    pq.write_table(table.set_column(3, table.schema.field("image_tokens"), column), part)
+    Path("params.yaml").write_text(yaml.safe_dump({"vqgan": {"image": VQ, "depth": VQ}, "transformer": GPT}))
+    from tasks.cli import main
+    assert main(["train-transformer"]) == 1
+    err = capsys.readouterr().err
+    assert f"{part}: contents changed since tokenize wrote it" in err and "Traceback" not in err
+    assert not Path("data/transformer/checkpoints").exists()
 
 
 def test_segmentation_tokens_encode_one_hot_label_maps(repo):
@@ -171,8 +224,9 @@ def test_loss_decreases_on_a_repeated_batch():
 
 
 def test_label_dropout_adds_a_null_token_to_the_vocabulary():
-    from tasks.data.token_store import Codes, TokenMeta
-    meta = TokenMeta(image=Codes("image", 16, (2, 2)), cond=Codes("class", 16, (1, 1)), size=8)
+    from tasks.data.token_store import Codes, RowSettings, TokenMeta
+    meta = TokenMeta(image=Codes("image", 16, (2, 2)), cond=Codes("class", 16, (1, 1)), size=8,
+                     rows=RowSettings(hflip=False, extra_crops=0, seed=0, rows_per_part=1))
     assert train_transformer.Vocabulary.of(meta, 0.0) == train_transformer.Vocabulary(16, 5, None)
     assert train_transformer.Vocabulary.of(meta, 0.1) == train_transformer.Vocabulary(17, 5, 16)
 
