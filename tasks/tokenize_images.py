@@ -172,18 +172,14 @@ def _run(cfg: TokenizeConfig, splits, shard: int, num_shards: int, layout: Layou
 
 def part_infos(centre, cfg: TokenizeConfig, split: str, layout: Layout, with_maps: bool) -> list:
     """Every part of a split: which images, which augmentations, and a signature of their files."""
-    from tasks.data.annotation import output_path
     from tasks.data.files import files_signature
     from tasks.data.token_store import PartInfo
 
-    def files(rel: str) -> list:
-        return [layout.images / split / rel] + ([output_path(layout.root, cfg.cond, split, rel)] if with_maps else [])
-
-    n = len(centre)
+    n, maps = len(centre), cfg.cond if with_maps else None
     return [PartInfo(split=split, index=k, first=first, stop=min(n, first + cfg.rows_per_part),
                      augmentations=tuple(cfg.augmentations(split)),
-                     inputs=files_signature(f for rel in centre.relpaths[first:first + cfg.rows_per_part]
-                                            for f in files(rel)))
+                     inputs=files_signature(layout.sample_files(split, centre.relpaths[first:first + cfg.rows_per_part],
+                                                                maps)))
             for k, first in enumerate(range(0, n, cfg.rows_per_part))]
 
 

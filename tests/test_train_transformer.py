@@ -23,6 +23,7 @@ from tasks.config.schema import TokenizeConfig
 from tasks.config.typed import build
 from tasks.data.token_store import TokenDataset, list_parts, read_meta
 from tasks.training.lit_transformer import LitTransformer, warmup_cosine
+from training_runs import differing_tensors, history, run_stage, start_paused
 
 REPO = Path(__file__).resolve().parents[1]
 VQ = {"resolution": 32, "n_embed": 32, "embed_dim": 8, "batch_size": 4, "max_steps": 2, "val_every": 2, "ckpt_every": 2,
@@ -206,6 +207,84 @@ def test_tokens_from_other_vqgan_weights_are_refused(repo, capsys):
     err = capsys.readouterr().err
     assert "image tokens were made by a VQGAN checkpoint with SHA-256" in err
     assert "rerun `taming tokenize`" in err and not Path("data/transformer/checkpoints").exists()
+
+
+# dropout and pkeep draw from the RNG; a log row every step
+RESUMABLE = {**GPT, "max_steps": 12, "ckpt_every": 4, "val_every": 6, "pkeep": 0.8, "embd_pdrop": 0.1,
+             "resid_pdrop": 0.1, "attn_pdrop": 0.1}
+
+
+def _transformer_params(gpt: dict) -> None:
+    Path("params.yaml").write_text(yaml.safe_dump({"vqgan": {"image": VQ, "depth": VQ}, "transformer": gpt}))
+
+
+def _resume_ckpt_step() -> int:
+    return torch.load("data/transformer/resume/last.ckpt", weights_only=True)["global_step"]
+
+
+def test_a_run_killed_and_resumed_equals_an_uninterrupted_one_bit_for_bit(repo):
+    """Every tensor of the final checkpoint (weights, AdamW moments, RNG state) and every
+    logged value; a resumed run used to differ in 21 of 320 tensors (data order, RNG)."""
+    tokenize.run(_tokenize())
+    _transformer_params(RESUMABLE)
+    run_stage(repo, "train-transformer")
+    shutil.move("data/transformer", "uninterrupted")
+
+    run_stage(repo, "train-transformer", kill_at_step=6)       # mid-way between the checkpoints at 4 and 8
+    assert _resume_ckpt_step() == 4
+    rerun = run_stage(repo, "train-transformer")
+    assert "Restored all states" in rerun.stdout + rerun.stderr
+    assert differing_tensors(Path("uninterrupted/checkpoints/last.ckpt"),
+                             Path("data/transformer/checkpoints/last.ckpt")) == []
+    # DVCLive's history: the rows before the kill kept, the ones after the checkpoint logged once
+    assert history(Path("data/transformer/dvclive")) == history(Path("uninterrupted/dvclive"))
+    assert len(history(Path("uninterrupted/dvclive"))["plots/metrics/train/loss.tsv"]) == 12   # one row a step
+
+
+def test_a_killed_run_whose_tokens_changed_starts_afresh_saying_why(repo):
+    """It used to resume from a checkpoint trained on the old tokens."""
+    tokenize.run(_tokenize())
+    _transformer_params(RESUMABLE)
+    run_stage(repo, "train-transformer", kill_at_step=6)
+    assert _resume_ckpt_step() == 4
+    ckpt_path = Path("data/vqgan/image/checkpoints/last.ckpt")        # the image VQGAN retrained ...
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    ckpt["state_dict"]["quantize.embedding.weight"] *= 1.5
+    torch.save(ckpt, ckpt_path)
+    tokenize.run(_tokenize())                                          # ... and the images re-tokenized
+    rerun = run_stage(repo, "train-transformer")
+    log = rerun.stdout + rerun.stderr
+    assert "train-transformer: not resuming from data/transformer/resume/last.ckpt: its inputs changed (" in log
+    assert "image VQGAN" in log and "tokens/train" in log and "Restored all states" not in log
+    assert torch.load("data/transformer/checkpoints/last.ckpt", weights_only=True)["global_step"] == 12
+
+
+def test_a_second_run_is_refused_while_one_trains(repo, capsys):
+    tokenize.run(_tokenize())
+    _transformer_params(RESUMABLE)
+    flag, release = repo / "paused", repo / "release"
+    first = start_paused(repo, "train-transformer", step=6, flag=flag, release=release)
+    try:
+        from tasks.cli import main
+        assert main(["train-transformer"]) == 1
+        err = capsys.readouterr().err
+        assert f"data/transformer is being written by another run: pid {first.pid} on " in err
+    finally:
+        release.write_text("go")
+        assert first.wait(timeout=600) == 0
+    assert torch.load("data/transformer/checkpoints/last.ckpt", weights_only=True)["global_step"] == 12
+
+
+def test_a_non_finite_loss_stops_training_naming_the_stage_step_and_value(repo):
+    """A learning rate of 1e30 used to finish with rc=0 and NaN weights."""
+    from tasks.config.schema import TransformerConfig
+    from tasks.training.trainer import NonFiniteError
+    tokenize.run(_tokenize())
+    cfg = build(TransformerConfig, {**GPT, "base_learning_rate": 1e30, "max_steps": 6}, "transformer")
+    with pytest.raises(NonFiniteError, match=r"train-transformer: (the loss is (nan|-?inf)|parameter \S+ holds "
+                                             r"(nan|-?inf)) at step \d of 6; training stopped"):
+        train_transformer.run(cfg)
+    assert not Path("data/transformer/checkpoints").exists()
 
 
 def test_loss_decreases_on_a_repeated_batch():

@@ -71,7 +71,7 @@ def image_path(data_dir: Path, split: str, relpath: str) -> Path:
 
 
 def output_path(data_dir: Path, kind: str, split: str, relpath: str) -> Path:
-    return (Layout(Path(data_dir)).maps(kind) / split / relpath).with_suffix(".png")
+    return Layout(Path(data_dir)).map_file(kind, split, relpath)
 
 
 def groundtruth_path(data_dir: Path, kind: str, relpath: str) -> Path:
