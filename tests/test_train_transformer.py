@@ -123,6 +123,15 @@ def test_a_sharded_split_gets_its_manifest_from_the_last_shard(repo):
     assert len(TokenDataset("data/tokens/validation")) == 2
 
 
+def test_tokenize_refuses_a_shard_that_is_being_written_and_runs_the_others(repo):
+    from tasks.runtime import locks
+    with locks.hold(Path("data/tokens"), "train", "shard-0-of-2"):     # what a running shard 0 holds
+        with pytest.raises(locks.Busy, match=r"data/tokens \(train, shard-0-of-2\) is being written by another "
+                                             rf"run: pid {os.getpid()} on "):
+            tokenize.run(_tokenize(), splits=("train",), shard=0, num_shards=2)
+        assert tokenize.run(_tokenize(), splits=("train",), shard=1, num_shards=2)["train"]["written"] == 1
+
+
 def test_damaged_tokens_stop_training_before_it_starts_naming_the_file(repo, capsys):
     """In-range token flips used to train with rc=0."""
     tokenize.run(_tokenize())
