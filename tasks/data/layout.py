@@ -5,7 +5,7 @@
     data/depth/<split>/     depth: <synset>/<name>.png (RGBA-packed float32)
     data/segmentation/...   segment: <synset>/<name>.png (uint8 labels)
     data/vqgan/<name>/      train-vqgan: checkpoints/, configs/, dvclive/ (resume/ while running)
-    data/tokens/<split>/    tokenize: part-NNNNN.parquet
+    data/tokens/<split>/    tokenize: part-NNNNN.parquet, manifest.json
     data/transformer/       train-transformer: checkpoints/, configs/, dvclive/
     data/samples/           sample: images/, samples.json, grid.png
     metrics/                extract and evaluate: *.json
