@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 from tasks.config.typed import ConfigError
@@ -79,6 +81,20 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return StageError, ModelFileError, FileNotFoundError
 
 
+def end_with_dvc() -> None:
+    """Under ``dvc repro`` (DVC sets DVC_STAGE), die with the dvc process that started us.
+
+    ``kill -9`` of dvc alone used to leave the stage running, orphaned, writing into outputs
+    the next ``dvc repro`` deletes, and finishing a run whose result nobody records. Linux
+    only; it covers shells that exec the command (bash, zsh: dvc runs ``$SHELL -c cmd``).
+    Behind a shell that stays (dash) the orphan lives on, holding its output's lock, and
+    the next run is refused naming it (tasks/runtime/locks.py)."""
+    if "DVC_STAGE" in os.environ and sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -89,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         _top_parser().print_usage(sys.stderr)
         print(f"taming: unknown stage {name!r}; choose from {', '.join(STAGES)}", file=sys.stderr)
         return 2
+    end_with_dvc()
     parser, module = stage_parser(name)
     args = parser.parse_args(rest)
     try:

@@ -28,7 +28,10 @@ them, as the original ImageNet loader did.
 
 Resumable: each synset is written into a hidden ``.tmp-<synset>`` folder together
 with its ``.manifest.json`` and renamed into place when complete; the rename is
-the completion marker. A rerun deletes unfinished temp folders, skips finished
+the completion marker. A run holds the lock ``<out>/../.<out name>.lock``
+(tasks/runtime/locks.py) from start to end, so a second run into the same folder is
+refused naming the first, and any temp folder found at the start belongs to a dead
+run. A rerun deletes those unfinished temp folders, skips finished
 synsets, and gives byte-identical output to an uninterrupted run. Finished synsets
 are reused only while the inputs are unchanged (``.inputs.sha256``: a hash of every
 tar member's header and of the synset lists), so with DVC's ``persist: true`` an
@@ -59,6 +62,7 @@ from tasks.data.files import write_json, write_text
 from tasks.data.images import ImageRefused, open_image
 from tasks.data.layout import DATA, FILELIST, METRICS, SPLITS, SYNSETS_JSON, TRAIN_TAR, VAL_SYNSETS, VAL_TAR
 from tasks.data.limits import MAX_IMAGE_BYTES, MAX_NAME_BYTES
+from tasks.runtime import locks
 from tasks.runtime.errors import StageError
 from tasks.runtime.parallel import ordered_map
 from tasks.runtime.progress import progress
@@ -342,6 +346,11 @@ def run(cfg: ExtractConfig, raw_dir: str | Path = DATA.raw, out_dir: str | Path 
         if not is_plain_name(synset):
             raise ExtractError(f"{raw / SYNSETS_JSON}: synset {synset!r} is not a plain folder name")
     selected = classes.selected(cfg.sub_indices)
+    with locks.hold(out):   # one run per folder: _start deletes what it takes for a dead run's debris
+        return _extract(raw, out, Path(metrics_path), selected, known, workers)
+
+
+def _extract(raw: Path, out: Path, metrics_path: Path, selected: set[str], known: set[str], workers: int) -> dict:
     try:
         _start(out, _fingerprint(raw))
         results = {"train": _extract_train(raw / TRAIN_TAR, out / "train", selected, known, workers),

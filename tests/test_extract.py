@@ -3,6 +3,7 @@ import io
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -248,21 +249,37 @@ def test_sub_indices_restrict_classes_and_count_the_rest_as_skipped(tmp_path):
     assert metrics["validation"] == {**metrics["validation"], "members": 8, "extracted": 4, "skipped": 4}
 
 
-KILLER = """
+PAUSER = """
 import sys, time
 from pathlib import Path
 from tasks import extract
-flag, kill_after = Path(sys.argv[4]), int(sys.argv[5])
+flag, pause_after, release = Path(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6])
 original, calls = extract._Synset.add, [0]
 def add(self, *args):
     original(self, *args)
     calls[0] += 1
-    if calls[0] == kill_after:      # hold still mid-synset until the test kills us
+    if calls[0] == pause_after:     # hold still mid-synset until the test kills or releases us
         flag.write_text("now")
-        time.sleep(120)
+        while not release.exists():
+            time.sleep(0.05)
 extract._Synset.add = add
 extract.run(extract.ExtractConfig(), sys.argv[1], sys.argv[2], sys.argv[3])
 """
+
+
+def start_paused(tmp_path: Path, raw: Path, out: Path, metrics: Path, pause_after: int) -> subprocess.Popen:
+    """An extract run in a subprocess, paused in the middle of a synset (release: tmp_path/release)."""
+    flag = tmp_path / "flag"
+    flag.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", PAUSER, str(raw), str(out), str(metrics), str(flag),
+                             str(pause_after), str(tmp_path / "release")], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.time() + 120
+    while not flag.exists():
+        assert proc.poll() is None, "extract finished or died before the pause point"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    return proc
 
 
 @pytest.mark.parametrize("kill_after", [8, 14])     # mid-train (synset 3 of 4), mid-validation
@@ -271,25 +288,43 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, k
     reference = tmp_path / "reference"
     extract.run(ExtractConfig(), raw, reference / "out", reference / "extract.json")
 
-    out, metrics, flag = tmp_path / "out", tmp_path / "extract.json", tmp_path / "flag"
-    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(raw), str(out), str(metrics), str(flag),
-                             str(kill_after)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    deadline = time.time() + 60
-    while not flag.exists():
-        assert proc.poll() is None, "extract finished or died before the kill point"
-        assert time.time() < deadline
-        time.sleep(0.02)
+    out, metrics = tmp_path / "out", tmp_path / "extract.json"
+    proc = start_paused(tmp_path, raw, out, metrics, kill_after)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not metrics.exists() and list(out.rglob(".tmp-*")), "the kill must interrupt a synset"
     finished = {p: p.stat().st_ino for p in out.glob("*/n*") if p.is_dir()}
     assert finished
+    # the dead run's lock file is still there, naming it; it does not block the rerun
+    assert json.loads((tmp_path / ".out.lock").read_text())["pid"] == proc.pid
 
     extract.run(ExtractConfig(), raw, out, metrics)
     assert tree(out) == tree(reference / "out")
     assert metrics.read_bytes() == (reference / "extract.json").read_bytes()
     # Synsets finished before the kill were not redone.
     assert {p: p.stat().st_ino for p in finished} == finished
+
+
+def test_a_second_run_into_the_same_folder_is_refused_naming_the_first(tmp_path, capsys):
+    """Two runs into one folder used to lose data silently: the second deleted the first's
+    unfinished synsets and both reported success with files missing."""
+    raw = good_raw(tmp_path / "raw")
+    extract.run(ExtractConfig(), raw, tmp_path / "reference" / "out", tmp_path / "reference" / "extract.json")
+    out, metrics = tmp_path / "out", tmp_path / "extract.json"
+    params = write_params(tmp_path / "params.yaml", extract={})
+    first = start_paused(tmp_path, raw, out, metrics, pause_after=5)
+    try:
+        assert cli.main(["extract", "--params", str(params), "--raw", str(raw), "--out", str(out),
+                         "--metrics", str(tmp_path / "second.json"), "--workers", "1"]) == 1
+        err = capsys.readouterr().err
+        assert f"{out} is being written by another run: pid {first.pid} on {socket.gethostname()} (" in err
+        assert "since 20" in err and "PAUSER" not in err
+        assert not (tmp_path / "second.json").exists()
+    finally:
+        (tmp_path / "release").write_text("go")
+        assert first.wait(timeout=120) == 0
+    assert tree(out) == tree(tmp_path / "reference" / "out")      # nothing of the first run was lost
+    assert metrics.read_bytes() == (tmp_path / "reference" / "extract.json").read_bytes()
 
 
 def test_cli_runs_the_stage_and_reports_missing_inputs(tmp_path, capsys):

@@ -4,10 +4,12 @@ sampling sweep reruns exactly sample and evaluate, metrics and plots show, and a
 bad parameter fails before any work naming its key."""
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import yaml
 from fixtures_pipeline import REPO_ROOT, pipeline_env, run_dvc
@@ -75,6 +77,87 @@ def test_smoke_pipeline_repro_noop_sweep_metrics_plots(smoke_repo):
         f.write("\n# touched\n")
     stale = set(json.loads(run_dvc(repo, "status", "--json").stdout))
     assert stale == {"train-transformer", "sample"}, stale
+
+
+# the stage again: unforced, DVC would check the uninterrupted run's outputs out of its cache
+AGAIN = ("-f", "-s", "train-vqgan@image")
+
+
+def _start_repro(repo, shell: str, *targets: str) -> subprocess.Popen:
+    """``dvc repro`` in the background with ``shell`` as the $SHELL DVC runs the stage with."""
+    return subprocess.Popen([sys.executable, "-m", "dvc", "repro", *targets], cwd=repo,
+                            env={**pipeline_env(), "SHELL": shell}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _training_checkpoint(resume) -> bool:
+    """A checkpoint of the run in progress, not the previous run's continuation point."""
+    try:
+        return (resume / "last.ckpt").is_file() and "finished_step" not in json.loads(
+            (resume / "fingerprint.json").read_text())
+    except FileNotFoundError:
+        return False
+
+
+def _kill_dvc_mid_training(repo, dvc: subprocess.Popen) -> psutil.Process:
+    """SIGKILL the dvc process (only it) once the stage has written its first resume checkpoint;
+    returns the stage's process."""
+    resume = repo / "data/vqgan/image/resume"
+    deadline = time.monotonic() + 600
+    while not _training_checkpoint(resume):
+        assert dvc.poll() is None and time.monotonic() < deadline, "dvc ended before the first checkpoint"
+        time.sleep(0.1)
+    stage = next(p for p in psutil.Process(dvc.pid).children(recursive=True)
+                 if "train-vqgan" in " ".join(p.cmdline()) and "python" in p.cmdline()[0])   # not the shell
+    dvc.kill()
+    dvc.wait()
+    return stage
+
+
+def _same_training(repo, reference) -> None:
+    from training_runs import differing_tensors, history
+    folder = repo / "data/vqgan/image"
+    assert differing_tensors(reference / "checkpoints/last.ckpt", folder / "checkpoints/last.ckpt") == []
+    assert history(repo / "data/dvclive/vqgan/image") == history(reference / "dvclive")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_dvc_repro_killed_with_sigkill_resumes_and_a_surviving_stage_is_refused(smoke_repo, tmp_path):
+    """`kill -9` of `dvc repro` used to leave the stage running, and the next repro failed with
+    "Directory not empty: data/vqgan/image/dvclive/plots/metrics"."""
+    repo = smoke_repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["vqgan"]["image"].update(max_steps=100, ckpt_every=2, val_every=50)   # long enough to be killed
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_dvc(repo, "repro", "train-vqgan@image")
+    reference = tmp_path / "uninterrupted"
+    shutil.copytree(repo / "data/vqgan/image", reference)
+    shutil.copytree(repo / "data/dvclive/vqgan/image", reference / "dvclive")
+
+    # Behind a shell that does not exec the command (dash), the stage outlives dvc: the next
+    # repro is refused naming it, and once it is gone a repro resumes where it stopped.
+    stage = _kill_dvc_mid_training(repo, _start_repro(repo, "/bin/sh", *AGAIN))
+    try:
+        time.sleep(2)
+        assert stage.is_running()
+        refused = run_dvc(repo, "repro", *AGAIN, check=False)
+        assert refused.returncode != 0
+        assert f"data/vqgan/image is being written by another run: pid {stage.pid} on " in refused.stderr
+    finally:
+        stage.kill()
+        stage.wait(60)
+    resumed = run_dvc(repo, "repro", *AGAIN)    # had the stage lived on, it would have finished: no resume
+    assert "Restored all states" in resumed.stdout + resumed.stderr
+    _same_training(repo, reference)
+
+    # With bash (which execs it) the stage dies with dvc, and the next repro resumes.
+    stage = _kill_dvc_mid_training(repo, _start_repro(repo, "/bin/bash", *AGAIN))
+    stage.wait(60)
+    resumed = run_dvc(repo, "repro", *AGAIN)    # had the stage lived on, it would have finished: no resume
+    assert "Restored all states" in resumed.stdout + resumed.stderr
+    _same_training(repo, reference)
+    assert run_dvc(repo, "status", "train-vqgan@image").stdout.strip().endswith("up to date.")
 
 
 def run_stage(repo, *args):

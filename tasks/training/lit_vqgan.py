@@ -114,6 +114,10 @@ class LitVQGAN(L.LightningModule):
         self.log_dict(log, on_step=True, on_epoch=False, batch_size=x.shape[0])
         self.log("rec", log.get("train/rec_loss", log["train/total_loss"]), prog_bar=True, logger=False,
                  batch_size=x.shape[0])
+        losses = {"loss": aeloss.detach()}     # for tasks/training/trainer.py's FiniteGuard
+        if self.has_discriminator:
+            losses["discriminator loss"] = discloss.detach()
+        return losses
 
     def on_validation_epoch_start(self):
         self.usage = CodebookUsage(self.model.n_embed)
