@@ -35,12 +35,12 @@ def run(cfg: EvaluateConfig, samples: str | Path = DATA.samples / "images", data
     from tasks.data.datasets import ImageNetDataset, spread_indices
     from tasks.data.images import to_uint8
     from tasks.evaluation.fidelity import (
+        PngBatches,
         codebook_usage,
         distances,
         extractor_info,
         inception,
         inception_features,
-        png_batches,
         psnr_ssim,
     )
     from tasks.runtime.errors import StageError
@@ -80,7 +80,7 @@ def run(cfg: EvaluateConfig, samples: str | Path = DATA.samples / "images", data
                     reference.append(net(to_uint8(x[fid]))[0].double())
                     reconstructed.append(net(to_uint8(xrec[fid]))[0].double())
     reference, reconstructed = torch.cat(reference), torch.cat(reconstructed)
-    sample_features = inception_features(net, png_batches(Path(samples), cfg.batch_size), "evaluate: samples")
+    sample_features = inception_features(net, PngBatches(Path(samples), cfg.batch_size), "evaluate: samples")
 
     kid = dict(kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size, seed=cfg.seed)
     sample_metrics = {**distances(sample_features, reference, pretrained, **kid), **extractor_info(pretrained),

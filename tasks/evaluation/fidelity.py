@@ -67,8 +67,10 @@ def inception(weights: str | None = None) -> tuple[FeatureExtractorInceptionV3, 
     try:
         path = resolve("inception_fid", weights)
     except WeightsNotFound as e:
-        log.warning("%s\nFalling back to a fixed-seed random-init Inception: the Fréchet distance is "
-                    "reported as fd_random_inception, not comparable to published FIDs.", e)
+        log.debug("%s", e)  # every place looked in, and how to provide the file
+        log.warning("No Inception weights (inception_fid): using the offline stand-in, a fixed-seed random-init "
+                    "Inception; its Fréchet distance is fd_random_inception, not comparable to published FIDs. "
+                    "For FID: taming weights fetch inception_fid (or: taming weights import inception_fid FILE).")
         return SeededInceptionV3("inception-v3-random", [FEATURE_LAYER]), False
     # torch-fidelity unpickles this file itself; resolve() verified its SHA-256 against the published hash
     return FeatureExtractorInceptionV3("inception-v3-compat", [FEATURE_LAYER],
@@ -129,19 +131,28 @@ def extractor_info(pretrained: bool) -> dict:
             f"inception-v3-compat architecture, random init (seed {RANDOM_INCEPTION_SEED}): offline stand-in"}
 
 
-def png_batches(folder: Path, batch_size: int) -> Iterator[torch.Tensor]:
-    """uint8 (B, 3, H, W) batches of the PNGs in ``folder``, in name order."""
-    from PIL import Image
+class PngBatches:
+    """uint8 (B, 3, H, W) batches of the PNGs in ``folder``, in name order; ``len()`` batches,
+    so a progress bar over them has a total."""
 
-    paths = sorted(folder.glob("*.png"))
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no sample PNGs (run the sample stage first)")
-    for i in range(0, len(paths), batch_size):
-        arrays = []
-        for p in paths[i:i + batch_size]:
-            with Image.open(p) as im:
-                arrays.append(np.asarray(im.convert("RGB")))
-        yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    def __init__(self, folder: Path, batch_size: int):
+        self.paths = sorted(Path(folder).glob("*.png"))
+        if not self.paths:
+            raise FileNotFoundError(f"{folder}: no sample PNGs (run the sample stage first)")
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.paths) / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        from PIL import Image
+
+        for i in range(0, len(self.paths), self.batch_size):
+            arrays = []
+            for p in self.paths[i:i + self.batch_size]:
+                with Image.open(p) as im:
+                    arrays.append(np.asarray(im.convert("RGB")))
+            yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
 def psnr_ssim(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
