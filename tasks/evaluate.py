@@ -1,6 +1,6 @@
 """Stage `evaluate`: how good are the samples and the first stages?
 
-Writes three metric files (``dvc metrics show`` reads them):
+Writes four metric files:
 
 - ``metrics/samples.json``: Fréchet and kernel Inception distances of
   ``data/samples/images`` against the reference split (validation images);
@@ -8,7 +8,9 @@ Writes three metric files (``dvc metrics show`` reads them):
   reconstructions of the validation split, and for the image VQGAN the
   reconstruction FID (validation images vs their reconstructions);
 - ``metrics/codebook.json``: per VQGAN, how many codebook entries the whole
-  validation split uses, and the perplexity of their distribution.
+  validation split uses, and the perplexity of their distribution;
+- ``metrics/summary.json``: the headline numbers of the three, rounded
+  (``headline``): what ``dvc metrics show`` lists.
 
 Offline (no Inception weights) the Fréchet distance is reported as
 ``fd_random_inception``, never ``fid``: see tasks/evaluation/fidelity.py.
@@ -96,9 +98,25 @@ def run(cfg: EvaluateConfig, samples: str | Path = DATA.samples / "images", data
     write_json(metrics_dir / "samples.json", sample_metrics)
     write_json(metrics_dir / "reconstruction.json", reconstruction)
     write_json(metrics_dir / "codebook.json", codebook)
+    write_json(metrics_dir / "summary.json", headline(sample_metrics, reconstruction, codebook))
     summary = {"samples": sample_metrics, "reconstruction": reconstruction, "codebook": codebook}
     print("evaluate: " + json.dumps(summary, indent=1))
     return summary
+
+
+def headline(samples: dict, reconstruction: dict, codebook: dict) -> dict:
+    """The numbers to look at first, the only ones ``dvc metrics show`` lists: the Fréchet
+    distance of the samples and of the image VQGAN's reconstructions, PSNR, SSIM and
+    codebook usage per VQGAN, to 4 significant digits (the other files keep full precision)."""
+    fd = "fid" if samples["comparable_to_published"] else "fd_random_inception"
+
+    def short(x: float) -> float:
+        return float(f"{x:.4g}")
+
+    return {fd: {"samples": short(samples[fd]), "reconstruction": short(reconstruction["image"][f"r{fd}"])},
+            "psnr": {name: short(r["psnr"]) for name, r in reconstruction.items()},
+            "ssim": {name: short(r["ssim"]) for name, r in reconstruction.items()},
+            "usage": {name: short(c["usage"]) for name, c in codebook.items()}}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
