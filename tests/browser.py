@@ -23,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-OFFLINE_FLAGS = ["--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9"]
+OFFLINE_FLAGS = ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1", "--proxy-server=127.0.0.1:9"]
 
 
 def chromium_binary() -> str:
@@ -37,7 +37,7 @@ class Chromium:
     def __init__(self, profile: Path, width: int = 1400, height: int = 1000, start_timeout: float = 60):
         profile.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            [chromium_binary(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-breakpad",
              f"--user-data-dir={profile}", "--remote-debugging-port=0", f"--window-size={width},{height}",
              *OFFLINE_FLAGS, "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
