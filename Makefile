@@ -34,8 +34,9 @@ bench: install
 clean-venv:
 	rm -rf $(VENV)
 
-# Share through the DVC remote `storage` (README "Sharing through S3"): pipeline
-# outputs and the run cache, so a clone that pulls finds `dvc repro` up to date.
+# Share through the DVC remote `storage` (README "Sharing through S3"): the outputs
+# in dvc.lock, the run cache and the outputs of every run it records (tasks/share.py),
+# so a clone that pulls skips any stage already run with the same inputs.
 # botocore >= 1.36 sends CRC checksums that many S3-compatible stores reject:
 # send them only when an operation requires them (an environment setting wins).
 .PHONY: push pull
