@@ -9,8 +9,8 @@ Writes four metric files:
   reconstruction FID (validation images vs their reconstructions);
 - ``metrics/codebook.json``: per VQGAN, how many codebook entries the whole
   validation split uses, and the perplexity of their distribution;
-- ``metrics/summary.json``: the headline numbers of the three, rounded
-  (``headline``): what ``dvc metrics show`` lists.
+- ``metrics/summary/{samples,vqgan}.json``: the headline numbers of the three,
+  rounded (tasks/evaluation/summary.py): what ``dvc metrics show`` lists.
 
 Offline (no Inception weights) the Fréchet distance is reported as
 ``fd_random_inception``, never ``fid``: see tasks/evaluation/fidelity.py.
@@ -45,6 +45,7 @@ def run(cfg: EvaluateConfig, samples: str | Path = DATA.samples / "images", data
         inception_features,
         psnr_ssim,
     )
+    from tasks.evaluation.summary import SUMMARY_DIR, samples_summary, vqgan_summary
     from tasks.runtime.errors import StageError
     from tasks.runtime.progress import progress
 
@@ -98,25 +99,11 @@ def run(cfg: EvaluateConfig, samples: str | Path = DATA.samples / "images", data
     write_json(metrics_dir / "samples.json", sample_metrics)
     write_json(metrics_dir / "reconstruction.json", reconstruction)
     write_json(metrics_dir / "codebook.json", codebook)
-    write_json(metrics_dir / "summary.json", headline(sample_metrics, reconstruction, codebook))
+    write_json(metrics_dir / SUMMARY_DIR / "samples.json", samples_summary(sample_metrics))
+    write_json(metrics_dir / SUMMARY_DIR / "vqgan.json", vqgan_summary(reconstruction, codebook))
     summary = {"samples": sample_metrics, "reconstruction": reconstruction, "codebook": codebook}
     print("evaluate: " + json.dumps(summary, indent=1))
     return summary
-
-
-def headline(samples: dict, reconstruction: dict, codebook: dict) -> dict:
-    """The numbers to look at first, the only ones ``dvc metrics show`` lists: the Fréchet
-    distance of the samples and of the image VQGAN's reconstructions, PSNR, SSIM and
-    codebook usage per VQGAN, to 4 significant digits (the other files keep full precision)."""
-    fd = "fid" if samples["comparable_to_published"] else "fd_random_inception"
-
-    def short(x: float) -> float:
-        return float(f"{x:.4g}")
-
-    return {fd: {"samples": short(samples[fd]), "reconstruction": short(reconstruction["image"][f"r{fd}"])},
-            "psnr": {name: short(r["psnr"]) for name, r in reconstruction.items()},
-            "ssim": {name: short(r["ssim"]) for name, r in reconstruction.items()},
-            "usage": {name: short(c["usage"]) for name, c in codebook.items()}}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

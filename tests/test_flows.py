@@ -413,13 +413,14 @@ def test_train_drin_on_the_smoke_profile_of_the_real_pipeline(prefect_server, se
     assert "Running stage 'train-transformer'" in logs
 
     # the metrics that matter, rounded, in the order of `dvc metrics show`
-    summary = json.loads((repo / "metrics/summary.json").read_text())
+    vqgan = json.loads((repo / "metrics/summary/vqgan.json").read_text())
     published = artifacts(run)
     assert [(row["file"], row["metric"]) for row in published["train-drin-metrics"]] == [
-        ("metrics/summary.json", key) for key in ("fd_random_inception.reconstruction", "fd_random_inception.samples",
-                                                  "psnr.depth", "psnr.image", "ssim.depth", "ssim.image",
-                                                  "usage.depth", "usage.image")]
-    assert {"file": "metrics/summary.json", "metric": "usage.image", "value": summary["usage"]["image"]} \
+        ("metrics/summary/samples.json", "fd_random_inception.samples"),
+        *[("metrics/summary/vqgan.json", key) for key in ("fd_random_inception.reconstruction", "psnr.depth",
+                                                          "psnr.image", "ssim.depth", "ssim.image", "usage.depth",
+                                                          "usage.image")]]
+    assert {"file": "metrics/summary/vqgan.json", "metric": "usage.image", "value": vqgan["usage"]["image"]} \
         in published["train-drin-metrics"]
 
     # the sample grid, as a picture in the Prefect UI (a real browser against the real server)

@@ -293,7 +293,7 @@ def test_smoke_pipeline_pushed_from_one_clone_is_up_to_date_in_another(s3_up, tm
     make(a, "push")
     outs = dvc(a, "ls", "-R", "--dvc-only", ".").stdout.split()  # every file the pipeline declares
     assert len(outs) > 50 and "data/vqgan/image/checkpoints/last.ckpt" in outs
-    assert {"metrics/summary.json", "metrics/samples.json", "metrics/codebook.json"} <= set(outs)
+    assert {"metrics/summary/vqgan.json", "metrics/samples.json", "metrics/codebook.json"} <= set(outs)
 
     b = tmp_path / "elsewhere" / "b"
     sh(tmp_path, "git", "clone", "-q", str(a), str(b))
@@ -312,8 +312,9 @@ def test_smoke_pipeline_pushed_from_one_clone_is_up_to_date_in_another(s3_up, tm
     assert tree_digests(b, outs) == pulled
     assert git(b, "status", "--porcelain") == ""  # the restored dvc.lock is the committed one
     # evaluate's metrics came from the remote, and `dvc metrics show` lists them
-    shown = json.loads(dvc(b, "metrics", "show", "--json").stdout)[""]["data"]["metrics/summary.json"]["data"]
-    assert shown == json.loads((a / "metrics/summary.json").read_text())
+    shown = json.loads(dvc(b, "metrics", "show", "--json").stdout)[""]["data"]
+    assert {path: m["data"] for path, m in shown.items()} == {
+        path: json.loads((a / path).read_text()) for path in ("metrics/summary/samples.json", "metrics/summary/vqgan.json")}
     # the setting only tried in the other clone is checked out, not sampled again
     again = dvc(b, "exp", "run", "-S", "top_k=4", env=offline).stdout
     assert "Stage 'sample' is cached - skipping run" in again and "Running stage" not in again
