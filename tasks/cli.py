@@ -1,5 +1,5 @@
 """The ``taming`` command: one sub-command per pipeline stage, plus ``sample-model``, ``reconstruct``,
-``weights`` and ``publish``.
+``weights``, ``publish``, ``share`` and ``exp``.
 
 ``dvc.yaml`` calls these; Prefect reproduces them through DVC. For a pipeline stage the
 command validates the whole params file once (tasks/config/params.py: a bad value
@@ -43,6 +43,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "reconstruct": ("tasks.reconstruct", "run images through a VQGAN folder: reconstructions, PSNR/SSIM, codebook usage"),
     "weights": ("tasks.weights", "list, fetch, import or push pretrained weight files"),
     "publish": ("tasks.publish", "upload a trained checkpoint with its manifest to S3"),
+    "share": ("tasks.share", "push / pull the DVC remote: dvc.lock's outputs, the run-cache and its outputs"),
+    "exp": ("tasks.exp", "dvc exp run -S with the whole params.yaml checked first and its layout kept"),
 }
 
 # The stages of dvc.yaml: they read params.yaml, validated as a whole first.

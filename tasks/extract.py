@@ -237,7 +237,7 @@ def _extract_validation(archive: Path, listing: Path, split_dir: Path, selected:
     parts: dict[str, _Synset] = {}
     rejected, skipped, seen = [], 0, set()
     with open_tar(archive) as tar:
-        for member in progress(tar, desc="validation", unit="img"):
+        for member in progress(tar, total=len(truth), desc="validation", unit="img"):  # total: the listed files
             problem = member_problem(member, MAX_IMAGE_BYTES)
             synset = truth.get(member.name)
             if not problem and synset is None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -102,7 +103,14 @@ def test_stage_writes_original_layout_metrics_and_grids(scene_repo, monkeypatch)
     assert (scene_repo / "data/dvclive/vqgan/depth/plots/metrics/train/rec_loss.tsv").is_file()
     grids = sorted((scene_repo / "data/dvclive/vqgan/depth/plots/images/reconstructions").glob("*.png"))
     assert [g.name for g in grids] == ["000002.png", "000004.png"]  # one per validation
-    assert Image.open(grids[-1]).size == (2 + 4 * 34, 2 + 2 * 34)  # 4 val images; inputs row, reconstructions row
+    # 4 val images; inputs above reconstructions, each 32 px image shown at 128 px (nearest), labelled
+    grid = np.asarray(Image.open(grids[-1]).convert("L"))
+    width, height = 4 + 4 * 132, 4 + 2 * 132
+    assert grid.shape[1] > width and grid.shape[0] > height
+    left, top = grid.shape[1] - width, grid.shape[0] - height  # the label column and the title line
+    assert (grid[top:, :left - 4] < 100).any() and (grid[:top - 4, left:] < 100).any()  # text in both margins
+    tile = grid[top + 4:top + 4 + 128, left + 4:left + 4 + 128]
+    assert (tile == np.repeat(np.repeat(tile[::4, ::4], 4, 0), 4, 1)).all()  # 4x4 blocks: scaled, not blurred
 
 
 def test_segmentation_model_takes_one_hot_labels_and_accumulates(scene_repo, monkeypatch):

@@ -148,12 +148,13 @@ def labels_to_rgb(labels: np.ndarray) -> np.ndarray:
 
 
 def make_grid(rows: Sequence[Sequence[np.ndarray | None]], tile: int | None = None, lead: int = 0,
-              gap: int = 2) -> np.ndarray:
+              gap: int = 2, row_labels: Sequence[str] = (), title: str = "") -> np.ndarray:
     """Rows of (H, W, 3) uint8 images (None: an empty slot) -> one (H', W', 3) picture.
 
     ``tile``: every image is scaled (nearest, so pixels stay crisp) to ``tile`` px square;
     None keeps the first image's size. A wider gap follows the first ``lead`` columns
-    (e.g. the conditioning and the real image before the samples)."""
+    (e.g. the conditioning and the real image before the samples). ``row_labels`` are
+    written left of their rows and ``title`` above the grid."""
     first = next(im for row in rows for im in row if im is not None)
     h, w = (tile, tile) if tile else first.shape[:2]
     cols = max(len(r) for r in rows)
@@ -167,4 +168,25 @@ def make_grid(rows: Sequence[Sequence[np.ndarray | None]], tile: int | None = No
                 im = np.asarray(Image.fromarray(im).resize((w, h), Image.NEAREST))
             y, x = gap + r * (h + gap), gap + c * (w + gap) + (extra if c >= lead else 0)
             canvas[y:y + h, x:x + w] = im
-    return canvas
+    return _with_labels(canvas, row_labels, title, h, gap) if row_labels or title else canvas
+
+
+LABEL_PX = 14  # text height of grid labels
+
+
+def _with_labels(grid: np.ndarray, row_labels: Sequence[str], title: str, row_h: int, gap: int) -> np.ndarray:
+    """``grid`` on a white page with a title line above it and a label left of each row."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=LABEL_PX)
+    pad = LABEL_PX // 2
+    left = max((int(font.getlength(t)) for t in row_labels), default=0) + (2 * pad if row_labels else 0)
+    top = LABEL_PX + 2 * pad if title else 0
+    page = Image.new("RGB", (left + grid.shape[1], top + grid.shape[0]), "white")
+    page.paste(Image.fromarray(grid), (left, top))
+    draw = ImageDraw.Draw(page)
+    if title:
+        draw.text((left + gap, pad), title, fill=(30, 30, 30), font=font)
+    for r, text in enumerate(row_labels):
+        draw.text((pad, top + gap + r * (row_h + gap) + row_h // 2), text, fill=(30, 30, 30), font=font, anchor="lm")
+    return np.asarray(page)

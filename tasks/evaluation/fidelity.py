@@ -67,8 +67,10 @@ def inception(weights: str | None = None) -> tuple[FeatureExtractorInceptionV3, 
     try:
         path = resolve("inception_fid", weights)
     except WeightsNotFound as e:
-        log.warning("%s\nFalling back to a fixed-seed random-init Inception: the Fréchet distance is "
-                    "reported as fd_random_inception, not comparable to published FIDs.", e)
+        log.debug("%s", e)  # every place looked in, and how to provide the file
+        log.warning("No Inception weights (inception_fid): using the offline stand-in, a fixed-seed random-init "
+                    "Inception; its Fréchet distance is fd_random_inception, not comparable to published FIDs. "
+                    "For FID: taming weights fetch inception_fid (or: taming weights import inception_fid FILE).")
         return SeededInceptionV3("inception-v3-random", [FEATURE_LAYER]), False
     # torch-fidelity unpickles this file itself; resolve() verified its SHA-256 against the published hash
     return FeatureExtractorInceptionV3("inception-v3-compat", [FEATURE_LAYER],

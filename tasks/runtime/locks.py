@@ -10,7 +10,7 @@ The lock is ``fcntl.flock`` on the lock file: the kernel releases it when the
 holder exits, however it exits (``kill -9`` included), so a dead holder never
 blocks the next run; the file itself stays, holding the last holder's record,
 which is only ever read to explain a refusal. The lock file lives *beside* the
-output (``data/.imagenet.lock`` for ``data/imagenet``), never inside it: DVC
+output (``data/dataset/.image.lock`` for ``data/dataset/image``), never inside it: DVC
 hashes, caches and deletes its outputs, and would delete a live lock with them.
 
 Children: a process started with exec (``subprocess``, DDP ranks) does not inherit
