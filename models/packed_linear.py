@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 import weakref
 from typing import Iterator
 
@@ -92,3 +93,87 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module
     finally:
         for layer in layers:
             del layer.forward
+
+
+# ---- Frozen weights for the sampling step (models/inference.py) --------------------------------
+
+PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+@functools.cache
+def precision_supported(precision: str, device_type: str = "cpu") -> bool:
+    """Whether weights of ``precision`` run natively on this machine's ``device_type``:
+    float32 everywhere; bfloat16 on a CPU whose oneDNN packs it (AVX-512 BF16/AMX, see
+    packing_supported) or a CUDA GPU with bf16 units; int8 on a CPU whose quantized engine
+    computes a dynamically quantised product (fbgemm or oneDNN: AVX2 and up), tried once."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32":
+        return True
+    if device_type == "cuda":
+        return precision == "bfloat16" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return False
+    if precision == "bfloat16":
+        return packing_supported(torch.bfloat16)
+    try:
+        FrozenLinear(torch.randn(8, 16), torch.zeros(8), "int8")(torch.randn(2, 16))
+        return True
+    except (RuntimeError, AttributeError):  # no quantized engine / op in this build or on this CPU
+        return False
+
+
+def _int8_per_channel(weight: torch.Tensor) -> torch.Tensor:
+    """weight (out, in) as qint8 with one symmetric scale per output channel."""
+    scale = (weight.abs().amax(dim=1).double() / 127).clamp(min=1e-12)
+    with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao, still the fast op here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.quantize_per_channel(weight.float(), scale, torch.zeros_like(scale, dtype=torch.long),
+                                          0, torch.qint8)
+
+
+class FrozenLinear:
+    """One Linear's weight and bias, prepared once for inference at ``precision``; calls take
+    and return float32 (B, in) -> (B, out), with GELU and a residual optionally added.
+
+    float32 and bfloat16 on the CPU: packed for oneDNN (GELU and the residual fused into the
+    product in float32); int8: quantised per output channel for the quantized engine, the
+    activations quantised per call (7-bit, which AVX2 without VNNI cannot overflow); anywhere
+    else (CUDA, a build without oneDNN): F.linear on a copy in the precision's dtype.
+    A snapshot: later changes to the source weight are not seen (models/inference.py rebuilds).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str = "float32"):
+        weight, bias = weight.detach(), None if bias is None else bias.detach()
+        self.kind = precision
+        on_cpu = weight.device.type == "cpu"
+        if precision == "int8":
+            if not on_cpu:
+                raise ValueError("int8 weights run on the CPU only")
+            self.packed = torch.ops.quantized.linear_prepack(_int8_per_channel(weight),
+                                                             None if bias is None else bias.float())
+            return
+        self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        self.onednn = on_cpu and packing_supported(self.dtype)
+        self.weight = weight.to(self.dtype).contiguous()
+        if self.onednn:
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight)
+        self.bias = None if bias is None else bias.to(self.dtype)
+
+    def __call__(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.kind == "int8":
+            y = torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=True)
+        elif self.onednn and self.dtype == torch.float32:
+            if residual is not None and not gelu:
+                return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.weight, self.bias, "add")
+            y = torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "gelu" if gelu else "none", [], "none")
+            gelu = False
+        elif self.onednn:
+            y = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias,
+                                                  "gelu" if gelu else "none", [], "none").float()
+            gelu = False
+        else:
+            y = F.linear(x.to(self.dtype), self.weight, self.bias).float()
+        if gelu:
+            y = F.gelu(y)
+        return y if residual is None else y + residual
