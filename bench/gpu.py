@@ -98,14 +98,15 @@ def paper_gpt() -> GPT:
     return GPT(GPTConfig(vocab_size=16384, block_size=STEPS + 1, n_layer=24, n_head=16, n_embd=1024)).eval()
 
 
-def cuda_seconds(gpt: GPT, batch: int, settings: SamplingSettings = SETTINGS, **options) -> float:
-    """Seconds to sample `batch` images of STEPS tokens on the GPU (Decoder and graph built inside)."""
+def cuda_seconds(gpt: GPT, batch: int, settings: SamplingSettings = SETTINGS, steps: int = STEPS,
+                 **options) -> float:
+    """Seconds to sample `batch` images of `steps` tokens on the GPU (Decoder and graph built inside)."""
     prefix = torch.randint(0, 1000, (batch, 1), device="cuda")
     uncond = torch.full_like(prefix, 1000) if settings.guided else None
     generator = torch.Generator(device="cuda").manual_seed(0)
     torch.cuda.synchronize()
     start = time.perf_counter()
-    generate(gpt, prefix, STEPS, settings, generator=generator, uncond_prefix=uncond, **options)
+    generate(gpt, prefix, steps, settings, generator=generator, uncond_prefix=uncond, **options)
     torch.cuda.synchronize()
     return time.perf_counter() - start
 
@@ -141,33 +142,40 @@ def sampling_exactness(budget: Budget) -> None:
 
 
 def sweep(name: str, gpt: GPT, budget: Budget, batches: list[int], share: float) -> None:
-    """Product (bf16 + graphs) against float32 eager at each batch that fits; stops at the
-    first that would not fit in memory or would overrun this sweep's share of the budget."""
+    """Product (bf16 + graphs) against float32 eager at each batch that fits; the product
+    alone where only its bf16 cache fits; stops where neither fits or the next batch would
+    overrun this sweep's share of the budget."""
     params = sum(p.numel() for p in gpt.parameters())
     c = gpt.config
     print(f"{name}: GPT {c.n_layer} x {c.n_embd}, {c.n_head} heads, vocab {c.vocab_size}, {params / 1e6:.0f}M params; "
           f"{STEPS} tokens an image, top-k 100, top-p 0.95")
     print(f"{'batch':>6}  {'float32 eager tok/s':>20} {'img/s':>8}  {'bf16 + graph tok/s':>19} {'img/s':>8}  {'speed-up':>8}")
     deadline = time.monotonic() + budget.left() * share
+    for precision, graph in (("float32", False), ("bfloat16", True)):  # kernels, cuBLAS, the Decoders
+        cuda_seconds(gpt, 8, steps=8, precision=precision, cuda_graph=graph)
     for batch in batches:
         free, _ = torch.cuda.mem_get_info()
-        if cache_bytes(gpt, batch, 4) > 0.6 * free:
-            print(f"{batch:6d}  stop: a float32 cache of {cache_bytes(gpt, batch, 4) / 2**30:.0f} GiB "
-                  f"exceeds 60 % of the {free / 2**30:.0f} GiB free")
-            break
+        eager = fast = None
         try:
-            cuda_seconds(gpt, min(batch, 8), precision="bfloat16")  # warm-up: kernels, cuBLAS, Decoder
-            eager = cuda_seconds(gpt, batch, precision="float32", cuda_graph=False)
-            fast = min(cuda_seconds(gpt, batch, precision="bfloat16") for _ in range(2))
+            if cache_bytes(gpt, batch, 4) < 0.6 * free:
+                eager = cuda_seconds(gpt, batch, precision="float32", cuda_graph=False)
+            if cache_bytes(gpt, batch, 2) < 0.6 * free:
+                fast = min(cuda_seconds(gpt, batch, precision="bfloat16") for _ in range(2))
         except torch.cuda.OutOfMemoryError:
             print(f"{batch:6d}  stop: out of GPU memory")
             break
         finally:
             torch.cuda.empty_cache()
-        print(f"{batch:6d}  {batch * STEPS / eager:20.0f} {batch / eager:8.1f}  {batch * STEPS / fast:19.0f} "
-              f"{batch / fast:8.1f}  {eager / fast:7.1f}x", flush=True)
-        if time.monotonic() + 3 * (eager + 2 * fast) > deadline:
-            print(f"        stop: the next batch would overrun this check's share of the time budget")
+        if fast is None:
+            print(f"{batch:6d}  stop: a bf16 cache of {cache_bytes(gpt, batch, 2) / 2**30:.0f} GiB "
+                  f"exceeds 60 % of the {free / 2**30:.0f} GiB free")
+            break
+        base = (f"{batch * STEPS / eager:20.0f} {batch / eager:8.1f}" if eager
+                else f"{'(cache does not fit)':>20} {'':>8}")
+        ratio = f"{eager / fast:7.1f}x" if eager else ""
+        print(f"{batch:6d}  {base}  {batch * STEPS / fast:19.0f} {batch / fast:8.1f}  {ratio:>8}", flush=True)
+        if time.monotonic() + 3 * ((eager or fast) + 2 * fast) > deadline:
+            print("        stop: the next batch would overrun this check's share of the time budget")
             break
 
 
