@@ -6,8 +6,8 @@ every weight (and the key/value cache) through the processor once. `Decoder` com
 what `GPT.forward(idx, cache=...)` computes, with what that costs cut down:
 
 - each block's query/key/value products are one product over the three weights side by
-  side, and every product reads a copy of its weight packed once (FrozenLinear: oneDNN's
-  blocked layout on the CPU, GELU and the residual add fused into the product);
+  side, and every product reads a copy of its weight packed once for the CPU's matrix
+  library (FrozenLinear: MKL's packed sgemm in float32, oneDNN's in bf16);
 - one new token attends over the cache's filled positions read in place (no mask, no
   concatenation);
 - weights may be bf16 (with a bf16 cache) or int8 where this machine runs them natively
@@ -94,13 +94,19 @@ class Decoder:
         return built[precision][1]
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        """An empty key/value cache of `max_len` positions (block_size by default), bf16 with
-        bf16 weights (half the bytes a step reads), else float32; zeroed: step_static reads
-        the unwritten positions too (masked, but NaN * 0 is NaN)."""
+        """An empty key/value cache of `max_len` positions (block_size by default) for
+        `batch_size` sequences: bf16 with bf16 weights (half the bytes a step reads), else
+        float32; zeroed, since step_static reads the unwritten positions too (masked, but
+        NaN * 0 is NaN). The products get ready for steps of batch_size rows."""
         dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
         cache = KVCache(self.config, batch_size, max_len or self.config.block_size, device=self.device, dtype=dtype)
         cache.kv.zero_()
+        for linear in self._linears():
+            linear.pack_for(batch_size)  # the steps' products have batch_size rows
         return cache
+
+    def _linears(self) -> list[FrozenLinear]:
+        return [m for b in self.blocks for m in (b.qkv, b.proj, b.fc1, b.fc2)] + [self.head]
 
     def _layer_norm(self, x: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return F.layer_norm(x, (self.n_embd,), *params)
