@@ -17,9 +17,10 @@ tokens after one class token, top-k 100, top-p 0.95, same weights for every samp
 
 Runs alternate between samplers and repeat (--repeats), so a machine that gets busier or
 quieter shows in the spread; the best run is the figure, the range is printed beside it.
-The load average is printed before and after. --emulate avx2 re-runs the bench with the
+The load average is printed with each batch. --emulate avx2 re-runs the bench with the
 ISA of oneDNN, ATen and MKL limited to AVX2 (same machine, same memory: an emulation of an
-AVX2-only CPU's kernels, not of its caches or bandwidth).
+AVX2-only CPU's kernels, not of its caches or bandwidth); int8 then runs on oneDNN's
+quantized engine, which honours the limit (fbgemm would not).
 
     python bench/sampling.py [--threads 2] [--batches 8 16 64 256] [--repeats 3] [--emulate avx2]
 """
@@ -126,12 +127,14 @@ def cpu_header() -> list[str]:
                     (("AVX2", "avx2"), ("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"),
                      ("AVX512-VNNI", "avx512_vnni"), ("AMX", "amx_tile")))
     limits = ", ".join(f"{k}={os.environ[k]}" for k in ISA_ENV if k in os.environ) or "none"
+    threading = ", ".join(f"{k}={os.environ[k]}" for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY") if k in os.environ)
     native = ", ".join(p for p in PRECISIONS if precision_supported(p))
     return [f"CPU: {model}; {os.cpu_count()} logical CPUs; load average {load()}",
             f"ISA flags (/proc/cpuinfo): {isa}",
             f"torch {torch.__version__}: ATen kernels {torch.backends.cpu.get_cpu_capability()}, "
             f"oneDNN bf16 {'yes' if torch.ops.mkldnn._is_mkldnn_bf16_supported() else 'no'}, "
-            f"quantized engine {torch.backends.quantized.engine}; {torch.get_num_threads()} threads",
+            f"quantized engine {torch.backends.quantized.engine}; {torch.get_num_threads()} threads"
+            + (f" ({threading})" if threading else ""),
             f"ISA-limiting environment: {limits}",
             f"precisions run natively: {native}"]
 
@@ -195,10 +198,6 @@ def tokens_per_second(sampler, gpt, prefix, steps, seed, **kwargs) -> float:
     return prefix.shape[0] * steps / elapsed  # generated tokens only, not the prefix
 
 
-def measure(rows: dict, name: str, repeats: int, run) -> None:
-    rows.setdefault(name, []).extend(run(seed) for seed in range(repeats))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -216,56 +215,51 @@ def main() -> None:
 
 def run(args) -> None:
     torch.set_num_threads(args.threads)
+    if "ONEDNN_MAX_CPU_ISA" in os.environ and "onednn" in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = "onednn"  # fbgemm reads no ISA limit; oneDNN's int8 honours it
     steps = args.grid * args.grid
     gpt = demo_gpt(steps)
     precisions = [p for p in PRECISIONS if precision_supported(p)]
-    n_params = sum(p.numel() for p in gpt.parameters())
     print("\n".join(cpu_header()))
-    print(f"GPT 8 layers x 512, 8 heads, vocab 1024: {n_params / 1e6:.1f}M params; {steps} tokens after a class "
-          f"token; top-k {TOP_K}, top-p {TOP_P}", flush=True)
-
-    mean_bytes = {(b, p): sum(step_bytes(gpt, b, pos, p) for pos in range(steps)) / steps
-                  for b in args.batches for p in precisions}
-    bandwidth = {key: read_bandwidth(int(n)) for key, n in mean_bytes.items()}
-    dram = read_bandwidth(2 ** 30, repeats=4)
+    print(f"GPT 8 layers x 512, 8 heads, vocab 1024, {sum(p.numel() for p in gpt.parameters()) / 1e6:.1f}M params; "
+          f"{steps} tokens after a class token; top-k {TOP_K}, top-p {TOP_P}")
     flops = peak_flops()
-    print(f"read bandwidth: {dram / 1e9:.1f} GB/s on 1 GiB; "
-          + ", ".join(f"{bandwidth[8, 'float32'] / 1e9:.1f} GB/s on {mean_bytes[8, 'float32'] / 1e6:.0f} MB "
-                      f"(a batch-8 float32 step)" for _ in [0] if (8, "float32") in bandwidth)
-          + f"; float32 matrix product {flops / 1e9:.0f} GFLOP/s", flush=True)
+    print(f"read bandwidth {read_bandwidth(2 ** 30, repeats=4) / 1e9:.1f} GB/s on 1 GiB; "
+          f"float32 matrix product {flops / 1e9:.0f} GFLOP/s", flush=True)
 
-    print(f"\n{'batch':>5}  {'sampler':<34} {'tokens/s':>9}  {'runs':<22} {'x orig':>7} {'of bound':>8}")
     for batch in args.batches:
         prefix = torch.randint(0, 1000, (batch, 1))
-        rows: dict[str, list[float]] = {}
+        mean_bytes = {p: sum(step_bytes(gpt, batch, pos, p) for pos in range(steps)) / steps for p in precisions}
+        bandwidth = {p: 0.0 for p in precisions}
+        runs: dict[str, list[float]] = {}
         for precision in precisions:  # warm-up: builds each Decoder once, as a sampling job would
             generate(gpt, prefix, 4, SETTINGS, precision=precision)
-        for _ in range(args.repeats):  # alternate, so load changes hit every sampler alike
+        for repeat in range(args.repeats):  # alternate, so load changes hit every sampler and the bound alike
             for precision in precisions:
-                measure(rows, f"product {precision}", 1,
-                        lambda s: tokens_per_second(generate, gpt, prefix, steps, s, precision=precision))
+                bandwidth[precision] = max(bandwidth[precision], read_bandwidth(int(mean_bytes[precision])))
+                runs.setdefault(f"product {precision}", []).append(
+                    tokens_per_second(generate, gpt, prefix, steps, repeat, precision=precision))
             if batch <= args.original_up_to:
-                measure(rows, "original sample_with_past", 1,
-                        lambda s: tokens_per_second(original_sample_with_past, gpt, prefix, steps, s))
+                runs.setdefault("original sample_with_past", []).append(
+                    tokens_per_second(original_sample_with_past, gpt, prefix, steps, repeat))
         if batch in args.full_recompute_at:
-            measure(rows, "full recompute (GPT.forward)", 1,
-                    lambda s: tokens_per_second(generate_without_cache, gpt, prefix, steps, s))
-        original = max(rows.get("original sample_with_past", [math.nan]))
-        for name, runs in rows.items():
-            best = max(runs)
-            share = ""
-            if name.startswith("product"):
-                precision = name.split()[-1]
-                bound = batch / (mean_bytes[batch, precision] / bandwidth[batch, precision])
-                share = f"{best / bound:7.0%}"
-            print(f"{batch:5d}  {name:<34} {best:9.0f}  {', '.join(f'{r:.0f}' for r in runs):<22} "
-                  f"{best / original:6.1f}x {share:>8}", flush=True)
-        for precision in precisions:
-            seconds = sum(step_bytes(gpt, batch, pos, precision) for pos in range(steps)) / bandwidth[batch, precision]
-            print(f"{batch:5d}  {'bound ' + precision:<34} {batch * steps / seconds:9.0f}  "
-                  f"{mean_bytes[batch, precision] / 1e6:.0f} MB/step at {bandwidth[batch, precision] / 1e9:.1f} GB/s")
+            runs["full recompute (GPT.forward)"] = [tokens_per_second(generate_without_cache, gpt, prefix, steps, 0)]
+
+        original = max(runs.get("original sample_with_past", [math.nan]))
+        bound = {p: batch * bandwidth[p] / mean_bytes[p] for p in precisions}
         compute = batch * steps / (sum(step_flops(gpt, batch, pos) for pos in range(steps)) / flops)
-        print(f"{batch:5d}  {'compute bound float32':<34} {compute:9.0f}  at {flops / 1e9:.0f} GFLOP/s", flush=True)
+        print(f"\nbatch {batch}: load {load()}")
+        print(f"  {'sampler':<30} {'tokens/s':>9}  {'x original':>10}  {'of bound':>8}  runs")
+        for name, rates in runs.items():
+            precision = name.split()[-1]
+            share = f"{max(rates) / bound[precision]:8.0%}" if name.startswith("product") else f"{'':8}"
+            print(f"  {name:<30} {max(rates):9.0f}  {max(rates) / original:9.1f}x  {share}  "
+                  f"{', '.join(f'{r:.0f}' for r in rates)}")
+        for precision in precisions:
+            print(f"  {'bound ' + precision:<30} {bound[precision]:9.0f}  {bound[precision] / original:9.1f}x  "
+                  f"{'':8}  {mean_bytes[precision] / 1e6:.0f} MB a step at {bandwidth[precision] / 1e9:.1f} GB/s")
+        print(f"  {'compute bound float32':<30} {compute:9.0f}  {compute / original:9.1f}x  {'':8}  "
+              f"{flops / 1e9:.0f} GFLOP/s", flush=True)
     print(f"\nload average at the end: {load()}")
 
 
