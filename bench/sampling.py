@@ -246,6 +246,7 @@ def run(args) -> None:
             runs["full recompute (GPT.forward)"] = [tokens_per_second(generate_without_cache, gpt, prefix, steps, 0)]
 
         original = max(runs.get("original sample_with_past", [math.nan]))
+        times = lambda rate: f"{'-':>10}" if math.isnan(original) else f"{rate / original:9.1f}x"
         bound = {p: batch * bandwidth[p] / mean_bytes[p] for p in precisions}
         compute = batch * steps / (sum(step_flops(gpt, batch, pos) for pos in range(steps)) / flops)
         print(f"\nbatch {batch}: load {load()}")
@@ -253,12 +254,12 @@ def run(args) -> None:
         for name, rates in runs.items():
             precision = name.split()[-1]
             share = f"{max(rates) / bound[precision]:8.0%}" if name.startswith("product") else f"{'':8}"
-            print(f"  {name:<30} {max(rates):9.0f}  {max(rates) / original:9.1f}x  {share}  "
+            print(f"  {name:<30} {max(rates):9.0f}  {times(max(rates))}  {share}  "
                   f"{', '.join(f'{r:.0f}' for r in rates)}")
         for precision in precisions:
-            print(f"  {'bound ' + precision:<30} {bound[precision]:9.0f}  {bound[precision] / original:9.1f}x  "
+            print(f"  {'bound ' + precision:<30} {bound[precision]:9.0f}  {times(bound[precision])}  "
                   f"{'':8}  {mean_bytes[precision] / 1e6:.0f} MB a step at {bandwidth[precision] / 1e9:.1f} GB/s")
-        print(f"  {'compute bound float32':<30} {compute:9.0f}  {compute / original:9.1f}x  {'':8}  "
+        print(f"  {'compute bound float32':<30} {compute:9.0f}  {times(compute)}  {'':8}  "
               f"{flops / 1e9:.0f} GFLOP/s", flush=True)
     print(f"\nload average at the end: {load()}")
 
