@@ -118,10 +118,15 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
         real = to_rgb_arrays(dataset[indices[i]]["image"][None])[0]
         rows.append(([lead] if lead is not None else []) + [real] + grid_samples[i])
     n_lead = len(rows[0]) - cfg.per_condition
-    save_png(tmp / "grid.png", make_grid(rows, tile=max(resolution, 96), lead=n_lead, gap=4))
+    picture = make_grid(rows, tile=max(resolution, 96), lead=n_lead, gap=4)
+    large = None
+    if cfg.large_resolution:
+        large = _large_samples(cfg, sampling, model, layout, maps, indices[:min(2, shown)], tmp, picture.shape[1])
+        picture = _stacked(picture, large.pop("picture"))
+    save_png(tmp / "grid.png", picture)
     summary = {"conditioning": kind, "resolution": resolution, "training_size": size,
                "sliding_window": grid != model.window, "samples": total, "device": model.device.type,
-               **asdict(sampling)}
+               **asdict(sampling), **({"large": large} if large else {})}
     write_json(tmp / "samples.json", {**summary, "settings": asdict(cfg), "images": manifest})
 
     if out.exists():
@@ -134,6 +139,52 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
         tmp.rename(out)
     print("sample: " + json.dumps(summary))
     return summary
+
+
+def _large_samples(cfg: SampleConfig, sampling: SamplingSettings, model, layout: Layout, maps: dict,
+                   indices: list[int], tmp: Path, width: int) -> dict:
+    """One sample at ``cfg.large_resolution`` for each of ``indices`` (what the paper is named
+    for: a sliding window over a latent grid larger than the training one), written to
+    ``large/NNNNN.png`` (not under images/: evaluate scores training-size samples) and drawn as
+    labelled rows of condition | real | sample, twice as large as their pixels."""
+    from tasks.data.datasets import ImageNetDataset
+    from tasks.data.images import make_grid, to_rgb_arrays
+    from tasks.generation.output import save_png
+    from tasks.generation.tokens import sample_batches
+    from tasks.runtime.progress import progress
+
+    px = cfg.large_resolution
+    try:
+        grid = model.grid(px, px)
+    except StageError as e:
+        raise StageError(f"sample.large_resolution: {e} ({model.folder.root})") from None
+    dataset = ImageNetDataset(layout.images, "validation", size=px, synsets_json=layout.synsets_json, **maps)
+    conditions = ValidationConditions(model, dataset, indices)
+    rows = []
+    with progress(total=len(indices) * grid[0] * grid[1], desc=f"sample {px}px sliding window", unit="tok") as bar:
+        for jobs, pictures in sample_batches(model, conditions, 1, cfg.batch_size, grid, sampling,
+                                             model.generator(cfg.seed), on_position=bar.update):
+            for (i, _), array in zip(jobs, pictures):
+                save_png(tmp / f"large/{i:05d}.png", array)
+                real = to_rgb_arrays(dataset[indices[i]]["image"][None])[0]
+                lead = conditions[i].picture
+                rows.append(([lead] if lead is not None else []) + [real, array])
+    tile = min(2 * px, max(96, (width - 40) // len(rows[0])))
+    title = f"{px} px, sliding window (trained at {model.training_size} px)"
+    picture = make_grid(rows, tile=tile, lead=len(rows[0]) - 1, gap=4, title=title)
+    return {"resolution": px, "grid": list(grid), "images": [f"large/{i:05d}.png" for i in range(len(rows))],
+            "picture": picture}
+
+
+def _stacked(top, bottom):
+    """Two pictures one above the other on white, left-aligned."""
+    import numpy as np
+
+    width = max(top.shape[1], bottom.shape[1])
+    page = np.full((top.shape[0] + bottom.shape[0], width, 3), 255, np.uint8)
+    page[:top.shape[0], :top.shape[1]] = top
+    page[top.shape[0]:, :bottom.shape[1]] = bottom
+    return page
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

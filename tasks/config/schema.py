@@ -407,6 +407,9 @@ class SampleConfig:
     seed: int = 0
     resolution: int | None = None      # output side in px (null: the training size; larger: sliding window)
     grid_conditions: int = 8           # rows of grid.png
+    # px of one more sample per condition of the grid's first rows, shown below them: a
+    # sliding-window sample above the training size (null: none)
+    large_resolution: int | None = None
     device: str = "auto"               # auto: CUDA when present (the GPT in bf16 autocast there), else CPU
 
     def __post_init__(self):
@@ -416,6 +419,8 @@ class SampleConfig:
         check(self.classes is None or (len(self.classes) > 0 and min(self.classes) >= 0),
               "sample.classes", "must be a non-empty list of class labels >= 0, or null")
         check(self.resolution is None or self.resolution >= 8, "sample.resolution", "must be >= 8 or null")
+        check(self.large_resolution is None or self.large_resolution >= 8, "sample.large_resolution",
+              "must be >= 8 or null")
 
 
 @dataclass
