@@ -201,6 +201,7 @@ class DDConfig:
     in_channels: int | None = None
     out_ch: int | None = None
     resolution: int | None = None
+    norm_groups: int = 32           # GroupNorm groups (the original's 32); every width must divide by it
 
 
 @dataclass
@@ -254,7 +255,9 @@ class VQGANConfig(TrainingConfig):
         dd = self.ddconfig
         check(len(dd.ch_mult) >= 1 and all(m >= 1 for m in dd.ch_mult), f"{key}.ddconfig.ch_mult",
               f"must be a non-empty list of positive multipliers, got {dd.ch_mult}")
-        check(dd.ch > 0 and dd.ch % 32 == 0, f"{key}.ddconfig.ch", "must be a positive multiple of 32 (GroupNorm with 32 groups)")
+        check(dd.norm_groups >= 1, f"{key}.ddconfig.norm_groups", "must be >= 1")
+        check(dd.ch > 0 and dd.ch % dd.norm_groups == 0, f"{key}.ddconfig.ch",
+              f"must be a positive multiple of {dd.norm_groups} (ddconfig.norm_groups: GroupNorm's groups)")
         check(dd.z_channels > 0 and dd.num_res_blocks > 0, f"{key}.ddconfig",
               "z_channels and num_res_blocks must be positive")
         check_finite(dd.dropout, f"{key}.ddconfig.dropout", 0, 1)
@@ -289,8 +292,10 @@ class VQGANConfig(TrainingConfig):
         return side, side
 
     def ddconfig_dict(self) -> dict:
-        return {**dataclasses.asdict(self.ddconfig), "in_channels": self.channels, "out_ch": self.channels,
-                "resolution": self.resolution}
+        dd = dataclasses.asdict(self.ddconfig)
+        if dd["norm_groups"] == 32:    # the original's configs have no such key: write one only when needed
+            del dd["norm_groups"]
+        return {**dd, "in_channels": self.channels, "out_ch": self.channels, "resolution": self.resolution}
 
     def model_params(self) -> dict:
         """VQModel / VQSegmentationModel keyword arguments."""
