@@ -4,6 +4,7 @@
     data/dataset/image/<split>/      extract: <synset>/<name>.JPEG, filelist.txt; rejected.jsonl
     data/dataset/depth/<split>/      annotate@depth: <synset>/<name>.png (RGBA-packed float32)
     data/dataset/segmentation/...    annotate@segmentation: <synset>/<name>.png (uint8 labels)
+    data/dataset/objects/<split>/    annotate@objects: <synset>/<name>.json (a scene's boxes), categories.json
     data/vqgan/<name>/               train-vqgan@<name>: checkpoints/, configs/ (resume/ while running)
     data/tokens/<split>/             tokenize: part-NNNNN.parquet
     data/transformer/                train-transformer: checkpoints/, configs/
@@ -67,6 +68,11 @@ class Layout:
         if kind not in MAP_KINDS:
             raise ValueError(f"no per-image maps of kind {kind!r} (known: {', '.join(MAP_KINDS)})")
         return self.dataset / kind
+
+    @property
+    def objects(self) -> Path:
+        """A scene dataset's boxes, one record per image (tasks/data/objects/records.py)."""
+        return self.dataset / "objects"
 
     def vqgan(self, name: str) -> Path:
         return self.root / "vqgan" / name

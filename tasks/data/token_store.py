@@ -26,7 +26,7 @@ from tasks.data.files import atomic_path, is_temp
 META_KEY = b"taming.tokens"
 FORMAT_VERSION = 1
 PART_GLOB = "part-*.parquet"
-COND_KINDS = ("depth", "segmentation", "class", "none")
+COND_KINDS = ("depth", "segmentation", "class", "none", "objects_bbox", "objects_center_points")
 
 
 def part_name(index: int) -> str:
@@ -36,11 +36,13 @@ def part_name(index: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class Codes:
     """Where one token column comes from."""
-    kind: str                 # image | depth | segmentation (a VQGAN) | class | none
-    vocab_size: int           # codebook size, number of classes, or 1 (the SOS token)
-    grid: tuple[int, int]     # token grid (h, w); (1, 1) for class and none
+    kind: str                 # image | depth | segmentation (a VQGAN) | class | none | objects_bbox | ...
+    vocab_size: int           # codebook size, number of classes, 1 (the SOS token), a builder's no_tokens
+    grid: tuple[int, int]     # token grid (h, w); (1, 1) for class and none; (1, length) for a builder
     sha256: str | None = None  # SHA-256 of the VQGAN checkpoint (None without a VQGAN)
-    folder: str | None = None  # the VQGAN folder, e.g. data/vqgan/depth
+    folder: str | None = None  # the VQGAN folder, e.g. data/vqgan/depth (objects: data/dataset/objects)
+    # scenes: what the tokens mean (tasks.data.objects.conditioning.SceneConditioning.to_json())
+    builder: dict | None = dataclasses.field(default=None, hash=False)
 
     @property
     def length(self) -> int:
