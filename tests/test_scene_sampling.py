@@ -182,3 +182,22 @@ def test_an_open_images_centre_points_folder_samples_its_flags(tmp_path):
     person = model.scene.categories.lookup("Person")
     assert tokens[0] == person + 340 * (1 + 2) and tokens[2] == model.scene.categories.lookup("Car")
     assert sorted(p.name for p in (tmp_path / "o" / "street").iterdir()) == ["000000.png", "boxes.png"]
+
+
+def test_the_app_samples_a_scene_model_from_a_layout(coco_folder, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.chdir(tmp_path)
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app" / "sampling_app.py"), default_timeout=300)
+    at.run()
+    at.sidebar.text_input(key="model").set_value(str(coco_folder)).run()
+    assert not at.error and "conditioned on objects_bbox" in at.sidebar.caption[0].value
+    assert "label: 'person'" in at.text_area(key="layout").value      # an example with the model's categories
+    at.text_area(key="layout").set_value(yaml.safe_dump(LAYOUT)).run()
+    assert not at.error and at.image[0].proto.imgs[0].caption == "conditioning: kitchen"
+    at.sidebar.number_input(key="width").set_value(48).run()
+    at.button(key="sample").click().run()
+    assert not at.error
+    assert np.asarray(Image.open(__import__("io").BytesIO(at.session_state["result"]))).shape == (32, 48, 3)
+    at.text_area(key="layout").set_value("objects: [{label: unicorn, bbox: [0, 0, 1, 1]}]").run()
+    assert at.error and "'unicorn' is not a category id or name" in at.error[0].value

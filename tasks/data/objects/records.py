@@ -97,20 +97,26 @@ def read_layouts(path: str | Path, categories: CategoryTable) -> list[tuple[str,
         raise FileNotFoundError(f"{path}: no such file")
     if path.stat().st_size > MAX_LAYOUT_BYTES:
         raise LayoutError(f"{path}: larger than {MAX_LAYOUT_BYTES} bytes; not a layout file")
+    return parse_layouts(path.read_bytes(), categories, str(path), path.stem)
+
+
+def parse_layouts(text: str | bytes, categories: CategoryTable, where: str = "layout",
+                  stem: str = "layout") -> list[tuple[str, list[Annotation]]]:
+    """(name, annotations) of the layouts in YAML/JSON text (unnamed ones: ``stem``, ``stem-k``)."""
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise LayoutError(f"{path}: not YAML or JSON: {e}") from None
+        raise LayoutError(f"{where}: not YAML or JSON: {e}") from None
     layouts = doc if isinstance(doc, list) else [doc]
     found = []
     for k, layout in enumerate(layouts):
-        where = f"{path}" + (f" layout {k}" if isinstance(doc, list) else "")
+        at = where + (f" layout {k}" if isinstance(doc, list) else "")
         if not isinstance(layout, dict) or "objects" not in layout:
-            raise LayoutError(f"{where}: expected {{name, objects: [{{label, bbox}}, ...]}} or a list of them")
-        name = str(layout.get("name") or (path.stem if len(layouts) == 1 else f"{path.stem}-{k}"))
+            raise LayoutError(f"{at}: expected {{name, objects: [{{label, bbox}}, ...]}} or a list of them")
+        name = str(layout.get("name") or (stem if len(layouts) == 1 else f"{stem}-{k}"))
         if not is_plain_name(name):
-            raise LayoutError(f"{where}: name {name!r} names an output folder: letters, digits, _ . + - only")
-        found.append((name, layout_annotations(layout["objects"], categories, where)))
+            raise LayoutError(f"{at}: name {name!r} names an output folder: letters, digits, _ . + - only")
+        found.append((name, layout_annotations(layout["objects"], categories, at)))
     return found
 
 
