@@ -112,7 +112,8 @@ def load_coco(root: str | Path, split: str, min_object_area: float = 0.00001, mi
     instances_json, stuff_json, files = paths(root, split)
     images: dict[int, ImageInfo] = {}
     listed: list[Category] = []
-    raw, files_rows = Rows(), []         # every annotation read, in the order read; rows per file
+    raw = Rows()                         # every annotation read, in the order read
+    read_by: dict[Path, int] = {}        # rows read when each file was done
 
     def add_image(item, where):
         image_id, info = _image(item, where)
@@ -128,12 +129,11 @@ def load_coco(root: str | Path, split: str, min_object_area: float = 0.00001, mi
             if wanted:
                 handlers["categories"] = lambda item, w=str(path): listed.append(_category(item, w))
                 handlers["annotations"] = lambda item, w=str(path): _annotation(item, w, raw)
-            before = raw.count
             keys = stream_arrays(path, handlers)
             missing = sorted(set(handlers) - keys)
             if missing:
                 raise CocoFormatError(f"{path}: no {', '.join(missing)} (not a COCO annotation file)")
-            files_rows.append((path, raw.count - before))
+            read_by[path] = raw.count
     except JSONStreamError as e:
         raise CocoFormatError(str(e)) from None
 
@@ -145,12 +145,12 @@ def load_coco(root: str | Path, split: str, min_object_area: float = 0.00001, mi
     unlisted = np.array([i not in images for i in image_ids.tolist()], dtype=bool)
     if unlisted.any():
         k = int(np.flatnonzero(unlisted[per_row])[0])
-        path = next(p for p, n in _cumulative(files_rows) if k < n)
+        path = instances_json if k < read_by[instances_json] else stuff_json
         raise CocoFormatError(f"{path}: annotation {rows['id'][k]}: image_id [{rows['image'][k]}] has no image "
                               f"description in {instances_json}")
     size = np.array([images[i].size for i in image_ids.tolist()], dtype=np.float64).reshape(-1, 2)[per_row]
     category_ids, per_row = np.unique(rows["category_no"], return_inverse=True)
-    numbers = np.array([_number_or_none(categories, c) for c in category_ids.tolist()], dtype=np.int64)
+    numbers = np.array([_number_or_unknown(categories, c) for c in category_ids.tolist()], dtype=np.int64)
     rows["category_no"] = numbers[per_row]
     rows["bbox"] /= np.concatenate((size, size), axis=1)      # float64, as the original's Python division
     rows["area"] = rows["bbox"][:, 2] * rows["bbox"][:, 3]
@@ -161,26 +161,19 @@ def load_coco(root: str | Path, split: str, min_object_area: float = 0.00001, mi
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
     rows["image"] = rank[per_row]
     by_order = [images[i] for i in image_ids[np.argsort(first, kind="stable")].tolist()]
-    return AnnotatedObjects.select(rows, by_order, categories, files, _with_category_id(categories),
+    return AnnotatedObjects.select(rows, by_order, categories, files, _make_annotation(categories),
                                    min_object_area, min_objects_per_image, max_objects_per_image,
                                    stats={"listed_images": len(images)})
 
 
-def _cumulative(files_rows):
-    total = 0
-    for path, n in files_rows:
-        total += n
-        yield path, total
-
-
-def _number_or_none(categories: CategoryTable, category_id: int) -> int:
+def _number_or_unknown(categories: CategoryTable, category_id: int) -> int:
     try:
         return categories.number(str(category_id))
     except KeyError:
         return -1
 
 
-def _with_category_id(categories: CategoryTable):
+def _make_annotation(categories: CategoryTable):
     """How a row becomes the original's Annotation for COCO (image_id an int, iscrowd as is)."""
     def make(row: np.void, info: ImageInfo) -> Annotation:
         no = int(row["category_no"])
