@@ -532,7 +532,7 @@ SECTIONS = ("data", "extract", "annotate", "vqgan", "tokenize", "transformer", "
 @dataclass(frozen=True)
 class PipelineConfig:
     """Every section of params.yaml, typed and validated."""
-    conditioning: str                       # depth | segmentation | class | none
+    conditioning: str                       # depth | segmentation | class | none | objects
     sampling: SamplingSettings
     data: DataConfig
     extract: ExtractConfig

@@ -1,6 +1,7 @@
 """Where every stage's inputs and outputs live (the contracts of shared/design.md).
 
-    data/raw/                        acquire: ILSVRC2012-style archives, synsets.json, groundtruth/ (demo)
+    data/raw/                        acquire: ILSVRC2012-style archives, synsets.json, groundtruth/ (demo),
+                                     objects/ (scene datasets: the boxes of the packed images)
     data/dataset/image/<split>/      extract: <synset>/<name>.JPEG, filelist.txt; rejected.jsonl
     data/dataset/depth/<split>/      annotate@depth: <synset>/<name>.png (RGBA-packed float32)
     data/dataset/segmentation/...    annotate@segmentation: <synset>/<name>.png (uint8 labels)
