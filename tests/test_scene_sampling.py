@@ -201,3 +201,20 @@ def test_the_app_samples_a_scene_model_from_a_layout(coco_folder, tmp_path, monk
     assert np.asarray(Image.open(__import__("io").BytesIO(at.session_state["result"]))).shape == (32, 48, 3)
     at.text_area(key="layout").set_value("objects: [{label: unicorn, bbox: [0, 0, 1, 1]}]").run()
     assert at.error and "'unicorn' is not a category id or name" in at.error[0].value
+
+
+def test_the_shipped_first_stage_config_is_the_published_scene_models():
+    """profiles/first_stages/scene_vqgan_f16_8192-project.yaml makes the published COCO-8k and
+    COCO/Open-Images-8k VQGAN checkpoints folders: the first_stage_config of the original's
+    coco_scene_images_transformer.yaml / open_images_scene_images_transformer.yaml (as printed there)."""
+    from models.first_stage import build_vqgan
+    from models.folder import read_config
+
+    published = {"embed_dim": 256, "n_embed": 8192, "ddconfig": {
+        "double_z": False, "z_channels": 256, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+        "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16], "dropout": 0.0},
+        "lossconfig": {"target": "taming.modules.losses.DummyLoss"}}
+    config = read_config(Path(__file__).resolve().parents[1] / "profiles/first_stages/scene_vqgan_f16_8192-project.yaml")
+    assert config["target"] == "taming.models.vqgan.VQModel" and config["params"] == published
+    vqgan = build_vqgan(config)
+    assert vqgan.quantize.re_embed == 8192 and vqgan.encode(torch.zeros(1, 3, 256, 256))[2].numel() == 16 * 16
