@@ -22,6 +22,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from tasks.data.classes import ClassTable
+from tasks.data.images import load_rgb
 from tasks.data.objects.builders import ObjectsCenterPointsBuilder
 from tasks.data.objects.categories import CategoryTable
 from tasks.data.objects.crops import crop_box, cut
@@ -66,8 +67,7 @@ class ObjectsDataset(Dataset):
         return read_json(path)
 
     def __getitem__(self, i: int) -> dict:
-        with Image.open(self.images_root / self.split / self.relpaths[i]) as im:
-            image = im.convert("RGB")
+        image = Image.fromarray(load_rgb(self.images_root / self.split / self.relpaths[i]))
         box, how = crop_box(self.crop_method, *image.size, self.size)
         pixels = torch.from_numpy(np.array(cut(image, how, self.size))).permute(2, 0, 1).float() / 127.5 - 1.0
         synset = self.relpaths[i].split("/")[0]
