@@ -50,13 +50,17 @@ def load_split(cfg: DataConfig, split: str) -> AnnotatedObjects:
 
 def _packed(data: AnnotatedObjects, source: str, missing: list[str]):
     """(synset, member name, image index) of every image that exists, in dataset order."""
-    k = 0
+    k, names = 0, set()
     for n in range(len(data)):
         path = data.image_path(n)
         if not path.is_file():
             missing.append(data.images[n].file_name)
             continue
-        yield f"{source}-{k // SHARD:04d}", Path(data.images[n].file_name).stem + ".JPEG", n
+        name = Path(data.images[n].file_name).stem + ".JPEG"
+        if name in names:
+            raise StageError(f"{data.files}: two images of the split would both be packed as {name}")
+        names.add(name)
+        yield f"{source}-{k // SHARD:04d}", name, n
         k += 1
 
 
