@@ -19,8 +19,10 @@ so ``extract`` always runs the same (real) path:
   downloaded from the internet). Local files are hard-linked when possible.
 - ``custom``: the original project's "train on your own images" route: two text
   files listing image paths (train, test), one per line, relative paths taken
-  from the list file's folder. The images are packed unchanged as one class
-  ``custom``; ``custom_sources.json`` maps each packed name to its source path.
+  from the list file's folder; every image must lie under ``data.custom.root``
+  (default: the list's folder) unless ``allow_outside`` (tasks/data/image_lists.py).
+  The images are packed unchanged as one class ``custom``;
+  ``custom_sources.json`` maps each packed name to its source path.
 - ``coco``, ``open_images``: a scene dataset in the original's layout (a local folder),
   loaded and filtered as the original loads it; its images are packed in pseudo-synsets
   and their boxes written to ``objects/`` (tasks/data/objects/source.py).
@@ -177,7 +179,8 @@ def acquire_imagenet(cfg: ImagenetConfig, out: Path) -> dict:
 # ----------------------------------------------------------------------------- custom
 
 def acquire_custom(cfg: CustomConfig, out: Path) -> dict:
-    train, test = read_image_list(cfg.train_list), read_image_list(cfg.test_list)
+    train, test = (read_image_list(listing, cfg.root or None, cfg.allow_outside)
+                   for listing in (cfg.train_list, cfg.test_list))
     train_names = [f"custom_{i + 1:08d}.JPEG" for i in range(len(train))]
     test_names = [f"custom_test_{i + 1:08d}.JPEG" for i in range(len(test))]
     # Bytes are packed unchanged (PNGs too): extract and the datasets decode by content.

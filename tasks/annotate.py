@@ -23,6 +23,7 @@ import argparse
 from tasks.config.schema import ANNOTATORS, AnnotateConfig
 from tasks.config.typed import ConfigError
 from tasks.data import annotation
+from tasks.runtime import locks
 from tasks.runtime.devices import resolve_device
 
 
@@ -68,7 +69,8 @@ def run(kind: str, cfg: AnnotateConfig) -> dict:
         if cfg.num_shards > 1:
             raise ConfigError("--num-shards: annotate objects copies records; run it whole")
         layout = Layout(cfg.data_dir)
-        return place_records(layout.raw / "objects", layout.images, layout.objects, cfg.splits)
+        with locks.hold(layout.objects):   # one writer, as for the maps
+            return place_records(layout.raw / "objects", layout.images, layout.objects, cfg.splits)
     return annotation.annotate(cfg, annotator(kind, cfg))
 
 

@@ -86,6 +86,7 @@ def scene_conditions(model, files: list[str], hw: tuple[int, int]) -> list:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from models.sampling_settings import InvalidSampling, SamplingSettings
     from tasks.data.files import write_json
     from tasks.data.images import load_rgb
     from tasks.generation import conditions as cond
@@ -93,7 +94,6 @@ def run(args: argparse.Namespace) -> dict:
     from tasks.generation.output import NpzWriter, save_png
     from tasks.generation.tokens import sample_batches
     from tasks.runtime.progress import progress
-    from models.sampling_settings import InvalidSampling, SamplingSettings
 
     try:
         settings = SamplingSettings(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,

@@ -6,8 +6,8 @@
     data/dataset/depth/<split>/      annotate@depth: <synset>/<name>.png (RGBA-packed float32)
     data/dataset/segmentation/...    annotate@segmentation: <synset>/<name>.png (uint8 labels)
     data/dataset/objects/<split>/    annotate@objects: <synset>/<name>.json (a scene's boxes), categories.json
-    data/vqgan/<name>/               train-vqgan@<name>: checkpoints/, configs/ (resume/ while running)
-    data/tokens/<split>/             tokenize: part-NNNNN.parquet
+    data/vqgan/<name>/               train-vqgan@<name>: checkpoints/, configs/ (resume/: while running; a finished run's continuation point)
+    data/tokens/<split>/             tokenize: part-NNNNN.parquet, manifest.json
     data/transformer/                train-transformer: checkpoints/, configs/
     data/dvclive/{vqgan/<name>,transformer}/  the training stages' DVCLive metrics and plots
     data/samples/                    sample: images/, samples.json, grid.png
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 SPLITS = ("train", "validation")
 MAP_KINDS = ("depth", "segmentation")   # per-image maps an annotation stage writes
@@ -74,6 +75,24 @@ class Layout:
     def objects(self) -> Path:
         """A scene dataset's boxes, one record per image (tasks/data/objects/records.py)."""
         return self.dataset / "objects"
+
+    def map_file(self, kind: str, split: str, relpath: str) -> Path:
+        """The map of image ``<split>/<relpath>``: ``<kind>/<split>/<synset>/<name>.png``."""
+        return (self.maps(kind) / split / relpath).with_suffix(".png")
+
+    def record_file(self, split: str, relpath: str) -> Path:
+        """The object record of image ``<split>/<relpath>``: ``objects/<split>/<synset>/<name>.json``."""
+        return (self.objects / split / relpath).with_suffix(".json")
+
+    def sample_files(self, split: str, relpaths: Iterable[str], annotations: str | None = None) -> Iterator[Path]:
+        """The files samples ``relpaths`` of ``split`` are read from: each image and, with
+        ``annotations`` (a map kind, or objects), its map or object record."""
+        for relpath in relpaths:
+            yield self.images / split / relpath
+            if annotations == "objects":
+                yield self.record_file(split, relpath)
+            elif annotations is not None:
+                yield self.map_file(annotations, split, relpath)
 
     def vqgan(self, name: str) -> Path:
         return self.root / "vqgan" / name

@@ -19,8 +19,9 @@ import json
 from pathlib import Path
 
 from tasks.config.schema import DataConfig
-from tasks.data.archives import tar_bytes, write_tar
+from tasks.data.archives import name_problem, tar_bytes, write_tar
 from tasks.data.files import atomic_path, write_json, write_text
+from tasks.data.image_lists import image_file_problem
 from tasks.data.layout import SYNSETS_JSON, TRAIN_TAR, VAL_SYNSETS, VAL_TAR
 from tasks.data.objects.loaded import AnnotatedObjects
 from tasks.data.objects.records import CATEGORIES_FILE, to_record
@@ -49,14 +50,21 @@ def load_split(cfg: DataConfig, split: str) -> AnnotatedObjects:
 
 
 def _packed(data: AnnotatedObjects, source: str, missing: list[str]):
-    """(synset, member name, image index) of every image that exists, in dataset order."""
+    """(synset, member name, image index) of every image that exists, in dataset order; an image
+    that is no regular file, too large, or whose member name extract would refuse stops acquire."""
     k, names = 0, set()
     for n in range(len(data)):
         path = data.image_path(n)
-        if not path.is_file():
+        try:
+            problem = image_file_problem(path.stat())
+        except FileNotFoundError:
             missing.append(data.images[n].file_name)
             continue
+        if problem:
+            raise StageError(f"{path}: {problem}")
         name = Path(data.images[n].file_name).stem + ".JPEG"
+        if problem := name_problem(name):
+            raise StageError(f"{path}: cannot be packed as {name!r}: {problem}")
         if name in names:
             raise StageError(f"{data.files}: two images of the split would both be packed as {name}")
         names.add(name)
