@@ -3,18 +3,23 @@
 How to draw is one validated object, `SamplingSettings` (top-k, top-p, temperature,
 guidance, greedy). Every sampler works on a batch and takes an optional
 torch.Generator, so a run is reproducible. `generate` feeds one token per step
-through a preallocated key/value cache, with the CPU's Linears packed for oneDNN
-(models/packed_linear.py); `generate_without_cache` recomputes the whole sequence
-each step and exists as the baseline that bench/sampling.py compares against.
+through a preallocated key/value cache, the GPT running as an inference-only Decoder
+(models/inference.py: weights packed once, fused products, a CUDA graph per step on
+the GPU); `generate_without_cache` recomputes the whole sequence each step through
+the model itself and is the reference the tests and bench/sampling.py compare against.
 `generate_sliding_window` samples latent grids larger than the training grid, as
 the paper's high-resolution results do.
 """
 from __future__ import annotations
 
+import functools
+import warnings
+
 import torch
 
 from models.gpt import GPT
-from models.packed_linear import packed_linears
+from models.inference import CudaGraphStep, Decoder
+from models.packed_linear import packed_linears, precision_supported
 from models.sampling_settings import SamplingSettings
 
 DEFAULT = SamplingSettings()
@@ -77,14 +82,19 @@ def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> tor
 @torch.inference_mode()
 def generate(gpt: GPT, prefix: torch.Tensor, steps: int, settings: SamplingSettings = DEFAULT,
              generator: torch.Generator | None = None, uncond_prefix: torch.Tensor | None = None,
-             callback=None, pack_weights: bool = True, vocab: int | None = None) -> torch.Tensor:
+             callback=None, precision: str | None = None, cuda_graph: bool = True,
+             vocab: int | None = None) -> torch.Tensor:
     """Continue `prefix` (B, P) by `steps` tokens through a key/value cache -> (B, steps).
 
     uncond_prefix (B, P): the prefix with the condition replaced by null tokens, for
     classifier-free guidance with settings.guidance_scale; both run as one batch of 2B.
-    `callback(step)` is called before each step (progress bars). pack_weights=False
-    keeps plain F.linear (to measure what packing is worth). vocab: draw only tokens
-    below it (image tokens, when the GPT's vocabulary also holds condition tokens).
+    `callback(step)` is called before each step (progress bars). The GPT runs as a
+    Decoder (models/inference.py) with weights at `precision` (default: the model's own,
+    float32 or bfloat16): "float32" samples what the model samples; "bfloat16" or "int8"
+    stream fewer bytes per step where this machine runs them natively, and fall back to
+    float32 (with a warning) where it does not. On CUDA each step replays a recorded CUDA
+    graph unless cuda_graph=False. vocab: draw only tokens below it (image tokens, when the
+    GPT's vocabulary also holds condition tokens).
     """
     B, P = prefix.shape
     if steps < 1:
@@ -98,21 +108,36 @@ def generate(gpt: GPT, prefix: torch.Tensor, steps: int, settings: SamplingSetti
         if uncond_prefix.shape != prefix.shape:
             raise ValueError(f"uncond_prefix {tuple(uncond_prefix.shape)} must match prefix {tuple(prefix.shape)}")
         prefix = torch.cat((prefix, uncond_prefix))
-    cache = gpt.new_cache(prefix.shape[0], P + steps - 1)  # the last token is never fed back
+    if precision is None:
+        precision = "bfloat16" if gpt.pos_emb.dtype == torch.bfloat16 else "float32"
+    decoder = Decoder.for_model(gpt, native_precision(precision, gpt.pos_emb.device.type))
+    cache = decoder.new_cache(prefix.shape[0], P + steps - 1)  # the last token is never fed back
+    logits = decoder(prefix, cache)
+    step = functools.partial(decoder, cache=cache)
+    if cuda_graph and cache.kv.is_cuda and steps > 1:
+        step = CudaGraphStep(decoder, cache)
     out = prefix.new_empty(B, steps)
-    with packed_linears(gpt, enabled=pack_weights):
-        logits, _ = gpt(prefix, cache=cache)
-        for t in range(steps):
-            if callback is not None:
-                callback(t)
-            last = logits[:, -1, :vocab]
-            if guided:
-                last = guided_logits(last[:B], last[B:], settings.guidance_scale)
-            token = sample_logits(last, settings, generator)
-            out[:, t:t + 1] = token
-            if t + 1 < steps:
-                logits, _ = gpt(torch.cat((token, token)) if guided else token, cache=cache)
+    for t in range(steps):
+        if callback is not None:
+            callback(t)
+        last = logits[:, :vocab]
+        if guided:
+            last = guided_logits(last[:B], last[B:], settings.guidance_scale)
+        token = sample_logits(last, settings, generator)
+        out[:, t:t + 1] = token
+        if t + 1 < steps:
+            logits = step(torch.cat((token, token)) if guided else token)
     return out
+
+
+def native_precision(precision: str, device_type: str = "cpu") -> str:
+    """`precision` if this machine runs it natively (models.packed_linear.precision_supported),
+    else float32, with a warning: a lower precision is a speed option, never a reason to fail."""
+    if precision_supported(precision, device_type):
+        return precision
+    warnings.warn(f"{precision} weights do not run natively on this {device_type}; sampling in float32",
+                  RuntimeWarning, stacklevel=3)
+    return "float32"
 
 
 @torch.inference_mode()
