@@ -8,6 +8,7 @@ copy of real files (tests/data/open_images) against the original's rules, stated
 tasks/data/objects/open_images.py.
 """
 import json
+import os
 import random
 from pathlib import Path
 
@@ -253,6 +254,33 @@ def test_coco_layout_and_truncated_json(tmp_path):
     # without stuff: only the 80 thing categories, and images need 2 things now
     things = load_coco(SCENE / "data", "validation", use_stuff=False)
     assert len(things.categories) == 80 and all(len(things.annotations(n)) >= 2 for n in range(len(things)))
+
+
+def test_acquire_packs_only_regular_images_within_the_size_limit(tmp_path):
+    from tasks.config.schema import CocoConfig, DataConfig
+    from tasks.data.limits import MAX_IMAGE_BYTES
+    from tasks.data.objects.source import acquire_objects
+    from tasks.runtime.errors import StageError
+
+    root = copy_coco(tmp_path)
+    for sub in ("train2017", "val2017"):
+        for f in (SCENE / "data" / sub).iterdir():
+            (root / sub / f.name).write_bytes(f.read_bytes())
+    cfg, raw = DataConfig(source="coco", coco=CocoConfig(root=str(root))), tmp_path / "raw"
+    victim = sorted((root / "train2017").iterdir())[0]
+    victim.unlink()
+    os.mkfifo(victim)      # reading it would block acquire for ever
+    with pytest.raises(StageError, match=rf"{victim.name}: is a FIFO, not a regular file"):
+        acquire_objects(cfg, raw)
+    victim.unlink()
+    with open(victim, "wb") as f:   # sparse: declares more than the limit without using the disk
+        f.truncate(MAX_IMAGE_BYTES + 1)
+    with pytest.raises(StageError, match=rf"{victim.name}: has {MAX_IMAGE_BYTES + 1} bytes, more than the limit"):
+        acquire_objects(cfg, raw)
+    victim.unlink()        # a missing image is skipped and recorded, the rest packed
+    summary = acquire_objects(cfg, raw)
+    assert json.loads((raw / "objects" / "missing.json").read_text())["train"] == [victim.name]
+    assert summary["train"] == 9 and summary["train_missing_images"] == 1 and summary["validation"] == 22
 
 
 def test_the_json_stream_bounds_what_it_holds(tmp_path):

@@ -6,11 +6,15 @@ training size: sliding window with per-window sequences), and the trained folder
 from boxes with `taming sample-model`."""
 import copy
 import json
+import os
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
-from fixtures_pipeline import REPO_ROOT, make_smoke_repo, run_dvc
+from fixtures_pipeline import REPO_ROOT, make_smoke_repo, pipeline_env, run_dvc
+from processes import run_bounded
 
 from tasks.config.params import from_dict
 from tasks.config.typed import ConfigError
@@ -175,3 +179,20 @@ def test_open_images_is_acquired_and_tokenized_with_its_flags(tmp_path):
     # representations carry the flags: category + 340 x (group, occluded, depiction, inside bits)
     flagged = [t for row in tokens.cond_tokens.tolist() for t in row[:60:2] if 340 <= t < 8191]
     assert flagged
+    # a rerun re-makes exactly the parts whose inputs changed: an object record (in each part's
+    # file signature), the extra crops' method (in the row settings)
+    record = layout.record_file("validation", listed[-1])
+    os.utime(record, ns=(record.stat().st_atime_ns, record.stat().st_mtime_ns + 10**9))
+    n_parts = -(-len(listed) // params["tokenize"]["rows_per_part"])
+    assert f"in {n_parts} part(s); wrote 1 part(s)" in taming(repo, "tokenize", "--split", "validation")
+    params["tokenize"]["objects"]["random_crop"] = "random-1d"
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    n_train = len((layout.images / "train" / "filelist.txt").read_text().split())
+    n_parts = -(-n_train // params["tokenize"]["rows_per_part"])
+    assert f"in {n_parts} part(s); wrote {n_parts} part(s)" in taming(repo, "tokenize", "--split", "train")
+
+
+def taming(repo, *args: str) -> str:
+    proc = run_bounded([str(Path(sys.executable).parent / "taming"), *args], cwd=repo, env=pipeline_env(), cpu_s=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
