@@ -23,6 +23,9 @@ so ``extract`` always runs the same (real) path:
   (default: the list's folder) unless ``allow_outside`` (tasks/data/image_lists.py).
   The images are packed unchanged as one class ``custom``;
   ``custom_sources.json`` maps each packed name to its source path.
+- ``coco``, ``open_images``: a scene dataset in the original's layout (a local folder),
+  loaded and filtered as the original loads it; its images are packed in pseudo-synsets
+  and their boxes written to ``objects/`` (tasks/data/objects/source.py).
 """
 from __future__ import annotations
 
@@ -203,8 +206,11 @@ def run(cfg: DataConfig, out_dir: str | Path = DATA.raw, workers: int = 1) -> di
         summary = acquire_demo(cfg.demo, out, workers)
     elif cfg.source == "imagenet":
         summary = acquire_imagenet(cfg.imagenet, out)
-    else:
+    elif cfg.source == "custom":
         summary = acquire_custom(cfg.custom, out)
+    else:
+        from tasks.data.objects.source import acquire_objects
+        summary = acquire_objects(cfg, out)
     print("acquire: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
     return summary
 

@@ -2,7 +2,8 @@
 
 Conditionings come from the validation split: for D-RIN a validation image's
 depth map (encoded by the transformer's depth VQGAN), for a segmentation model
-its label map, for a class-conditional model its class label; an unconditional
+its label map, for a class-conditional model its class label, for a scene model
+the boxes of its centre crop (drawn as the grid's first column); an unconditional
 model needs none. Each conditioning gets ``per_condition`` samples, drawn with the
 top-level ``top_k`` / ``top_p`` / ``temperature`` / ``guidance_scale`` (the only
 stage that reads them, so ``dvc exp run -S top_k=250`` reruns just ``sample`` and
@@ -47,9 +48,18 @@ class ValidationConditions:
         import torch
 
         from tasks.generation.conditions import Condition, encode_maps, render_map
+        from tasks.generation.model import SCENE_KINDS
 
         item, kind, model = self.dataset[self.indices[i]], self.model.kind, self.model
         name, label = item["relpath"], item["class_label"]
+        if kind in SCENE_KINDS:   # the boxes of the validation crop, numbered by the model's categories
+            from tasks.data.objects.annotations import FULL_CROP
+            from tasks.generation.boxes import scene_condition
+
+            table = model.scene.categories
+            objects = [a._replace(category_no=table.number(a.category_id)) for a in item["objects"]]
+            size = tuple(item["image"].shape[1:])
+            return scene_condition(model, name, objects, size, item["crop_bbox"] or FULL_CROP, label)
         if kind == "none":
             return Condition(name, None, class_label=label)
         if kind == "class_label":
@@ -66,7 +76,7 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
     from tasks.data.datasets import ImageNetDataset, spread_indices
     from tasks.data.files import write_json
     from tasks.data.images import make_grid, to_rgb_arrays
-    from tasks.generation.model import SamplingModel
+    from tasks.generation.model import SCENE_KINDS, SamplingModel
     from tasks.generation.output import save_png
     from tasks.generation.tokens import sample_batches
     from tasks.runtime.progress import progress
@@ -84,8 +94,14 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
                          f"dropout (transformer.label_dropout > 0); {model.folder.root} was not")
     kind = model.kind
 
-    maps = {f"{kind}_root": layout.maps(kind)} if kind in ("depth", "segmentation") else {}
-    dataset = ImageNetDataset(layout.images, "validation", size=resolution, synsets_json=layout.synsets_json, **maps)
+    if kind in SCENE_KINDS:
+        from tasks.data.objects.dataset import ObjectsDataset
+
+        dataset = ObjectsDataset(layout.images, layout.objects, "validation", resolution, layout.synsets_json)
+    else:
+        maps = {f"{kind}_root": layout.maps(kind)} if kind in ("depth", "segmentation") else {}
+        dataset = ImageNetDataset(layout.images, "validation", size=resolution, synsets_json=layout.synsets_json,
+                                  **maps)
     try:
         indices = spread_indices(dataset.class_labels, cfg.conditions, cfg.classes)
     except ValueError as e:

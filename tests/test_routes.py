@@ -46,6 +46,8 @@ COMMON = {"acquire", "extract", "train-vqgan@image", "tokenize", "train-transfor
     ("profiles/cin-paper.yaml", set()),                                       # no annotation stage
     ("profiles/uncond-folder.yaml", set()),
     ("profiles/seg-photos.yaml", {"annotate@segmentation", "train-vqgan@segmentation"}),
+    ("profiles/coco-scenes.yaml", {"annotate@objects"}),                     # boxes need no first stage
+    ("profiles/open-images-scenes.yaml", {"annotate@objects"}),
 ])
 def test_dvc_dag_of_each_profile_holds_only_what_it_needs(tmp_path, profile, route):
     assert dag_stages(tmp_path, profile) == COMMON | route
@@ -53,7 +55,8 @@ def test_dvc_dag_of_each_profile_holds_only_what_it_needs(tmp_path, profile, rou
 
 def test_every_profile_is_covered_and_valid():
     covered = {"params.yaml", "profiles/smoke.yaml", "profiles/drin-paper.yaml", "profiles/cin-paper.yaml",
-               "profiles/uncond-folder.yaml", "profiles/seg-photos.yaml"}
+               "profiles/uncond-folder.yaml", "profiles/seg-photos.yaml", "profiles/coco-scenes.yaml",
+               "profiles/open-images-scenes.yaml"}
     assert set(PROFILES) | {"params.yaml"} == covered
     for profile in covered:
         validate(REPO_ROOT / profile)

@@ -21,9 +21,11 @@ from tasks.config.schema import (
     ANNOTATORS,
     CONDITIONINGS,
     MAPS_OF,
+    OBJECT_SOURCES,
     SAMPLING_KEYS,
     SECTIONS,
     TOP_LEVEL_KEYS,
+    VQGAN_KINDS,
     AnnotateConfig,
     DataConfig,
     EvaluateConfig,
@@ -111,10 +113,11 @@ def check_consistency(config: PipelineConfig) -> None:
             f"annotate: conditioning {conditioning} reads {'the ' + maps + ' maps' if maps else 'no per-image maps'}; "
             + (f"annotate.{', annotate.'.join(sorted(extra))} would be computed for nothing: remove it"
                if extra else f"add annotate.{', annotate.'.join(sorted(missing))} (the model that computes them)"))
+    check_objects(config)
     if tokenize.image_model not in vqgans:
         raise ConfigError(f"tokenize.image_model: {tokenize.image_model!r} is not a configured VQGAN "
                           f"(vqgan: {', '.join(vqgans) or 'none'})")
-    wanted = {tokenize.image_model} | wanted
+    wanted = {tokenize.image_model} | (wanted & set(VQGAN_KINDS))   # boxes need no first stage
     if set(vqgans) != wanted:
         extra, missing = set(vqgans) - wanted, wanted - set(vqgans)
         raise ConfigError(
@@ -124,7 +127,7 @@ def check_consistency(config: PipelineConfig) -> None:
     image = vqgans[tokenize.image_model]
     if not isinstance(image, VQGANConfig):
         return  # a model folder: its sizes are checked when train-vqgan verifies it
-    if maps and isinstance(vqgans[maps], VQGANConfig) and vqgans[maps].resolution != image.resolution:
+    if maps in vqgans and isinstance(vqgans[maps], VQGANConfig) and vqgans[maps].resolution != image.resolution:
         raise ConfigError(f"vqgan.{maps}.resolution: {vqgans[maps].resolution} px, but the image VQGAN "
                           f"is trained at {image.resolution} px; the conditioning is cut like the image")
     resolution = config.sample.resolution
@@ -139,6 +142,20 @@ def check_consistency(config: PipelineConfig) -> None:
     if top_k is not None and top_k > image.n_embed:
         raise ConfigError(f"top_k: {top_k} is more than the image codebook's {image.n_embed} entries "
                           f"(vqgan.{tokenize.image_model}.n_embed); null keeps them all")
+
+
+def check_objects(config: PipelineConfig) -> None:
+    """Scene synthesis (conditioning objects) reads a scene dataset's boxes through a builder."""
+    if config.conditioning == "objects":
+        if config.data.source not in OBJECT_SOURCES:
+            raise ConfigError(f"conditioning: objects reads the boxes of a scene dataset; data.source is "
+                              f"{config.data.source}, use {' or '.join(OBJECT_SOURCES)}")
+        if config.tokenize.objects is None:
+            raise ConfigError("tokenize.objects: conditioning objects needs the conditional builder's settings "
+                              "(e.g. {builder: objects_bbox, no_tokens: 8192})")
+    elif config.tokenize.objects is not None:
+        raise ConfigError(f"tokenize.objects: only read with conditioning objects (this is {config.conditioning}): "
+                          f"remove it")
 
 
 def refuse_dvc_ignored_keys(node: object, where: str = "") -> None:

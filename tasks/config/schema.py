@@ -78,13 +78,52 @@ class CustomConfig:
     allow_outside: bool = False   # true: read listed images wherever they are
 
 
+@dataclass(kw_only=True)
+class ObjectsSourceConfig:
+    """An annotated-objects dataset (scene synthesis): its folder in the original's layout and
+    the original's filters: a box counts if its relative area is > min_object_area, an image
+    if it has min..max such objects (tasks/data/objects/)."""
+    root: str = ""                  # the original's data_path (local folder)
+    min_object_area: float = 0.00001
+    min_objects_per_image: int = 2
+    max_objects_per_image: int = 30
+
+    def check_source(self, key: str) -> None:
+        check(bool(self.root.strip()), f"{key}.root", "required: the dataset's folder")
+        check_finite(self.min_object_area, f"{key}.min_object_area", 0, 1)
+        check(0 <= self.min_objects_per_image <= self.max_objects_per_image, f"{key}.min_objects_per_image",
+              f"must be in [0, max_objects_per_image = {self.max_objects_per_image}]")
+        check(self.max_objects_per_image >= 1, f"{key}.max_objects_per_image", "must be >= 1")
+
+
+@dataclass(kw_only=True)
+class CocoConfig(ObjectsSourceConfig):
+    """``data.coco``: COCO 2017, annotations/{instances,stuff}_{train,val}2017.json, train2017/, val2017/."""
+    use_things: bool = True         # the 80 instance categories
+    use_stuff: bool = True          # the 91 stuff categories
+
+
+@dataclass(kw_only=True)
+class OpenImagesConfig(ObjectsSourceConfig):
+    """``data.open_images``: Open Images v6 boxes (the published model's settings by default)."""
+    min_object_area: float = 0.0001
+    category_allow_list: Literal["top_300_classes_plus_coco_compatibility"] | None = \
+        "top_300_classes_plus_coco_compatibility"
+    category_mapping: Literal["open_images_unify_categories_for_coco"] | None = "open_images_unify_categories_for_coco"
+
+
+OBJECT_SOURCES = ("coco", "open_images")
+
+
 @dataclass
 class DataConfig:
     """Section ``data``: where the images come from (stage acquire)."""
-    source: Literal["demo", "imagenet", "custom"] = "demo"
+    source: Literal["demo", "imagenet", "custom", "coco", "open_images"] = "demo"
     demo: DemoConfig = field(default_factory=DemoConfig)
     imagenet: ImagenetConfig = field(default_factory=ImagenetConfig)
     custom: CustomConfig = field(default_factory=CustomConfig)
+    coco: CocoConfig = field(default_factory=CocoConfig)
+    open_images: OpenImagesConfig = field(default_factory=OpenImagesConfig)
 
     def __post_init__(self):
         if self.source == "imagenet":
@@ -93,6 +132,13 @@ class DataConfig:
         if self.source == "custom":
             for key in ("train_list", "test_list"):
                 check(bool(getattr(self.custom, key)), f"data.custom.{key}", "required when data.source is custom")
+        if self.source in OBJECT_SOURCES:
+            self.objects.check_source(f"data.{self.source}")
+
+    @property
+    def objects(self) -> ObjectsSourceConfig:
+        """The annotated-objects dataset's settings (data.source coco or open_images)."""
+        return getattr(self, self.source)
 
 
 @dataclass
@@ -155,12 +201,23 @@ class SegmentConfig(AnnotateConfig):
     section = "annotate.segmentation"
 
 
-ANNOTATORS: dict[str, type[AnnotateConfig]] = {"depth": DepthConfig, "segmentation": SegmentConfig}
+@dataclass
+class ObjectsConfig(AnnotateConfig):
+    """``annotate.objects``: the boxes of a scene dataset (data.source coco or open_images) for
+    every extracted image, ``dataset``: as the dataset gives them (acquire kept the original's
+    filters' images). One JSON record per image."""
+    model: Literal["dataset"] = "dataset"
+    section = "annotate.objects"
 
-# What each conditioning reads besides the images: per-image maps (computed by an
-# annotate stage) and a first stage that turns them into tokens.
-CONDITIONINGS = ("depth", "segmentation", "class", "none")
-MAPS_OF = {"depth": "depth", "segmentation": "segmentation", "class": None, "none": None}
+
+ANNOTATORS: dict[str, type[AnnotateConfig]] = {"depth": DepthConfig, "segmentation": SegmentConfig,
+                                               "objects": ObjectsConfig}
+
+# What each conditioning reads besides the images: per-image maps or boxes (computed by an
+# annotate stage) and, for maps, a first stage that turns them into tokens (boxes become
+# tokens through a conditional builder: tokenize.objects).
+CONDITIONINGS = ("depth", "segmentation", "class", "none", "objects")
+MAPS_OF = {"depth": "depth", "segmentation": "segmentation", "class": None, "none": None, "objects": "objects"}
 
 
 # ----------------------------------------------------------------------------- training
@@ -335,6 +392,27 @@ class PretrainedVQGAN:
 
 
 @dataclass
+class ObjectsTokensConfig:
+    """``tokenize.objects`` (conditioning objects): the conditional builder that turns an
+    image's boxes and crop into its condition tokens, with the original's parameters
+    (tasks/data/objects/builders.py); the number of classes and of objects come from the
+    dataset (data.<source>.max_objects_per_image)."""
+    builder: Literal["objects_bbox", "objects_center_points"] = "objects_bbox"
+    no_tokens: int = 8192                    # coordinate grid int(sqrt(no_tokens))^2; none token no_tokens - 1
+    encode_crop: bool = True                 # boxes in the image's frame + the crop's corners
+    use_group_parameter: bool = True         # encode is_group_of (never set for COCO: its iscrowd is an int)
+    use_additional_parameters: bool = False  # encode is_occluded, is_depiction, is_inside (Open Images)
+    random_crop: Literal["random-1d", "random-2d"] = "random-1d"   # the crop of tokenize.extra_crops
+
+    def __post_init__(self):
+        check(5 <= self.no_tokens <= 65536, "tokenize.objects.no_tokens", "must be in [5, 65536] (uint16 tokens)")
+        sections = math.isqrt(self.no_tokens)
+        check(sections * sections < self.no_tokens, "tokenize.objects.no_tokens",
+              f"{self.no_tokens} is a square: the bottom-right corner's token would be the none token "
+              f"{self.no_tokens - 1}; use e.g. {self.no_tokens + 1} (the original: 8192, a 90 x 90 grid)")
+
+
+@dataclass
 class TokenizeConfig:
     """Section ``tokenize``: how images and their conditioning (the top-level ``conditioning``)
     become tokens."""
@@ -345,6 +423,7 @@ class TokenizeConfig:
     rows_per_part: int = 4096       # images per Parquet part (all their augmentations go with them)
     num_workers: int = 0
     seed: int = 0
+    objects: ObjectsTokensConfig | None = None   # conditioning objects: the conditional builder
 
     def __post_init__(self):
         check(self.extra_crops >= 0, "tokenize.extra_crops", "must be >= 0")
@@ -466,7 +545,7 @@ SECTIONS = ("data", "extract", "annotate", "vqgan", "tokenize", "transformer", "
 @dataclass(frozen=True)
 class PipelineConfig:
     """Every section of params.yaml, typed and validated."""
-    conditioning: str                       # depth | segmentation | class | none
+    conditioning: str                       # depth | segmentation | class | none | objects
     sampling: SamplingSettings
     data: DataConfig
     extract: ExtractConfig
