@@ -69,11 +69,19 @@ def test_loss_decreases_on_a_repeated_batch(scene_repo, monkeypatch):
         return (xrec - batch["image"]).abs().mean().item()
 
     before = rec_loss()
+    discriminator = {k: v.clone() for k, v in module.loss.discriminator.state_dict().items()}
     trainer = L.Trainer(accelerator="cpu", max_steps=2 * 30, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, torch.utils.data.DataLoader([batch] * 30, batch_size=None))
     assert module.update_step == 30
     assert rec_loss() < 0.6 * before
+    # before disc_start the discriminator's passes are skipped, but its Adam counts every step
+    # with zero moments, as the original's (loss x 0) would leave it: later updates match
+    assert all(torch.equal(v, discriminator[k]) for k, v in module.loss.discriminator.state_dict().items())
+    adam = trainer.optimizers[1].state
+    assert len(adam) == len(list(module.loss.discriminator.parameters()))
+    for state in adam.values():
+        assert int(state["step"]) == 30 and not state["exp_avg"].any() and not state["exp_avg_sq"].any()
 
 
 def test_stage_writes_original_layout_metrics_and_grids(scene_repo, monkeypatch):

@@ -87,6 +87,17 @@ class LitVQGAN(L.LightningModule):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
+    @staticmethod
+    def _idle_step(optimizer) -> None:
+        """The discriminator's step before disc_start, where the original multiplies its loss by 0:
+        zero gradients without its two forward passes and backward (a fifth of a demo step).
+        Adam still counts the step, so its state, and every later update, match the original's."""
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = torch.zeros_like(p)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
     def training_step(self, batch, batch_idx):
         x = vqgan_input(batch, self.kind, self.n_classes)
         update = (batch_idx + 1) % self.accumulate == 0
@@ -105,10 +116,16 @@ class LitVQGAN(L.LightningModule):
             self._optimize(opt_ae, aeloss, update)
         if self.has_discriminator:
             opt_disc = optimizers[1]
-            with self.toggled_optimizer(opt_disc):
-                discloss, log_disc = self.loss(qloss.detach(), x, xrec.detach(), 1, step, split="train")
-                self._optimize(opt_disc, discloss, update)
-            log.update(log_disc)
+            if step < self.loss.discriminator_iter_start:
+                discloss = torch.zeros((), device=x.device)
+                log["train/disc_loss"] = discloss
+                if update:
+                    self._idle_step(opt_disc)
+            else:
+                with self.toggled_optimizer(opt_disc):
+                    discloss, log_disc = self.loss(qloss.detach(), x, xrec.detach(), 1, step, split="train")
+                    self._optimize(opt_disc, discloss, update)
+                log.update(log_disc)
         usage = CodebookUsage(self.model.n_embed)
         usage.update(indices)
         log["train/perplexity"] = usage.compute()["perplexity"]

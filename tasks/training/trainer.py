@@ -258,8 +258,11 @@ class ResumableDVCLive(DVCLiveLogger):
 
 
 class _DropTips(logging.Filter):
+    """Lightning's product tips and the accelerators no one here has (TPU, HPU); the GPU line stays."""
+    NOISE = ("Tip:", "TPU available", "HPU available", "IPU available")
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in str(record.msg)
+        return not any(n in str(record.msg) for n in self.NOISE)
 
 
 def quiet_lightning() -> None:
