@@ -47,7 +47,7 @@ from collections import Counter
 from pathlib import Path
 
 from tasks.config.schema import ExtractConfig
-from tasks.data.archives import is_plain_name, member_problem
+from tasks.data.archives import MemberReader, is_plain_name, member_problem
 from tasks.data.classes import ClassTable
 from tasks.data.files import write_json, write_text
 from tasks.data.layout import DATA, METRICS, SPLITS, SYNSETS_JSON, TRAIN_TAR, VAL_SYNSETS, VAL_TAR
@@ -135,14 +135,13 @@ def _done(split_dir: Path, synset: str) -> dict | None:
 
 def _extract_synset(job: tuple[Path, int, int, str, Path]) -> dict | str:
     """Extract one synset tar (at ``offset``, ``size`` bytes into the outer tar): its manifest,
-    or why the synset tar is unreadable. Runs in a worker; reads the synset tar into memory."""
+    or why the synset tar is unreadable. Runs in a worker; reads the synset tar in place, one
+    member at a time (a one-class source such as FFHQ is a single synset tar of 89 GB)."""
     archive, offset, size, member_name, split_dir = job
-    with open(archive, "rb") as f:
-        f.seek(offset)
-        data = f.read(size)
     part = _Synset(split_dir, member_name[:-len(".tar")])
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as inner:
+        with io.BufferedReader(MemberReader(archive, offset, size)) as data, \
+                tarfile.open(fileobj=data, mode="r:") as inner:
             for m in inner:
                 problem = member_problem(m)
                 part.add(m.name, None if problem else inner.extractfile(m).read(), problem,
