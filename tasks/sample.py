@@ -3,7 +3,7 @@
 Conditionings come from the validation split: for D-RIN a validation image's
 depth map (encoded by the transformer's depth VQGAN), for a segmentation model
 its label map, for a class-conditional model its class label; an unconditional
-model needs none. Each conditioning gets ``per_condition`` samples, drawn with the
+model needs none, a coordinate-conditioned one (FacesHQ) the output's coordinates. Each conditioning gets ``per_condition`` samples, drawn with the
 top-level ``top_k`` / ``top_p`` / ``temperature`` / ``guidance_scale`` (the only
 stage that reads them, so ``dvc exp run -S top_k=250`` reruns just ``sample`` and
 ``evaluate``). A ``resolution`` above the training size samples the larger latent
@@ -33,8 +33,8 @@ from tasks.runtime.errors import StageError
 class ValidationConditions:
     """The chosen validation items as conditions, loaded and encoded when a batch needs them."""
 
-    def __init__(self, model, dataset, indices: list[int]):
-        self.model, self.dataset, self.indices = model, dataset, indices
+    def __init__(self, model, dataset, indices: list[int], hw: tuple[int, int]):
+        self.model, self.dataset, self.indices, self.hw = model, dataset, indices, hw
         self._cached = functools.lru_cache(maxsize=64)(self._load)  # a condition's samples may span batches
 
     def __len__(self) -> int:
@@ -46,12 +46,15 @@ class ValidationConditions:
     def _load(self, i: int):
         import torch
 
-        from tasks.generation.conditions import Condition, encode_maps, render_map
+        from tasks.generation.conditions import Condition, coord_condition, encode_maps, render_map
 
         item, kind, model = self.dataset[self.indices[i]], self.model.kind, self.model
         name, label = item["relpath"], item["class_label"]
         if kind == "none":
             return Condition(name, None, class_label=label)
+        if kind == "coord":
+            coord = coord_condition(model, self.hw, name)
+            return Condition(name, coord.tokens, coord.picture, label)
         if kind == "class_label":
             return Condition(name, torch.tensor([[label]], device=model.device), class_label=label)
         array = item["depth"][0].numpy() if kind == "depth" else item["segmentation"].numpy().astype("uint8")
@@ -90,7 +93,7 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
         indices = spread_indices(dataset.class_labels, cfg.conditions, cfg.classes)
     except ValueError as e:
         raise StageError(f"sample.classes: {e}") from None
-    conditions = ValidationConditions(model, dataset, indices)
+    conditions = ValidationConditions(model, dataset, indices, (resolution, resolution))
 
     # Everything goes to a fresh folder that replaces `out` when complete: a run that
     # is interrupted leaves the previous samples intact, and no stale image survives.

@@ -4,7 +4,13 @@ Writes ``data/tokens/{train,validation}/part-NNNNN.parquet`` (tasks/data/token_s
 one row per (image, augmentation). Augmentation 0 is the centre crop the
 validation split also uses; training adds its mirror image (``hflip``, aug 1)
 and ``extra_crops`` seeded random crops (aug 2, 3, ...), each with the same
-crop/flip applied to the conditioning map.
+crop/flip applied to the conditioning map. With ``rescale``, training crops are cut
+from images scaled to that shorter side (the original's COCO: 296 px for 256 px crops;
+FacesHQ: crops of a larger face, whose coordinates say where they lie).
+
+Conditioning ``coord`` (FacesHQ): each crop's coordinates in its rescaled image, area-
+downsampled to the token grid and quantised to ``coord_n_embed`` levels (the original's
+CoordStage); a mirrored crop keeps its coordinates.
 
 Images are cut into parts of ``rows_per_part`` images in file-list order; a part
 is the unit of work: ``--shard I --num-shards N`` takes parts I, I+N, ... (so
@@ -44,7 +50,7 @@ class Augmented:
             with torch.random.fork_rng():
                 torch.manual_seed(int(np.random.SeedSequence([self.seed, i, aug]).generate_state(1)[0]))
                 sample = self.random[i]
-        if aug == 1:
+        if aug == 1:   # coordinates stay: the mirror image lies where its crop lies
             for key in ("image", "depth", "segmentation"):
                 if key in sample:
                     sample[key] = torch.flip(sample[key], dims=[-1])
@@ -80,9 +86,23 @@ class Encoder:
             return self.model.encode(x)[2].cpu().numpy()
 
 
+class Coordinates:
+    """Coordinate tokens (the original's CoordStage): a crop's coordinate map, area-downsampled
+    to the image's token grid and quantised to 0..n_embed-1."""
+
+    def __init__(self, n_embed: int, image: Encoder):
+        from models.conditioning import CoordStage
+        from tasks.data.token_store import Codes
+        self.stage = CoordStage(n_embed, image.folder.downsampling)
+        self.codes = Codes(kind="coord", vocab_size=n_embed, grid=image.folder.grid)
+
+    def encode(self, batch: dict):
+        return self.stage.encode(batch["coord"].float())[2].numpy()
+
+
 def run(cfg: TokenizeConfig, conditioning: str, splits=SPLITS, shard: int = 0, num_shards: int = 1,
         layout: Layout = DATA) -> dict:
-    """Tokens of the images and of their ``conditioning`` (depth, segmentation, class, none)."""
+    """Tokens of the images and of their ``conditioning`` (depth, segmentation, class, coord, none)."""
     import numpy as np
     from torch.utils.data import DataLoader
 
@@ -94,14 +114,20 @@ def run(cfg: TokenizeConfig, conditioning: str, splits=SPLITS, shard: int = 0, n
         raise ConfigError(f"--shard {shard}: must be in [0, --num-shards {num_shards})")
     device = resolve_device()
     image = Encoder(layout.vqgan(cfg.image_model), "image", device)
+    if cfg.rescale is not None and cfg.rescale < image.resolution:
+        raise ConfigError(f"tokenize.rescale: {cfg.rescale} px is less than the {image.resolution} px crops of "
+                          f"{image.folder.root}")
     classes = ClassTable.read(layout.synsets_json)
-    cond_vqgan = None
+    cond_encoder = None
     if conditioning in ("depth", "segmentation"):
-        cond_vqgan = Encoder(layout.vqgan(conditioning), conditioning, device)
-        if cond_vqgan.resolution != image.resolution:
-            raise ConfigError(f"conditioning: the {conditioning} VQGAN is trained at {cond_vqgan.resolution} px, "
+        cond_encoder = Encoder(layout.vqgan(conditioning), conditioning, device)
+        if cond_encoder.resolution != image.resolution:
+            raise ConfigError(f"conditioning: the {conditioning} VQGAN is trained at {cond_encoder.resolution} px, "
                               f"the image VQGAN at {image.resolution} px; they must match")
-        cond_codes = cond_vqgan.codes()
+        cond_codes = cond_encoder.codes()
+    elif conditioning == "coord":
+        cond_encoder = Coordinates(cfg.coord_n_embed, image)
+        cond_codes = cond_encoder.codes
     elif conditioning == "class":
         cond_codes = Codes(kind="class", vocab_size=classes.n_classes, grid=(1, 1))
     else:
@@ -110,8 +136,9 @@ def run(cfg: TokenizeConfig, conditioning: str, splits=SPLITS, shard: int = 0, n
 
     counts = {}
     for split in splits:
-        maps = {f"{conditioning}_root": layout.maps(conditioning)} if cond_vqgan is not None else {}
-        common = dict(split=split, size=image.resolution, synsets_json=layout.synsets_json, **maps)
+        maps = {f"{conditioning}_root": layout.maps(conditioning)} if conditioning in ("depth", "segmentation") else {}
+        common = dict(split=split, size=image.resolution, synsets_json=layout.synsets_json,
+                      rescale=cfg.rescale if split == "train" else None, coord=conditioning == "coord", **maps)
         centre = ImageNetDataset(layout.images, **common)
         random = ImageNetDataset(layout.images, random_crop=True, **common)
         augs = cfg.augmentations(split)
@@ -134,8 +161,8 @@ def run(cfg: TokenizeConfig, conditioning: str, splits=SPLITS, shard: int = 0, n
                 columns["class_label"].append(labels)
                 columns["aug"].append(batch["aug"].numpy())
                 columns["image_tokens"].append(image.encode(batch))
-                if cond_vqgan is not None:
-                    columns["cond_tokens"].append(cond_vqgan.encode(batch))
+                if cond_encoder is not None:
+                    columns["cond_tokens"].append(cond_encoder.encode(batch))
                 elif conditioning == "class":
                     columns["cond_tokens"].append(labels[:, None])
                 else:

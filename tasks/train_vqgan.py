@@ -47,11 +47,12 @@ def project_yaml(cfg: VQGANConfig) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def dataset(layout: Layout, model: str, split: str, resolution: int, train: bool):
-    """The ImageNet-style split with the maps a ``model`` VQGAN needs (random crops to train)."""
+def dataset(layout: Layout, model: str, split: str, resolution: int, train: bool, rescale: int | None = None):
+    """The ImageNet-style split with the maps a ``model`` VQGAN needs (random crops to train,
+    cut from images scaled to ``rescale``)."""
     from tasks.data.datasets import ImageNetDataset
     maps = {f"{model}_root": layout.maps(model)} if model != "image" else {}
-    return ImageNetDataset(layout.images, split, size=resolution, random_crop=train,
+    return ImageNetDataset(layout.images, split, size=resolution, random_crop=train, rescale=rescale,
                            synsets_json=layout.synsets_json, **maps)
 
 
@@ -65,7 +66,7 @@ def run(cfg: VQGANConfig, layout: Layout = DATA) -> Path:
     out = layout.vqgan(cfg.model)
     resume = resume_checkpoint(out, cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    train_set = dataset(layout, cfg.model, "train", cfg.resolution, True)
+    train_set = dataset(layout, cfg.model, "train", cfg.resolution, True, cfg.rescale)
     val_set = dataset(layout, cfg.model, "validation", cfg.resolution, False)
     train = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size,
                        num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)

@@ -26,7 +26,7 @@ from tasks.data.files import atomic_path, is_temp
 META_KEY = b"taming.tokens"
 FORMAT_VERSION = 1
 PART_GLOB = "part-*.parquet"
-COND_KINDS = ("depth", "segmentation", "class", "none")
+COND_KINDS = ("depth", "segmentation", "class", "coord", "none")
 
 
 def part_name(index: int) -> str:
@@ -36,8 +36,8 @@ def part_name(index: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class Codes:
     """Where one token column comes from."""
-    kind: str                 # image | depth | segmentation (a VQGAN) | class | none
-    vocab_size: int           # codebook size, number of classes, or 1 (the SOS token)
+    kind: str                 # image | depth | segmentation (a VQGAN) | class | coord | none
+    vocab_size: int           # codebook size, number of classes, coordinate levels, or 1 (the SOS token)
     grid: tuple[int, int]     # token grid (h, w); (1, 1) for class and none
     sha256: str | None = None  # SHA-256 of the VQGAN checkpoint (None without a VQGAN)
     folder: str | None = None  # the VQGAN folder, e.g. data/vqgan/depth

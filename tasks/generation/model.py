@@ -23,7 +23,7 @@ from tasks.runtime.devices import resolve_device
 from tasks.runtime.errors import StageError
 
 # what a transformer can be conditioned on, as Net2NetTransformer.cond_stage_key names it
-KINDS = ("none", "class_label", "depth", "segmentation")
+KINDS = ("none", "class_label", "depth", "segmentation", "coord")
 
 
 @dataclass
@@ -48,7 +48,7 @@ class SamplingModel:
 
     @property
     def kind(self) -> str:
-        """none | class_label | depth | segmentation."""
+        """none | class_label | depth | segmentation | coord."""
         return "none" if self.net.be_unconditional else self.net.cond_stage_key
 
     @property
