@@ -45,7 +45,7 @@ COMMON = {"acquire", "extract", "train-vqgan@image", "tokenize", "train-transfor
     ("profiles/drin-paper.yaml", {"annotate@depth", "train-vqgan@depth"}),   # no segmentation stage
     ("profiles/cin-paper.yaml", set()),                                       # no annotation stage
     ("profiles/uncond-folder.yaml", set()),
-    ("profiles/seg-photos.yaml", {"annotate@segmentation", "train-vqgan@segmentation"}),
+    ("profiles/sflckr.yaml", {"annotate@segmentation", "train-vqgan@segmentation"}),
 ])
 def test_dvc_dag_of_each_profile_holds_only_what_it_needs(tmp_path, profile, route):
     assert dag_stages(tmp_path, profile) == COMMON | route
@@ -53,10 +53,36 @@ def test_dvc_dag_of_each_profile_holds_only_what_it_needs(tmp_path, profile, rou
 
 def test_every_profile_is_covered_and_valid():
     covered = {"params.yaml", "profiles/smoke.yaml", "profiles/drin-paper.yaml", "profiles/cin-paper.yaml",
-               "profiles/uncond-folder.yaml", "profiles/seg-photos.yaml"}
+               "profiles/uncond-folder.yaml", "profiles/sflckr.yaml", "profiles/ffhq.yaml", "profiles/celebahq.yaml",
+               "profiles/faceshq.yaml", "profiles/coco.yaml", "profiles/ade20k.yaml"}
     assert set(PROFILES) | {"params.yaml"} == covered
     for profile in covered:
         validate(REPO_ROOT / profile)
+
+
+def test_the_dataset_profiles_carry_the_published_settings_and_the_papers_fid_split():
+    profile = {name: validate(REPO_ROOT / f"profiles/{name}.yaml")
+               for name in ("ffhq", "celebahq", "faceshq", "coco", "ade20k", "sflckr")}
+    for name in ("ffhq", "celebahq"):      # unconditional; FID 9.6 / 10.2 against the train split
+        p = profile[name]
+        assert (p.conditioning, p.data.source, p.evaluate.reference) == ("none", name, "train")
+        assert (p.transformer.n_layer, p.transformer.n_head, p.transformer.n_embd) == (24, 16, 1664)
+        assert (p.sampling.top_k, p.sample.conditions * p.sample.per_condition) == (250, 50000)
+    faces = profile["faceshq"]             # coordinates: CoordStage(1024, 16), crops of larger faces
+    assert (faces.conditioning, faces.data.source, faces.tokenize.coord_n_embed) == ("coord", "faceshq", 1024)
+    image = faces.vqgan["image"]
+    assert (image.resolution, image.downsampling, image.n_embed) == (256, 16, 1024)
+    assert faces.tokenize.rescale > image.resolution and faces.sample.resolution == faces.tokenize.rescale
+    assert (faces.transformer.n_layer, faces.transformer.n_head, faces.transformer.n_embd) == (24, 16, 1024)
+    for name, labels, fid_samples in (("coco", 183, 5000), ("ade20k", 151, 2000)):   # FID vs val, one per map
+        p = profile[name]
+        assert p.annotate == {} and p.source_maps["segmentation"].n_labels == labels
+        assert p.vqgan["segmentation"].n_classes == labels and p.evaluate.reference == "validation"
+        assert p.sample.conditions * p.sample.per_condition == fid_samples
+    assert profile["coco"].vqgan["segmentation"].rescale == profile["coco"].tokenize.rescale == 296
+    sflckr = profile["sflckr"]
+    assert sflckr.data.source == "folder" and sflckr.annotate["segmentation"].model == "deeplabv2_cocostuff"
+    assert sflckr.vqgan["segmentation"].n_classes == 182
 
 
 def test_the_paper_profiles_carry_the_papers_settings():
