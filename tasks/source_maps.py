@@ -20,6 +20,7 @@ import io
 import os
 import shutil
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 from tasks.data.layout import DATA, MAP_KINDS, MAPS_JSON, SPLITS, Layout, maps_tar
@@ -60,10 +61,32 @@ def _convert(job: tuple[str, bytes, Path, Path, dict]) -> str | None:
     return None
 
 
+def _jobs(archive: Path, relpaths: dict[str, str], images: Path, out: Path, convention: dict, seen: set[str],
+          tally: Counter):
+    """The conversion job of each map in ``archive`` (one split), in tar order. Every stem is
+    added to ``seen``; a map whose image extract rejected is counted (tally["no image"]), not used."""
+    from tasks.data.archives import member_problem
+
+    with tarfile.open(archive, mode="r:") as tar:
+        for member in tar:
+            problem = member_problem(member) or (None if member.name.endswith(".png") else "not a .png name")
+            if problem:
+                raise SourceMapsError(f"{archive}: member {member.name!r}: {problem}")
+            stem = member.name[:-len(".png")]
+            if stem in seen:
+                raise SourceMapsError(f"{archive}: two maps named {member.name}")
+            seen.add(stem)
+            if stem not in relpaths:
+                tally["no image"] += 1
+                continue
+            relpath = relpaths[stem]
+            yield (f"{archive}/{member.name}", tar.extractfile(member).read(), images / relpath,
+                   out / (relpath.rsplit(".", 1)[0] + ".png"), convention)
+
+
 def run(kind: str, layout: Layout = DATA, workers: int = 1) -> dict:
     import json
 
-    from tasks.data.archives import member_problem
     from tasks.data.files import write_json
     from tasks.runtime.parallel import ordered_map
     from tasks.runtime.progress import progress
@@ -87,29 +110,10 @@ def run(kind: str, layout: Layout = DATA, workers: int = 1) -> dict:
         if not listing.is_file():
             raise SourceMapsError(f"{listing}: not found (run `taming extract` first)")
         relpaths = {line.split("/")[-1].rsplit(".", 1)[0]: line for line in listing.read_text().splitlines() if line}
-        archive, written, skipped, seen = layout.raw / maps_tar(kind, split), 0, 0, set()
-
-        def jobs():
-            nonlocal skipped
-            with tarfile.open(archive, mode="r:") as tar:
-                for member in tar:
-                    problem = member_problem(member) or (None if member.name.endswith(".png") else "not a .png name")
-                    if problem:
-                        raise SourceMapsError(f"{archive}: member {member.name!r}: {problem}")
-                    stem = member.name[:-len(".png")]
-                    if stem in seen:
-                        raise SourceMapsError(f"{archive}: two maps named {member.name}")
-                    seen.add(stem)
-                    if stem not in relpaths:      # its image was rejected by extract: counted, not used
-                        skipped += 1
-                        continue
-                    relpath = relpaths[stem]
-                    yield (f"{archive}/{member.name}", tar.extractfile(member).read(), layout.images / split / relpath,
-                           out / split / (relpath.rsplit(".", 1)[0] + ".png"), convention)
-
+        archive, seen, tally, written = layout.raw / maps_tar(kind, split), set(), Counter(), 0
         if not archive.is_file():
             raise SourceMapsError(f"{archive}: not found (run `taming acquire` first)")
-        pending = jobs()
+        pending = _jobs(archive, relpaths, layout.images / split, out / split, convention, seen, tally)
         with ordered_map(workers) as map_, progress(total=len(relpaths), desc=f"{kind} {split}", unit="map") as bar:
             while chunk := [job for _, job in zip(range(CHUNK), pending)]:
                 for job, problem in zip(chunk, map_(_convert, chunk)):
@@ -117,6 +121,7 @@ def run(kind: str, layout: Layout = DATA, workers: int = 1) -> dict:
                         raise SourceMapsError(f"{job[0]}: {problem}")
                     written += 1
                     bar.update(1)
+        skipped = tally["no image"]
         missing = sorted(set(relpaths) - seen)
         if missing:
             raise SourceMapsError(f"{archive}: no map for {len(missing)} extracted {split} image(s), e.g. "

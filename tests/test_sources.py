@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from source_fixtures import (EXAMPLES, example_pairs, make_ade20k, make_celebahq, make_coco, make_ffhq,
-                             make_photo_folder, stored_coco_stuff)
+from source_fixtures import EXAMPLES, example_pairs, make_ade20k, make_celebahq, make_coco, make_ffhq, make_photo_folder
 
 from tasks import acquire, cli, extract, source_maps
 from tasks.config.params import from_dict
