@@ -37,6 +37,7 @@ import io
 import itertools
 import os
 import shutil
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -212,10 +213,9 @@ def pack_images(out: Path, splits: dict[str, list[SourceImage]], classes: list[t
     images carry go to ``<kind>_<split>.tar`` as ``<stem>.png``, with maps.json."""
     train, val = splits["train"], splits["validation"]
     for split, items in splits.items():
-        names = [item.name for item in items]
-        if len(set(names)) != len(names):
-            duplicate = next(n for n in names if names.count(n) > 1)
-            raise AcquireError(f"{source} {split}: two images would both be named {duplicate}")
+        name, count = Counter(item.name for item in items).most_common(1)[0] if items else ("", 0)
+        if count > 1:
+            raise AcquireError(f"{source} {split}: {count} images would all be named {name}")
     synsets = [synset for synset, _ in classes]
     groups = [(f"{synset}.tar", _packed([i for i in train if i.synset == synset], workers, f"pack train {synset}"))
               for synset in synsets]

@@ -19,6 +19,7 @@ from models.checkpoint import read_state_dict
 from tasks.config.params import validate
 from tasks.config.schema import PretrainedVQGAN
 from tasks.config.typed import ConfigError
+from tasks.data import coco
 
 RAN = re.compile(r"Running stage '([^']+)'")
 PROFILES = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "profiles").glob("*.yaml"))
@@ -79,7 +80,9 @@ def test_the_dataset_profiles_carry_the_published_settings_and_the_papers_fid_sp
         assert p.annotate == {} and p.source_maps["segmentation"].n_labels == labels
         assert p.vqgan["segmentation"].n_classes == labels and p.evaluate.reference == "validation"
         assert p.sample.conditions * p.sample.per_condition == fid_samples
-    assert profile["coco"].vqgan["segmentation"].rescale == profile["coco"].tokenize.rescale == 296
+    coco_sizes = (coco.TRAIN_RESCALE, coco.CROP)      # the original's coco_cond_stage.yaml: 296 -> 256
+    assert all((p.rescale, p.resolution) == coco_sizes for p in profile["coco"].vqgan.values())
+    assert profile["coco"].tokenize.rescale == coco.TRAIN_RESCALE
     sflckr = profile["sflckr"]
     assert sflckr.data.source == "folder" and sflckr.annotate["segmentation"].model == "deeplabv2_cocostuff"
     assert sflckr.vqgan["segmentation"].n_classes == 182

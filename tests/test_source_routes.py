@@ -40,6 +40,24 @@ def taming(repo, *args):
                           capture_output=True, text=True)
 
 
+def app_on(model, cwd):
+    """The sampling app (Streamlit's AppTest) on a model folder, run from ``cwd``."""
+    import os
+
+    from streamlit.testing.v1 import AppTest
+
+    cwd.mkdir(exist_ok=True)
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        at = AppTest.from_file(str(EXAMPLES.parent / "app/sampling_app.py"), default_timeout=300)
+        at.run()
+        at.sidebar.text_input(key="model").set_value(str(model)).run()
+        return at
+    finally:
+        os.chdir(before)
+
+
 def reproduce(repo, params: dict) -> list[str]:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = RAN.findall(run_dvc(repo, "repro", cpu_s=1800).stdout)
@@ -121,7 +139,13 @@ def test_coco_stuff_maps_condition_without_an_annotator(tmp_path):
     assert out.returncode == 0, out.stderr
     assert sorted(p.parent.name for p in (tmp_path / "s").rglob("*.png")) == sorted(m.stem for m in maps)
     assert cond.shipped_examples(183) == EXAMPLES / "coco/segmentations"
+    app = app_on(repo / "data/transformer", tmp_path / "elsewhere")       # no data/ there: the shipped examples
+    assert app.text_input(key="examples").value == str(EXAMPLES / "coco/segmentations")
+    assert len(app.selectbox(key="example").options) == 8
+    app.button(key="sample").click().run()
+    assert not app.error and app.session_state["result_name"].startswith("transformer-000000")
     # COCO-Stuff's own PNGs (255 = unlabelled) are not what the model reads: the shift is the pipeline's
     stored = stuff / "val2017" / f"{example_pairs('coco')[6][0].stem}.png"
-    raw = taming(repo, "sample-model", "data/transformer", "--maps", stored, "-o", tmp_path / "r")
+    raw = taming(repo, "sample-model", "data/transformer", "--maps", stored, "--resolution", "256", "-n", "1",
+                 "-o", tmp_path / "r")        # (at 16 px the few unlabelled pixels may all fall between the samples)
     assert raw.returncode == 1 and "label id 255 is outside the 183 labels" in raw.stderr

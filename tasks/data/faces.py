@@ -34,8 +34,9 @@ def split_names(dataset: str, split: str) -> list[str]:
 
 def _present(names: list[str], paths: list[Path], root: Path, what: str, key: str, complete: bool,
              looked: str) -> list[tuple[str, Path]]:
-    found = [(n, p) for n, p in zip(names, paths) if p.is_file()]
-    missing = [n for n, p in zip(names, paths) if not p.is_file()]
+    present = [p.is_file() for p in paths]
+    found = [(n, p) for n, p, here in zip(names, paths, present) if here]
+    missing = [n for n, here in zip(names, present) if not here]
     if not found:
         raise SourceError(f"{root}: none of the {len(names)} {what} the original's split list names is there "
                           f"(looked for {looked}, e.g. {paths[0]})")
