@@ -40,22 +40,14 @@ def taming(repo, *args):
                           capture_output=True, text=True)
 
 
-def app_on(model, cwd):
-    """The sampling app (Streamlit's AppTest) on a model folder, run from ``cwd``."""
-    import os
-
+def app_on(model):
+    """The sampling app (Streamlit's AppTest) with a model folder loaded."""
     from streamlit.testing.v1 import AppTest
 
-    cwd.mkdir(exist_ok=True)
-    before = os.getcwd()
-    os.chdir(cwd)
-    try:
-        at = AppTest.from_file(str(EXAMPLES.parent / "app/sampling_app.py"), default_timeout=300)
-        at.run()
-        at.sidebar.text_input(key="model").set_value(str(model)).run()
-        return at
-    finally:
-        os.chdir(before)
+    at = AppTest.from_file(str(EXAMPLES.parent / "app/sampling_app.py"), default_timeout=300)
+    at.run()
+    at.sidebar.text_input(key="model").set_value(str(model)).run()
+    return at
 
 
 def reproduce(repo, params: dict) -> list[str]:
@@ -111,7 +103,7 @@ def test_faceshq_with_coordinates_trains_on_crops_and_samples_larger(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-def test_coco_stuff_maps_condition_without_an_annotator(tmp_path):
+def test_coco_stuff_maps_condition_without_an_annotator(tmp_path, monkeypatch):
     repo = make_smoke_repo(tmp_path / "repo")
     coco, stuff = make_coco(tmp_path / "src")
     params = with_conditioning(yaml.safe_load((repo / "params.yaml").read_text()), "segmentation")
@@ -139,7 +131,9 @@ def test_coco_stuff_maps_condition_without_an_annotator(tmp_path):
     assert out.returncode == 0, out.stderr
     assert sorted(p.parent.name for p in (tmp_path / "s").rglob("*.png")) == sorted(m.stem for m in maps)
     assert cond.shipped_examples(183) == EXAMPLES / "coco/segmentations"
-    app = app_on(repo / "data/transformer", tmp_path / "elsewhere")       # no data/ there: the shipped examples
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")                              # no data/ here: the shipped examples
+    app = app_on(repo / "data/transformer")
     assert app.text_input(key="examples").value == str(EXAMPLES / "coco/segmentations")
     assert len(app.selectbox(key="example").options) == 8
     app.button(key="sample").click().run()
