@@ -42,8 +42,9 @@ bench: install
 clean-venv:
 	rm -rf $(VENV)
 
-# Share through the DVC remote `storage` (README "Sharing through S3"): pipeline
-# outputs and the run cache, so a clone that pulls finds `dvc repro` up to date.
+# Share through the DVC remote `storage` (README "Sharing through S3"): the outputs
+# in dvc.lock, the run cache and the outputs of every run it records (tasks/share.py),
+# so a clone that pulls skips any stage already run with the same inputs.
 # botocore >= 1.36 sends CRC checksums that many S3-compatible stores reject:
 # send them only when an operation requires them (an environment setting wins).
 .PHONY: push pull
@@ -51,22 +52,28 @@ push pull: export AWS_REQUEST_CHECKSUM_CALCULATION ?= when_required
 push pull: export AWS_RESPONSE_CHECKSUM_VALIDATION ?= when_required
 
 push: install
-	$(BIN)/dvc push --run-cache
+	$(BIN)/taming share push
 
 pull: install
-	$(BIN)/dvc pull --run-cache
+	$(BIN)/taming share pull
 
 # Prefect orchestration (README, "Orchestration with Prefect"): a local server
-# whose SQLite database lives in .prefect/, and the process that serves the
-# deployments. Then, in a shell with the same two variables exported:
-#   prefect deployment run train-drin/train-drin
+# whose SQLite database lives in .prefect/, the process that serves the deployments
+# (it waits for the server), and a run of one deployment, followed to its end:
+#   make prefect-run FLOW=sample PARAMS='{"top_k": [50, 250]}'
+# (= prefect deployment run sample/sample --params ... --watch, with this server)
 PREFECT_PORT ?= 4200
 PREFECT_ENV  := PREFECT_HOME=$(CURDIR)/.prefect PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
                 PREFECT_SERVER_ANALYTICS_ENABLED=false
-.PHONY: prefect-server prefect-serve
+FLOW   ?= train-drin
+PARAMS ?= {}
+.PHONY: prefect-server prefect-serve prefect-run
 
 prefect-server: install
 	$(PREFECT_ENV) $(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
 prefect-serve: install
 	$(PREFECT_ENV) $(BIN)/python -m flows.deployments --repo $(CURDIR)
+
+prefect-run: install
+	$(PREFECT_ENV) $(BIN)/prefect deployment run '$(FLOW)/$(FLOW)' --params '$(PARAMS)' --watch

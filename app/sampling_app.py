@@ -22,12 +22,13 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from models.errors import ModelFileError
 from models.sampling_settings import InvalidSampling, SamplingSettings
+from tasks.data.images import load_rgb
 from tasks.generation import conditions as cond
 from tasks.generation.model import SamplingModel
 from tasks.generation.output import decode
 from tasks.generation.tokens import sample_tokens
-from models.errors import ModelFileError
 from tasks.runtime.errors import StageError
 
 USER_ERRORS = (StageError, ModelFileError, FileNotFoundError, ValueError)
@@ -109,14 +110,14 @@ def choose_condition(model: SamplingModel, args: argparse.Namespace, hw: tuple[i
                                   else "Label map (8-bit PNG of label ids)", type=["png"], key="map_upload")
         if upload is None:
             return None
-        return cond.raw_map_condition(model, Path(upload.name).stem, cond.read_map(model, upload), hw)
+        return cond.raw_map_condition(model, Path(upload.name).stem, cond.read_map(model, upload.getvalue(), upload.name), hw)
     from tasks.generation.photos import ANNOTATORS, annotate_photo
 
     network = st.selectbox("Annotator", ANNOTATORS[model.kind], key="annotator")
     upload = st.file_uploader("Photo", type=["png", "jpg", "jpeg"], key="photo_upload")
     if upload is None:
         return None
-    rgb = np.asarray(Image.open(upload).convert("RGB"))
+    rgb = load_rgb(upload.getvalue(), upload.name)
     return cond.raw_map_condition(model, Path(upload.name).stem,
                                   annotate_photo(model, rgb, upload.name, network), hw)
 
@@ -149,7 +150,7 @@ def completion_widgets(model: SamplingModel, hw: tuple[int, int], grid: tuple[in
     fraction = st.slider("fraction of the height to keep", 0.0, 0.95, 0.5, 0.05, key="keep")
     if upload is None:
         return None
-    rgb = np.asarray(Image.open(upload).convert("RGB"))
+    rgb = load_rgb(upload.getvalue(), upload.name)
     rows = cond.keep_token_rows(model, grid, fraction=fraction)
     return cond.completion_tokens(model, rgb, hw), rows * grid[1]
 

@@ -30,7 +30,17 @@ from models.vqgan import VQModel  # noqa: E402
 from tasks.config.params import validate  # noqa: E402
 from tasks.data.datasets import ImageNetDataset  # noqa: E402
 from tasks.data.scenes import write_extracted_dataset  # noqa: E402
-from tasks.data.token_store import Codes, TokenDataset, TokenMeta, part_name, token_loader, write_part  # noqa: E402
+from tasks.data.token_store import (  # noqa: E402
+    Codes,
+    PartInfo,
+    RowSettings,
+    TokenDataset,
+    TokenMeta,
+    part_name,
+    token_loader,
+    write_manifest,
+    write_part,
+)
 from tasks.train_transformer import Vocabulary, gpt_params  # noqa: E402
 from tasks.training.lit_transformer import LitTransformer  # noqa: E402
 
@@ -91,7 +101,8 @@ def main() -> None:
 
         # tokenize once (what `taming tokenize` does), then train from the Parquet part
         meta = TokenMeta(image=Codes("image", image_cfg.n_embed, image_cfg.grid, "0" * 64),
-                         cond=Codes("depth", depth_cfg.n_embed, depth_cfg.grid, "0" * 64), size=image_cfg.resolution)
+                         cond=Codes("depth", depth_cfg.n_embed, depth_cfg.grid, "0" * 64), size=image_cfg.resolution,
+                         rows=RowSettings(hflip=False, extra_crops=0, seed=0, rows_per_part=len(images)))
         rows = {"ids": [], "labels": [], "image": [], "cond": []}
         with torch.no_grad():
             for b in torch.utils.data.DataLoader(images, batch_size=64):
@@ -100,8 +111,10 @@ def main() -> None:
                 rows["image"].append(image_vq.encode(b["image"])[2].numpy())
                 rows["cond"].append(depth_vq.encode(b["depth"])[2].numpy())
         part = root / "tokens" / part_name(0)
-        write_part(part, meta, rows["ids"], np.concatenate(rows["labels"]), np.zeros(len(rows["ids"])),
+        info = PartInfo(split="train", index=0, first=0, stop=len(images), augmentations=(0,), inputs="")
+        write_part(part, meta, info, rows["ids"], np.concatenate(rows["labels"]), np.zeros(len(rows["ids"])),
                    np.concatenate(rows["image"]), np.concatenate(rows["cond"]))
+        write_manifest(part.parent, [part])
         t0 = time.perf_counter()
         tokens = TokenDataset(part.parent)
         load_s = time.perf_counter() - t0

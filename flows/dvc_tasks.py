@@ -13,6 +13,7 @@ task's state message and in the flow run's logs.
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from typing import Any, Iterable, Mapping
 
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
+from prefect.states import Completed
 from prefect.tasks import exponential_backoff
 
 DVC = [sys.executable, "-m", "dvc"]  # the DVC installed beside this interpreter
@@ -153,23 +155,36 @@ def stage_matches(stage: str, name: str) -> bool:
 
 # --- parameters -----------------------------------------------------------------
 
-def apply_overrides(repo: Path, overrides: Mapping[str, Any], params_file: str = "params.yaml") -> list[str]:
-    """Set parameters in ``params_file`` exactly as ``dvc exp run -S key=value`` does
-    (DVC's own Hydra-override code: comments and layout survive, unknown keys are
-    refused unless written ``+key``). Values are given as Python values."""
-    from dvc.exceptions import InvalidArgumentError
-    from dvc.utils.hydra import apply_overrides as dvc_apply_overrides
+PARAMS_FILE = "params.yaml"
+
+
+def apply_overrides(repo: Path, overrides: Mapping[str, Any], check_only: bool = False) -> list[str]:
+    """Set parameters ({dotted key: value}, e.g. ``{"top_k": 250}``) in the repo's params.yaml.
+
+    The whole resulting file is validated first (tasks/config/params.py: unknown keys,
+    ranges, a top_k above the codebook), so a bad value fails here, before any stage,
+    and the file stays as it was; only the changed values' text is rewritten (comments,
+    flow-style mappings and nulls stay: tasks/config/edit.py)."""
+    from tasks.config.edit import set_params
+    from tasks.config.typed import ConfigError
 
     items = [f"{key}={json.dumps(value)}" for key, value in overrides.items()]
     if not items:
         return items
     try:
-        dvc_apply_overrides(repo / params_file, items)
-    except InvalidArgumentError as e:
-        cause = f": {e.__cause__}" if e.__cause__ else ""
-        raise ValueError(f"{repo / params_file}: cannot apply {', '.join(items)}{cause}") from e
-    run_logger().info("set in %s: %s", params_file, ", ".join(items))
+        set_params(repo / PARAMS_FILE, overrides, write=not check_only)
+    except ConfigError as e:
+        raise ConfigError(f"{repo / PARAMS_FILE}: cannot set {', '.join(items)}: {e} (the file is unchanged)") from None
+    if not check_only:
+        run_logger().info("set in %s: %s", PARAMS_FILE, ", ".join(items))
     return items
+
+
+def params_restored(repo: Path, overrides: Mapping[str, Any] | None, always: bool = False):
+    """While runs change params.yaml: put it back when the run fails (or ``always`` at the end)."""
+    from tasks.config.edit import restoring
+
+    return restoring(repo / PARAMS_FILE, always=always) if overrides or always else contextlib.nullcontext()
 
 
 # --- metrics --------------------------------------------------------------------
@@ -217,17 +232,55 @@ def repro_stage(repo: Path, stage: str) -> None:
     stream([*DVC, "repro", "--single-item", stage], repo, f"DVC stage {stage!r}")
 
 
+SHARE = [sys.executable, "-m", "tasks.cli", "share"]  # `taming share`: DVC push/pull with the run-cache's outputs
+
+
+class RemoteUnavailable(RuntimeError):
+    """The DVC remote is not configured, not reachable, or refuses our credentials."""
+
+
+def remote_problem(repo: Path) -> str | None:
+    """Why the repo's default DVC remote cannot be used right now, in one line; None if it can.
+
+    Lists the remote's top folder: that needs its endpoint, its bucket and valid credentials,
+    as a pull would, but transfers nothing."""
+    from dvc.repo import Repo
+
+    name = url = None
+    try:
+        with Repo(str(repo)) as dvc_repo:
+            name = dvc_repo.config["core"].get("remote")
+            url = dvc_repo.config["remote"].get(name, {}).get("url") if name else None
+            odb = dvc_repo.cloud.get_remote_odb(None, "pull")
+            odb.fs.ls(odb.path, detail=False)
+    except FileNotFoundError:  # reachable, and nothing pushed there yet
+        return None
+    except Exception as e:  # noqa: BLE001 - whatever stops the remote is the reason to report
+        reason = " ".join(str(e).split()) or type(e).__name__
+        where = f"DVC remote {name!r} ({url})" if name else "DVC remote"
+        return f"{where} is not usable: {reason}"
+    return None
+
+
 @task(task_run_name="dvc pull")
-def pull(repo: Path) -> None:
-    """Fetch what the remote already holds; outputs it lacks are simply computed.
-    The run-cache comes too, so stages someone else already ran are checked out."""
-    stream([*DVC, "pull", "--run-cache", "--allow-missing"], repo, "dvc pull")
+def pull(repo: Path, required: bool):
+    """Fetch what the remote holds, with the run-cache and its outputs (`taming share pull`):
+    stages someone else already ran are checked out instead of run. An unusable remote is
+    an error when ``required``; otherwise the task is Skipped with the reason."""
+    if problem := remote_problem(repo):
+        if required:
+            raise RemoteUnavailable(f"{problem}. sync_remote=true requires it (README, 'Sharing through S3').")
+        message = (f"{problem}. Skipped dvc pull and push: stages compute what they need and results stay "
+                   f"local (set up the remote: README, 'Sharing through S3'; `make push` later).")
+        get_run_logger().warning(message)
+        return Completed(name="Skipped", message=message)
+    stream([*SHARE, "pull"], repo, "dvc pull")
 
 
 @task(task_run_name="dvc push")
 def push(repo: Path) -> None:
     try:
-        stream([*DVC, "push", "--run-cache"], repo, "dvc push")
+        stream([*SHARE, "push"], repo, "dvc push")
     except CommandFailed as e:
         raise CommandFailed(f"{e}\nEvery stage finished and dvc.lock records it; only sharing failed. Fix the remote "
                             "(README, 'Sharing through S3') and run `make push`.") from None
@@ -240,23 +293,24 @@ def has_remote(repo: Path) -> bool:
 def pull_if_remote(repo: Path, sync_remote: bool | None) -> bool:
     """``dvc pull`` when a remote is configured; True if the run should push at the end.
 
-    ``sync_remote``: None (auto, the default) syncs when a remote is configured and treats
-    an unreachable one (offline, no credentials, the shipped placeholder) as a warning:
-    DVC computes what it could not fetch and the results stay local. True makes the
-    remote required (a failed pull or push fails the run); False turns syncing off."""
+    ``sync_remote``: None (auto, the default) syncs when a remote is configured and usable,
+    and skips both steps with a warning when it is not (offline, no credentials, the shipped
+    placeholder): DVC computes what it could not fetch and the results stay local. True
+    makes the remote required (an unusable remote, a failed pull or push fails the run);
+    False turns syncing off."""
     logger = get_run_logger()
     if sync_remote is False or not has_remote(repo):
         logger.info("no DVC remote sync: %s", "disabled (sync_remote=false)" if sync_remote is False
                     else "no remote configured")
         return False
-    state = pull(repo, return_state=True)
+    state = pull(repo, required=bool(sync_remote), return_state=True)
     if state.is_failed():
         if sync_remote:
             state.result()  # raises the pull's error: the remote was required
         logger.warning("dvc pull failed (see its log above); continuing without the remote: stages compute "
                        "what is missing and nothing is pushed (`make push` later; sync_remote=true requires it)")
         return False
-    return True
+    return state.name != "Skipped"
 
 
 def push_if_pulled(repo: Path, pushing: bool, sync_remote: bool | None, opts: dict[str, Any]) -> None:

@@ -2,14 +2,16 @@
 
     prefect deployment run sample/sample --params '{"top_k": [50, 250], "top_p": [1.0, 0.9]}'
 
-Everything upstream of sampling is reproduced once (normally a no-op); then,
-for each setting, the parameters are set as ``dvc exp run -S`` sets them and
-the sampling stages are reproduced. DVC's run-cache keeps every setting's
-outputs, so trying one of them again later (``dvc exp run -S top_k=250``, or
-this flow) checks its results out instead of sampling again. Each setting's
-grid is copied to ``data/sweeps/k<top_k>-p<top_p>/`` (``off`` for null); one
-table artifact holds all settings' metrics. The original parameters are
-restored at the end.
+Every setting is checked first (a top_k above the codebook fails before any
+work). Everything upstream of sampling is reproduced once (normally a no-op);
+then, for each setting, the two parameters are written into params.yaml (only
+their values' text changes) and the sampling stages are reproduced. DVC's
+run-cache keeps every setting's outputs, so trying one of them again later
+(``dvc exp run -S top_k=250``, or this flow) checks its results out instead of
+sampling again. Each setting's grid is copied to
+``data/sweeps/k<top_k>-p<top_p>/`` (``off`` for null); one table artifact holds
+all settings' metrics, another shows their grids. params.yaml is restored at
+the end, whatever happens.
 """
 from __future__ import annotations
 
@@ -20,10 +22,12 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from flows.artifacts import GRID_GLOB, find_grids, publish_grids
+from flows.artifacts import GRID_GLOB, find_grids, publish_grids, shown
 from flows.dvc_tasks import (
+    PARAMS_FILE,
     apply_overrides,
     metric_columns,
+    params_restored,
     read_metrics,
     repro_stage,
     resolve_repo,
@@ -51,33 +55,33 @@ def sample_sweep(
     root = resolve_repo(repo)
     logger = get_run_logger()
     opts = retry_options(retries, retry_delay_seconds)
+    settings = [{"top_k": k, "top_p": p} for k in top_k for p in top_p]
+    for setting in settings:  # a bad setting (top_k above the codebook) fails now, before any work
+        apply_overrides(root, setting, check_only=True)
     order = stage_order(root, [SWEPT_STAGES[-1]])
     swept = [s for s in order if any(stage_matches(s, name) for name in SWEPT_STAGES)]
     for stage in order:
         if stage not in swept:
             repro_stage.with_options(**opts)(root, stage)
 
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    original = {"top_k": params.get("top_k"), "top_p": params.get("top_p")}
+    original = {key: yaml.safe_load((root / PARAMS_FILE).read_text()).get(key) for key in ("top_k", "top_p")}
     rows, grids = [], []
-    try:
-        for k in top_k:
-            for p in top_p:
-                setting = {"top_k": k, "top_p": p}
-                logger.info("setting %s", setting)
-                apply_overrides(root, setting)
-                for stage in swept:
-                    repro_stage.with_options(**opts, task_run_name=f"{stage} top_k={k} top_p={p}")(root, stage)
-                rows.append({**setting, **metric_columns(read_metrics(root))})
-                grids += _keep_grids(root, grid_glob, root / SWEEP_DIR / f"k{_off(k)}-p{_off(p)}")
-    finally:
-        apply_overrides(root, original)
+    with params_restored(root, None, always=True):  # params.yaml as it was, whatever happens
+        for setting in settings:
+            logger.info("setting %s", setting)
+            apply_overrides(root, setting)
+            k, p = setting["top_k"], setting["top_p"]
+            for stage in swept:
+                repro_stage.with_options(**opts, task_run_name=f"{stage} top_k={k} top_p={p}")(root, stage)
+            rows.append({**setting, **metric_columns(read_metrics(root))})
+            grids += _keep_grids(root, grid_glob, root / SWEEP_DIR / f"k{_off(k)}-p{_off(p)}")
     # Leave the workspace as it was found: the original setting's outputs come
     # back from DVC's run-cache when that setting ran before.
     for stage in swept:
         repro_stage.with_options(**opts, task_run_name=f"{stage} (restore)")(root, stage)
 
-    create_table_artifact(table=rows, key="sample-sweep",
+    table = [{key: shown(value) for key, value in row.items()} for row in rows]
+    create_table_artifact(table=table, key="sample-sweep",
                           description=f"metrics per sampling setting in `{root}` (params restored to {original})")
     publish_grids(root, key="sample-sweep-grids", grids=grids)
     return rows

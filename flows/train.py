@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow
 
 from flows.artifacts import GRID_GLOB, find_grids, publish_grids, publish_metrics
-from flows.dvc_tasks import apply_overrides, reproduce, resolve_repo
+from flows.dvc_tasks import apply_overrides, params_restored, reproduce, resolve_repo
 
 
 @flow(name="train-drin")
@@ -30,7 +30,8 @@ def train_drin(
 
     Args:
         repo: the pipeline checkout (the deployment sets it to the served one).
-        overrides: parameters to set first, as ``dvc exp run -S`` would, e.g. ``{"top_k": 250}``.
+        overrides: parameters to set first, e.g. ``{"top_k": 250}``: the whole params.yaml is checked
+            before it is written, and put back if the run fails.
         targets: stages to reproduce with everything upstream; all of dvc.yaml when empty.
         sync_remote: ``dvc pull`` before and ``dvc push`` after, if a DVC remote is configured;
             None (auto): an unreachable remote is a warning; True: required; False: off.
@@ -38,9 +39,10 @@ def train_drin(
         grid_glob: where the sample grids are, for the artifact.
     """
     root = resolve_repo(repo)
-    apply_overrides(root, overrides or {})
-    stages = reproduce(root, targets, sync_remote=sync_remote, retries=retries,
-                       retry_delay_seconds=retry_delay_seconds)
+    with params_restored(root, overrides):  # a run that fails leaves params.yaml as it found it
+        apply_overrides(root, overrides or {})
+        stages = reproduce(root, targets, sync_remote=sync_remote, retries=retries,
+                           retry_delay_seconds=retry_delay_seconds)
     metrics = publish_metrics(root, key="train-drin-metrics")
     publish_grids(root, key="train-drin-samples", grids=find_grids(root, grid_glob))
     return {"stages": stages, "metrics": metrics}
@@ -56,7 +58,8 @@ def train_vqgan(
 ) -> dict[str, Any]:
     """Reproduce every ``train-vqgan@…`` stage (image, depth, …) and what they need."""
     root = resolve_repo(repo)
-    apply_overrides(root, overrides or {})
-    stages = reproduce(root, ["train-vqgan"], sync_remote=sync_remote, retries=retries,
-                       retry_delay_seconds=retry_delay_seconds)
+    with params_restored(root, overrides):
+        apply_overrides(root, overrides or {})
+        stages = reproduce(root, ["train-vqgan"], sync_remote=sync_remote, retries=retries,
+                           retry_delay_seconds=retry_delay_seconds)
     return {"stages": stages, "metrics": publish_metrics(root, key="train-vqgan-metrics")}

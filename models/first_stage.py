@@ -21,6 +21,7 @@ from torch import nn
 
 from models.checkpoint import CheckpointError, read_state_dict
 from models.folder import locate, read_config
+from models.limits import build_within_limits
 from models.vqgan import GumbelVQ, VQModel, VQSegmentationModel
 
 VQ_TARGETS: dict[str, type[VQModel]] = {
@@ -90,6 +91,14 @@ def _training_only(key: str) -> bool:
 
 def build_vqgan(model_cfg: dict, source: str | Path = "config",
                 state_dict: dict[str, torch.Tensor] | None = None, prefix: str = "") -> VQModel:
+    """A VQGAN {target, params} -> the untrained model, refused with ModelTooLarge if it
+    would be larger than models/limits.py allows (sized on the meta device first)."""
+    return build_within_limits(lambda: construct_vqgan(model_cfg, source, state_dict, prefix), source)
+
+
+def construct_vqgan(model_cfg: dict, source: str | Path, state_dict: dict[str, torch.Tensor] | None,
+                    prefix: str = "") -> VQModel:
+    """build_vqgan without the size check: for callers that already run inside one."""
     target = model_cfg.get("target")
     if target not in VQ_TARGETS:
         raise CheckpointError(f"{source}: expected a VQGAN target ({', '.join(VQ_TARGETS)}), got {target!r}")
@@ -99,5 +108,5 @@ def build_vqgan(model_cfg: dict, source: str | Path = "config",
         params["remap"] = state_dict[used]  # the used-code list is saved as a buffer, too
     try:
         return VQ_TARGETS[target](**params)
-    except TypeError as e:
+    except (TypeError, ValueError, OSError) as e:   # OSError: a remap file that is missing or not a file
         raise CheckpointError(f"{source}: params for {target} do not fit: {e}") from None

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models.limits import MAX_GRID_TOKENS
+
 
 class Identity(nn.Module):
     """Raster order (row by row); the default."""
@@ -26,11 +28,11 @@ class IndexPermuter(nn.Module):
 
     def __init__(self, order):
         super().__init__()
-        order = torch.as_tensor(np.asarray(order), dtype=torch.int64)
-        if not torch.equal(torch.sort(order).values, torch.arange(order.numel())):
-            raise ValueError(f"{type(self).__name__}: order is not a permutation of 0..{order.numel() - 1}")
-        self.register_buffer("forward_shuffle_idx", order)
-        self.register_buffer("backward_shuffle_idx", torch.argsort(order))
+        order = np.asarray(order, dtype=np.int64)
+        if not np.array_equal(np.sort(order), np.arange(order.size)):
+            raise ValueError(f"{type(self).__name__}: order is not a permutation of 0..{order.size - 1}")
+        self.register_buffer("forward_shuffle_idx", torch.as_tensor(order))
+        self.register_buffer("backward_shuffle_idx", torch.as_tensor(np.argsort(order)))
 
     def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         idx = self.backward_shuffle_idx if reverse else self.forward_shuffle_idx
@@ -136,4 +138,6 @@ def build_permuter(name: str, H: int | None = None, W: int | None = None) -> nn.
         return Identity()
     if H is None or W is None:
         raise ValueError(f"permuter {name} needs the latent grid size H and W")
+    if not (0 < H and 0 < W and H * W <= MAX_GRID_TOKENS):
+        raise ValueError(f"permuter {name}: a {H}x{W} grid; at most {MAX_GRID_TOKENS} positions are supported")
     return PERMUTERS[name](H, W)

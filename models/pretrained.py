@@ -10,7 +10,9 @@ Any target of TARGETS: the VQGANs (models/first_stage.py) and the Net2NetTransfo
 the files of a folder (and what it holds without loading it) is models/folder.py. No target
 string is ever imported; the checkpoint is read without running pickled code. A
 Net2NetTransformer's first and cond stages are built from their configs inside its YAML and
-take their weights from its checkpoint: their `ckpt_path`s are never opened.
+take their weights from its checkpoint: their `ckpt_path`s are never opened. A model a
+YAML describes is sized on the meta device before it is built (models/limits.py):
+`n_embed: 2147483648` would take 64 GiB.
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ import torch
 from torch import nn
 
 from models.checkpoint import CheckpointError, read_state_dict
-from models.first_stage import VQ_TARGETS, VQ_TRAINING_ONLY, LoadReport, build_vqgan, load_state  # noqa: F401 (public)
+from models.first_stage import VQ_TARGETS, VQ_TRAINING_ONLY, LoadReport, build_vqgan, construct_vqgan, load_state  # noqa: F401 (public)
 from models.folder import NET2NET, locate, read_config
+from models.limits import build_within_limits
 
 TARGETS = (*VQ_TARGETS, NET2NET)
 
@@ -50,24 +53,32 @@ def load_with_report(path: str | Path, config: str | Path | None = None, *,
 
 def build_model(model_cfg: dict, source: str | Path = "config",
                 state_dict: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """{target, params} -> an untrained model of one of the TARGETS classes.
+    """{target, params} -> an untrained model of one of the TARGETS classes, refused with
+    ModelTooLarge if it would be larger than models/limits.py allows.
     `state_dict` (the checkpoint's) only supplies `remap` code lists whose .npy is absent."""
+    return build_within_limits(lambda: _build_model(model_cfg, source, state_dict), source)
+
+
+def _build_model(model_cfg: dict, source: str | Path, state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
     target, params = model_cfg["target"], dict(model_cfg.get("params") or {})
     if target in VQ_TARGETS:
-        return build_vqgan(model_cfg, source, state_dict)
+        return construct_vqgan(model_cfg, source, state_dict)
     if target != NET2NET:
         raise CheckpointError(f"{source}: unsupported model target {target!r}; known: {', '.join(TARGETS)}")
     from models.net2net import Net2NetTransformer
 
     if "first_stage_config" not in params:
         raise CheckpointError(f"{source}: a Net2NetTransformer config needs model.params.first_stage_config")
-    first_stage = build_vqgan(params.pop("first_stage_config"), f"{source} first_stage_config",
-                              state_dict, prefix="first_stage_model.")
+    first_stage = construct_vqgan(params.pop("first_stage_config"), f"{source} first_stage_config",
+                               state_dict, prefix="first_stage_model.")
     cond_stage = None
     cond_cfg = params.get("cond_stage_config")
     if isinstance(cond_cfg, dict) and cond_cfg.get("target") in VQ_TARGETS:
-        cond_stage = build_vqgan(params.pop("cond_stage_config"), f"{source} cond_stage_config",
-                                 state_dict, prefix="cond_stage_model.")
+        cond_stage = construct_vqgan(params.pop("cond_stage_config"), f"{source} cond_stage_config",
+                                  state_dict, prefix="cond_stage_model.")
     # other cond stages (class label, SOS, coordinates, the first stage) carry no weights of
     # their own: Net2NetTransformer builds them from cond_stage_config
-    return Net2NetTransformer.from_original_config(params, first_stage, cond_stage)
+    try:
+        return Net2NetTransformer.from_original_config(params, first_stage, cond_stage)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{source}: params for {target} do not fit: {e}") from None

@@ -22,6 +22,31 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from models.files import open_regular
+
+
+def read_code_list(path: str | Path, n_e: int) -> np.ndarray:
+    """A `remap` .npy file: at most ``n_e`` code ids in one dimension. The path comes from a
+    project YAML, so it must be a regular file (a FIFO would block for ever), and the
+    array's shape is read from its header before its data (never unpickled)."""
+    with open_regular(path) as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0(f))
+        except ValueError as e:
+            raise ValueError(f"{path}: not a .npy code list ({e})") from None
+        _check_code_list(shape, n_e, f"{path}: ")
+        if dtype.kind not in "iu":
+            raise ValueError(f"{path}: code ids must be integers, got {dtype}")
+        f.seek(0)
+        return np.load(f, allow_pickle=False)
+
+
+def _check_code_list(shape: tuple, n_e: int, where: str = "") -> None:
+    if len(shape) != 1 or not 0 < shape[0] <= n_e:
+        raise ValueError(f"{where}remap must list between 1 and n_embed={n_e} used codes, got shape {tuple(shape)}")
+
 
 class _IndexRemap(nn.Module):
     """The original's `remap`: indices are renumbered to a subset `used` of the codebook
@@ -34,7 +59,8 @@ class _IndexRemap(nn.Module):
             self.re_embed = n_e
             return
         if isinstance(remap, (str, Path)):
-            remap = np.load(remap, allow_pickle=False)  # never unpickle a config-named file
+            remap = read_code_list(remap, n_e)
+        _check_code_list(np.shape(remap), n_e)    # before a copy: a tensor may be an expanded view
         self.register_buffer("used", torch.as_tensor(np.asarray(remap)).long())
         self.re_embed = int(self.used.shape[0])
         self.unknown_index = unknown_index

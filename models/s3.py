@@ -19,17 +19,28 @@ own S3 client is configured the same way through the environment variables
 Published models (``taming publish``) are folders under ``s3://bucket/prefix/<name>/``
 whose ``manifest.json`` is written last; ``fetch_published`` reads the manifest first
 and verifies every file against it, so a reader never takes a half-published model.
+The local copy (``<cache>/<bucket>/<prefix>``: each part of the URI must be a plain
+folder name, so a URI cannot reach outside the cache) holds exactly the manifest's
+files: a new version is assembled beside it and swapped in whole, so nothing of an
+earlier version (a config since renamed) remains for ``locate`` to pick.
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
-from models.files import atomic_path, sha256_file
+from models.errors import ModelFileError
+from models.files import sha256_file
 
 MANIFEST = "manifest.json"
+
+
+class PublishedModelError(ModelFileError, ValueError):
+    """A published model's URI or manifest cannot be used; the message says which and why."""
 
 
 def endpoint_url() -> str | None:
@@ -74,25 +85,40 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "taming" / "s3"
 
 
+def cache_folder(uri: str) -> Path:
+    """Where the published model at ``uri`` is kept: ``<cache_dir>/<bucket>/<prefix>``. The
+    bucket and every segment of the prefix must be a plain folder name (no '..', '.', empty
+    or hidden segment), so no URI leads outside the cache."""
+    bucket, prefix = split_uri(uri)
+    parts = [bucket, *prefix.rstrip("/").split("/")]
+    for part in parts:
+        if not part or part.startswith(".") or "\\" in part:
+            raise PublishedModelError(f"{uri}: refusing to cache it under {cache_dir()}: {part!r} is not a plain "
+                                      "folder name (empty, '.', '..' and hidden segments could lead outside)")
+    return cache_dir().joinpath(*parts)
+
+
 def _safe_relpath(rel: str, uri: str) -> PurePosixPath:
     """A manifest comes from the network: its file names must stay inside the folder."""
     p = PurePosixPath(rel)
-    if p.is_absolute() or not p.parts or ".." in p.parts:
-        raise ValueError(f"{join(uri, MANIFEST)}: refusing file name {rel!r} outside the model folder")
+    if p.is_absolute() or not p.parts or ".." in p.parts or p.name == MANIFEST:
+        raise PublishedModelError(f"{join(uri, MANIFEST)}: refusing file name {rel!r} outside the model folder")
     return p
 
 
 def fetch_published(uri: str, dest: str | Path | None = None) -> Path:
-    """Download a model published by ``taming publish`` and return its local folder.
+    """Download a model published by ``taming publish`` and return its local folder
+    (default: ``cache_folder(uri)``), which then holds exactly the manifest's files.
 
     Reads ``<uri>/manifest.json`` first (it is written last, so its presence means the
-    upload finished), then each file it lists, skipping local copies whose SHA-256
-    already matches; every download is verified before it is renamed into place.
+    upload finished). A local copy that already mirrors it is used as it is; otherwise the
+    new copy is assembled in a temporary folder beside it (unchanged files hard-linked
+    from the old copy, the others downloaded and verified) and swapped in whole.
     """
     from botocore.exceptions import ClientError
 
     bucket, prefix = split_uri(uri)
-    dest = Path(dest) if dest is not None else cache_dir() / bucket / prefix
+    dest = Path(dest) if dest is not None else cache_folder(uri)
     c = client()
     try:
         manifest = json.loads(c.get_object(Bucket=bucket, Key=f"{prefix.rstrip('/')}/{MANIFEST}")["Body"].read())
@@ -103,18 +129,54 @@ def fetch_published(uri: str, dest: str | Path | None = None) -> Path:
         raise
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or not all(isinstance(m, dict) and "sha256" in m for m in files.values()):
-        raise ValueError(f"{join(uri, MANIFEST)}: not a `taming publish` manifest (no files with sha256)")
-    for rel, meta in files.items():
-        local = dest / _safe_relpath(rel, uri)
-        if local.is_file() and sha256_file(local) == meta["sha256"]:
-            continue
-        with atomic_path(local) as tmp:
-            c.download_file(bucket, f"{prefix.rstrip('/')}/{rel}", str(tmp))
-            got = sha256_file(tmp)
-            if got != meta["sha256"]:
-                raise ValueError(f"{join(uri, rel)}: SHA-256 {got} does not match the manifest's "
-                                 f"{meta['sha256']} (republished while downloading? fetch again)")
-    # the local copy, last as on S3: a complete folder is one with a manifest
-    with atomic_path(dest / MANIFEST) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        raise PublishedModelError(f"{join(uri, MANIFEST)}: not a `taming publish` manifest (no files with sha256)")
+    wanted = {_safe_relpath(rel, uri): meta["sha256"] for rel, meta in files.items()}
+    current = _local_files(dest)
+    unchanged = {rel for rel, digest in wanted.items() if rel in current and sha256_file(dest / rel) == digest}
+    if unchanged == set(wanted) and current == set(wanted) | {PurePosixPath(MANIFEST)} \
+            and json.loads((dest / MANIFEST).read_text()) == manifest:
+        return dest
+    staging = dest.parent / f".tmp-{dest.name}.{secrets.token_hex(8)}"
+    staging.mkdir(parents=True)
+    try:
+        for rel, digest in wanted.items():
+            local = staging / rel
+            local.parent.mkdir(parents=True, exist_ok=True)
+            if rel in unchanged:
+                os.link(dest / rel, local)     # the same bytes: no download
+                continue
+            c.download_file(bucket, f"{prefix.rstrip('/')}/{rel}", str(local))
+            got = sha256_file(local)
+            if got != digest:
+                raise PublishedModelError(f"{join(uri, str(rel))}: SHA-256 {got} does not match the manifest's "
+                                          f"{digest} (republished while downloading? fetch again)")
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _swap_in(staging, dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+def _local_files(folder: Path) -> set[PurePosixPath]:
+    """Every file and link under ``folder`` (empty if there is none), relative to it."""
+    if not folder.is_dir():
+        return set()
+    return {PurePosixPath(p.relative_to(folder).as_posix()) for p in folder.rglob("*") if not p.is_dir()}
+
+
+def _swap_in(new: Path, dest: Path) -> None:
+    """Replace the folder ``dest`` by ``new``: two renames, so a reader finds the old copy,
+    no copy (briefly), or the new one, never a mixture. If another process installed a copy
+    between the two renames, theirs stays (it was verified against a manifest too)."""
+    old = dest.parent / f".old-{dest.name}.{secrets.token_hex(8)}"
+    try:
+        os.rename(dest, old)
+    except FileNotFoundError:
+        old = None
+    try:
+        os.rename(new, dest)
+    except OSError:
+        if not dest.is_dir():
+            raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -20,7 +20,8 @@ so ``extract`` always runs the same (real) path:
 - file-based sources, read in the layout their downloads have (tasks/data/faces.py,
   coco.py, ade20k.py, sources.py) and packed unchanged, one class per dataset:
   ``custom`` (the original's "train on your own images": two text files listing image
-  paths, relative to the list's folder), ``ffhq``, ``celebahq`` (its .npy arrays as
+  paths, relative to the list's folder; every image must lie under ``data.custom.root``,
+  default the list's folder, unless ``allow_outside``: tasks/data/image_lists.py), ``ffhq``, ``celebahq`` (its .npy arrays as
   lossless PNGs), ``faceshq`` (CelebA-HQ class 0 + FFHQ class 1), ``coco`` (2017, with
   the COCO-Stuff stuff+thing maps), ``ade20k`` and ``folder`` (any folder of photos,
   split at random: S-FLCKR). ``sources.json`` maps each packed name to its file. Sources
@@ -51,7 +52,7 @@ from tasks.data.formats import save_depth_png, save_label_png
 from tasks.data.image_lists import read_image_list
 from tasks.data.label_maps import PROVIDED_MAPS
 from tasks.data.layout import DATA, MAPS_JSON, SOURCES_JSON, SYNSETS_JSON, TRAIN_TAR, VAL_SYNSETS, VAL_TAR, maps_tar
-from tasks.data.sources import SourceImage
+from tasks.data.sources import SourceImage, read_source_file
 from tasks.runtime.errors import StageError
 from tasks.runtime.parallel import ordered_map
 from tasks.runtime.progress import progress
@@ -193,7 +194,7 @@ def _image_bytes(item: SourceImage) -> bytes:
     if item.path.suffix == ".npy":
         from tasks.data.faces import npy_png_bytes
         return npy_png_bytes(item.path)
-    return item.path.read_bytes()
+    return read_source_file(item.path)
 
 
 def _packed(items: list[SourceImage], workers: int, desc: str):
@@ -227,7 +228,7 @@ def pack_images(out: Path, splits: dict[str, list[SourceImage]], classes: list[t
     maps = PROVIDED_MAPS.get(source, {})
     for kind in maps:
         for split, items in splits.items():   # the maps as shipped; stage source-maps checks and converts them
-            write_tar(out / maps_tar(kind, split), ((f"{i.stem}.png", i.labels.read_bytes())
+            write_tar(out / maps_tar(kind, split), ((f"{i.stem}.png", read_source_file(i.labels))
                                                     for i in progress(items, desc=f"pack {kind} {split}", unit="map")))
     write_json(out / MAPS_JSON, {kind: asdict(m) for kind, m in maps.items()})
     return {"source": source, "train": len(train), "validation": len(val), "classes": len(classes)}
@@ -240,7 +241,9 @@ def source_images(cfg: DataConfig) -> tuple[dict[str, list[SourceImage]], list[t
 
     splits = ("train", "validation")
     if cfg.source == "custom":
-        lists = {"train": read_image_list(cfg.custom.train_list), "validation": read_image_list(cfg.custom.test_list)}
+        c = cfg.custom
+        lists = {split: read_image_list(listing, c.root or None, c.allow_outside)
+                 for split, listing in (("train", c.train_list), ("validation", c.test_list))}
         prefix = {"train": "custom", "validation": "custom_test"}
         return {split: [SourceImage("custom", f"{prefix[split]}_{n + 1:08d}.JPEG", path)
                         for n, path in enumerate(paths)] for split, paths in lists.items()}, [("custom", "custom")]

@@ -1,5 +1,5 @@
 """The ``taming`` command: one sub-command per pipeline stage, plus ``sample-model``, ``reconstruct``,
-``weights`` and ``publish``.
+``weights``, ``publish``, ``share`` and ``exp``.
 
 ``dvc.yaml`` calls these; Prefect reproduces them through DVC. For a pipeline stage the
 command validates the whole params file once (tasks/config/params.py: a bad value
@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 from tasks.config.typed import ConfigError
@@ -38,11 +40,12 @@ STAGES: dict[str, tuple[str, str]] = {
     "fid-reference": ("tasks.fid_reference", "Inception features of the FID reference images, computed once"),
     "evaluate": ("tasks.evaluate", "FID/KID of the samples against the reference into metrics/samples.json"),
     "evaluate-vqgan": ("tasks.evaluate_vqgan", "the first stages' reconstructions (PSNR, SSIM, rFID) and codebook usage"),
-    "evaluate": ("tasks.evaluate", "FID/KID, reconstruction metrics and codebook usage into metrics/*.json"),
     "sample-model": ("tasks.sample_model", "sample any transformer folder (ours, official, s3://) without a dataset"),
     "reconstruct": ("tasks.reconstruct", "run images through a VQGAN folder: reconstructions, PSNR/SSIM, codebook usage"),
     "weights": ("tasks.weights", "list, fetch, import or push pretrained weight files"),
     "publish": ("tasks.publish", "upload a trained checkpoint with its manifest to S3"),
+    "share": ("tasks.share", "push / pull the DVC remote: dvc.lock's outputs, the run-cache and its outputs"),
+    "exp": ("tasks.exp", "dvc exp run -S with the whole params.yaml checked first and its layout kept"),
 }
 
 # The stages of dvc.yaml: they read params.yaml, validated as a whole first.
@@ -81,6 +84,20 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return StageError, ModelFileError, FileNotFoundError
 
 
+def end_with_dvc() -> None:
+    """Under ``dvc repro`` (DVC sets DVC_STAGE), die with the dvc process that started us.
+
+    ``kill -9`` of dvc alone used to leave the stage running, orphaned, writing into outputs
+    the next ``dvc repro`` deletes, and finishing a run whose result nobody records. Linux
+    only; it covers shells that exec the command (bash, zsh: dvc runs ``$SHELL -c cmd``).
+    Behind a shell that stays (dash) the orphan lives on, holding its output's lock, and
+    the next run is refused naming it (tasks/runtime/locks.py)."""
+    if "DVC_STAGE" in os.environ and sys.platform.startswith("linux"):
+        import ctypes
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -91,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         _top_parser().print_usage(sys.stderr)
         print(f"taming: unknown stage {name!r}; choose from {', '.join(STAGES)}", file=sys.stderr)
         return 2
+    end_with_dvc()
     parser, module = stage_parser(name)
     args = parser.parse_args(rest)
     try:

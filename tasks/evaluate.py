@@ -7,6 +7,8 @@ image count, the number of samples (and of classes they were drawn for), the res
 and the feature extractor. Offline (no Inception weights) the distances are reported as
 ``fd_random_inception`` / ``kd_random_inception_*``, never ``fid``: see
 tasks/evaluation/fidelity.py. The first stages are scored by stage evaluate-vqgan.
+Also ``metrics/summary/samples.json``, the headline number rounded (tasks/evaluation/summary.py):
+what ``dvc metrics show`` lists.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ def run(cfg: EvaluateConfig, samples: str | Path = DATA.samples, reference: str 
         load_reference,
         png_batches,
     )
+    from tasks.evaluation.summary import SUMMARY_DIR, samples_summary
     from tasks.runtime.devices import resolve_device
 
     samples, metrics_dir = Path(samples), Path(metrics_dir)
@@ -60,6 +63,7 @@ def run(cfg: EvaluateConfig, samples: str | Path = DATA.samples, reference: str 
                "reference_split": info["split"], "num_reference": len(reference_features),
                "resolution": cfg.resolution}
     write_json(metrics_dir / "samples.json", metrics)
+    write_json(metrics_dir / SUMMARY_DIR / "samples.json", samples_summary(metrics))
     print("evaluate: " + json.dumps(metrics, indent=1))
     return metrics
 

@@ -1,6 +1,7 @@
 """Stage `evaluate-vqgan`: how well do the first stages reconstruct the validation split?
 
-Writes (``dvc metrics show`` reads them)
+Writes (full precision; ``dvc metrics show`` lists the rounded summary,
+``metrics/summary/vqgan.json``: tasks/evaluation/summary.py)
 
 - ``metrics/reconstruction.json``: per first stage, PSNR and SSIM of its reconstructions
   of the whole validation split (a segmentation VQGAN: pixel accuracy of its label maps),
@@ -33,6 +34,7 @@ def run(cfg: EvaluateConfig, first_stages: list[str], layout: Layout = DATA, met
     from tasks.data.files import write_json
     from tasks.data.images import to_uint8
     from tasks.evaluation.fidelity import codebook_usage, distances, extractor_info, inception, psnr_ssim
+    from tasks.evaluation.summary import SUMMARY_DIR, vqgan_summary
     from tasks.runtime.devices import resolve_device
     from tasks.runtime.progress import progress
 
@@ -79,6 +81,7 @@ def run(cfg: EvaluateConfig, first_stages: list[str], layout: Layout = DATA, met
     codebook = {name: codebook_usage(c) for name, c in counts.items()}
     write_json(metrics_dir / "reconstruction.json", reconstruction)
     write_json(metrics_dir / "codebook.json", codebook)
+    write_json(metrics_dir / SUMMARY_DIR / "vqgan.json", vqgan_summary(reconstruction, codebook))
     summary = {"reconstruction": reconstruction, "codebook": codebook}
     print("evaluate-vqgan: " + json.dumps(summary, indent=1))
     return summary

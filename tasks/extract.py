@@ -10,18 +10,28 @@ Reads ``data/raw`` (see tasks/acquire.py) and writes
 
 Safety: archives are untrusted. Member bytes are written to paths built here from
 checked plain names (tasks/data/archives.py); absolute paths, ``..``, links, devices,
-fifos and directories are refused and reported, never followed.
+fifos, directories, sparse members, members over MAX_IMAGE_BYTES and names that are
+not UTF-8 or longer than 255 bytes are refused and reported, never followed or read.
+A synset named like one of extract's own files (``filelist.txt``, ...) is refused too.
+Synset tars are read in place, one member at a time, so memory never follows a size an
+archive declares (tasks/data/limits.py). If a synset tar's headers break off, the
+members before the break are kept and the rest is one rejected entry.
 
 Images: each member is decoded (JPEG at 1/8 scale, which still reads the whole
-entropy-coded stream, so truncation is caught cheaply). Zero-byte, undecodable
-and truncated files are rejected. Decodable oddities (PNG bytes under a .JPEG
-name, CMYK, greyscale, palette) are kept byte for byte and counted under
-``converted``: tasks/data/datasets.py converts them to RGB when it reads them, as the
-original ImageNet loader did.
+entropy-coded stream, so truncation is caught cheaply) by the decoders of the accepted
+formats only (tasks/data/images.py: JPEG, PNG, BMP, WebP; an EPS file never reaches
+Ghostscript), after its header's pixel count is checked. Zero-byte, undecodable,
+truncated, oversized and other-format files are rejected. Decodable oddities (PNG
+bytes under a .JPEG name, CMYK, greyscale, palette) are kept byte for byte and
+counted under ``converted``: tasks/data/datasets.py converts them to RGB when it reads
+them, as the original ImageNet loader did.
 
 Resumable: each synset is written into a hidden ``.tmp-<synset>`` folder together
 with its ``.manifest.json`` and renamed into place when complete; the rename is
-the completion marker. A rerun deletes unfinished temp folders, skips finished
+the completion marker. A run holds the lock ``<out>/../.<out name>.lock``
+(tasks/runtime/locks.py) from start to end, so a second run into the same folder is
+refused naming the first, and any temp folder found at the start belongs to a dead
+run. A rerun deletes those unfinished temp folders, skips finished
 synsets, and gives byte-identical output to an uninterrupted run. Finished synsets
 are reused only while the inputs are unchanged (``.inputs.sha256``: a hash of every
 tar member's header and of the synset lists), so with DVC's ``persist: true`` an
@@ -38,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -47,15 +56,21 @@ from collections import Counter
 from pathlib import Path
 
 from tasks.config.schema import ExtractConfig
-from tasks.data.archives import MemberReader, is_plain_name, member_problem
+from tasks.data.archives import is_plain_name, member_problem, open_member, open_tar, shown_name
 from tasks.data.classes import ClassTable
 from tasks.data.files import write_json, write_text
-from tasks.data.layout import DATA, METRICS, SPLITS, SYNSETS_JSON, TRAIN_TAR, VAL_SYNSETS, VAL_TAR
+from tasks.data.images import ImageRefused, open_image
+from tasks.data.layout import DATA, FILELIST, METRICS, SPLITS, SYNSETS_JSON, TRAIN_TAR, VAL_SYNSETS, VAL_TAR
+from tasks.data.limits import MAX_IMAGE_BYTES, MAX_NAME_BYTES
+from tasks.runtime import locks
 from tasks.runtime.errors import StageError
 from tasks.runtime.parallel import ordered_map
 from tasks.runtime.progress import progress
 
 MANIFEST = ".manifest.json"
+REJECTED = "rejected.jsonl"
+# the names extract writes beside synset folders: a synset so named is refused, not written over them
+OWN_NAMES = (FILELIST, REJECTED, MANIFEST, ".inputs.sha256")
 
 
 class ExtractError(StageError):
@@ -64,25 +79,33 @@ class ExtractError(StageError):
 
 def inspect_image(data: bytes) -> tuple[str | None, str | None]:
     """(rejection reason, conversion note) for one member's bytes; both None for a clean RGB JPEG."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        return "zero-byte file", None
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data) as im:
             fmt, mode = im.format, im.mode
             if fmt == "JPEG":
                 im.draft(mode, (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
-    except UnidentifiedImageError:
-        return "not an image", None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return f"truncated or corrupt: {e}", None
+    except ImageRefused as e:
+        return e.reason, None
     if fmt != "JPEG":
         return None, f"{fmt} data under a .JPEG name"
     if mode != "RGB":
         return None, f"{mode} JPEG"
     return None, None
+
+
+def _refusal(archive: str, member: str, synset: str | None, reason: str) -> dict:
+    """One line of rejected.jsonl; a member name that is not UTF-8 is shown with \\xNN escapes."""
+    return {"archive": archive, "member": shown_name(member), "synset": synset, "reason": reason}
+
+
+def _synset_problem(synset: str) -> str | None:
+    """Why a synset of the lists cannot be a folder here (it is a plain name: run() checks)."""
+    if synset in OWN_NAMES:
+        return f"synset named like extract's own file {synset}"
+    if len(f".tmp-{synset}".encode()) > MAX_NAME_BYTES:
+        return f"synset name longer than {MAX_NAME_BYTES - len('.tmp-')} bytes"
+    return None
 
 
 class _Synset:
@@ -108,7 +131,7 @@ class _Synset:
         if problem is None:
             problem, note = inspect_image(data)
         if problem:
-            self.rejected.append({"archive": archive, "member": name, "synset": self.synset, "reason": problem})
+            self.rejected.append(_refusal(archive, name, self.synset, problem))
             return
         (self.tmp / name).write_bytes(data)
         self.names.add(name)
@@ -135,20 +158,23 @@ def _done(split_dir: Path, synset: str) -> dict | None:
 
 def _extract_synset(job: tuple[Path, int, int, str, Path]) -> dict | str:
     """Extract one synset tar (at ``offset``, ``size`` bytes into the outer tar): its manifest,
-    or why the synset tar is unreadable. Runs in a worker; reads the synset tar in place, one
-    member at a time (a one-class source such as FFHQ is a single synset tar of 89 GB)."""
+    or why the synset tar is unreadable. Runs in a worker; reads the synset tar in place,
+    one member (at most MAX_IMAGE_BYTES) at a time (a one-class source such as FFHQ is a single
+    synset tar of 89 GB)."""
     archive, offset, size, member_name, split_dir = job
+    where = f"{TRAIN_TAR}/{member_name}"
     part = _Synset(split_dir, member_name[:-len(".tar")])
     try:
-        with io.BufferedReader(MemberReader(archive, offset, size)) as data, \
-                tarfile.open(fileobj=data, mode="r:") as inner:
+        with open_member(archive, offset, size) as f, open_tar(fileobj=f) as inner:
             for m in inner:
-                problem = member_problem(m)
-                part.add(m.name, None if problem else inner.extractfile(m).read(), problem,
-                         f"{TRAIN_TAR}/{member_name}")
+                problem = member_problem(m, MAX_IMAGE_BYTES)
+                part.add(m.name, None if problem else inner.extractfile(m).read(), problem, where)
     except tarfile.TarError as e:
-        shutil.rmtree(part.tmp)
-        return f"corrupt synset tar: {e}"
+        if not part.members:
+            shutil.rmtree(part.tmp)
+            return f"corrupt synset tar: {e}"
+        # the members before the damage are kept; the unreadable rest counts as one refused member
+        part.add(member_name, None, f"corrupt synset tar after {part.members} members: {e}", TRAIN_TAR)
     return part.finish()
 
 
@@ -156,26 +182,27 @@ def _extract_train(archive: Path, split_dir: Path, selected: set[str], known: se
                    workers: int) -> tuple[list, list, int]:
     """Returns (synset manifests, outer-level rejections, skipped member count)."""
     manifests, rejected, skipped, todo = [], [], 0, []
-    with tarfile.open(archive, mode="r:") as outer:     # headers only: seeks over the synset tars
+    with open_tar(archive) as outer:     # headers only: seeks over the synset tars
         seen = set()
         for member in outer:
-            problem = member_problem(member) or (None if member.name.endswith(".tar") else "not a synset .tar")
+            problem = member_problem(member, None) or (None if member.name.endswith(".tar") else "not a synset .tar")
             synset = member.name[:-len(".tar")]
             if not problem and synset not in known:
                 problem = "synset not in synsets.json"
+            if not problem:
+                problem = _synset_problem(synset)
             if not problem and synset in seen:
                 problem = "duplicate name"
             seen.add(synset)
             if not problem and synset not in selected:
                 try:
-                    with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
+                    with open_tar(fileobj=outer.extractfile(member)) as inner:
                         skipped += len(inner.getmembers())     # counted, not read
                     continue
                 except tarfile.TarError as e:
                     problem = f"corrupt synset tar: {e}"
             if problem:
-                rejected.append({"archive": TRAIN_TAR, "member": member.name,
-                                 "synset": synset if synset in known else None, "reason": problem})
+                rejected.append(_refusal(TRAIN_TAR, member.name, synset if synset in known else None, problem))
             elif done := _done(split_dir, synset):
                 manifests.append(done)
             else:
@@ -184,8 +211,7 @@ def _extract_train(archive: Path, split_dir: Path, selected: set[str], known: se
         results = progress(map_(_extract_synset, todo), total=len(todo), desc="train synsets", unit="synset")
         for (*_, name, _), result in zip(todo, results):
             if isinstance(result, str):
-                rejected.append({"archive": TRAIN_TAR, "member": name, "synset": name[:-len(".tar")],
-                                 "reason": result})
+                rejected.append(_refusal(TRAIN_TAR, name, name[:-len(".tar")], result))
             else:
                 manifests.append(result)
     return manifests, rejected, skipped
@@ -203,23 +229,27 @@ def _extract_validation(archive: Path, listing: Path, split_dir: Path, selected:
         if parts[1] not in known:
             raise ExtractError(f"{listing}:{n}: synset {parts[1]} is not in synsets.json")
         truth[parts[0]] = parts[1]
+    refused = {s: problem for s in set(truth.values()) if (problem := _synset_problem(s))}
     expected: dict[str, set[str]] = {}
     for name, synset in truth.items():
-        expected.setdefault(synset, set()).add(name)
+        if synset not in refused:
+            expected.setdefault(synset, set()).add(name)
     done = {s: m for s in expected if s in selected and (m := _done(split_dir, s))}
     parts: dict[str, _Synset] = {}
     rejected, skipped, seen = [], 0, set()
-    with tarfile.open(archive, mode="r:") as tar:
-        for member in progress(tar, desc="validation", unit="img"):
-            problem = member_problem(member)
+    with open_tar(archive) as tar:
+        for member in progress(tar, total=len(truth), desc="validation", unit="img"):  # total: the listed files
+            problem = member_problem(member, MAX_IMAGE_BYTES)
             synset = truth.get(member.name)
             if not problem and synset is None:
                 problem = f"not in {VAL_SYNSETS}"
+            if not problem:
+                problem = refused.get(synset)
             if not problem and member.name in seen:
                 problem = "duplicate name"     # decided here, so a resumed run counts it the same way
             seen.add(member.name)
             if problem:
-                rejected.append({"archive": VAL_TAR, "member": member.name, "synset": synset, "reason": problem})
+                rejected.append(_refusal(VAL_TAR, member.name, synset, problem))
                 continue
             if synset not in selected:
                 skipped += 1
@@ -239,7 +269,7 @@ def _extract_validation(archive: Path, listing: Path, split_dir: Path, selected:
 
 def _summarise(split_dir: Path, manifests: list[dict], outer_rejected: list[dict], skipped: int) -> dict:
     files = sorted(f"{m['synset']}/{name}" for m in manifests for name in m["files"])
-    write_text(split_dir / "filelist.txt", "".join(f + "\n" for f in files))
+    write_text(split_dir / FILELIST, "".join(f + "\n" for f in files))
     rejected = len(outer_rejected) + sum(len(m["rejected"]) for m in manifests)
     converted = Counter()
     for m in manifests:
@@ -263,16 +293,16 @@ def _fingerprint(raw: Path) -> str:
 
     def headers(tar: tarfile.TarFile, where: str) -> None:
         for m in tar:
-            h.update(f"{where}\0{m.name}\0{m.size}\0{m.chksum}\n".encode())
+            h.update(f"{where}\0{m.name}\0{m.size}\0{m.chksum}\n".encode("utf-8", "surrogateescape"))
             if where == TRAIN_TAR and m.isreg() and m.name.endswith(".tar"):   # the synset tars too
                 try:
-                    with tarfile.open(fileobj=tar.extractfile(m), mode="r:") as inner:
+                    with open_tar(fileobj=tar.extractfile(m)) as inner:
                         headers(inner, f"{where}/{m.name}")
                 except tarfile.TarError:
                     h.update(b"corrupt\n")
 
     for name in (TRAIN_TAR, VAL_TAR):
-        with tarfile.open(raw / name, mode="r:") as tar:
+        with open_tar(raw / name) as tar:
             headers(tar, name)
     for name in (VAL_SYNSETS, SYNSETS_JSON):
         h.update(hashlib.sha256((raw / name).read_bytes()).digest())
@@ -317,6 +347,11 @@ def run(cfg: ExtractConfig, raw_dir: str | Path = DATA.raw, out_dir: str | Path 
         if not is_plain_name(synset):
             raise ExtractError(f"{raw / SYNSETS_JSON}: synset {synset!r} is not a plain folder name")
     selected = classes.selected(cfg.sub_indices)
+    with locks.hold(out):   # one run per folder: _start deletes what it takes for a dead run's debris
+        return _extract(raw, out, Path(metrics_path), selected, known, workers)
+
+
+def _extract(raw: Path, out: Path, metrics_path: Path, selected: set[str], known: set[str], workers: int) -> dict:
     try:
         _start(out, _fingerprint(raw))
         results = {"train": _extract_train(raw / TRAIN_TAR, out / "train", selected, known, workers),

@@ -69,6 +69,7 @@ def conditions_for(model, args: argparse.Namespace, hw: tuple[int, int]) -> list
 
 
 def run(args: argparse.Namespace) -> dict:
+    from models.sampling_settings import InvalidSampling, SamplingSettings
     from tasks.data.files import write_json
     from tasks.data.images import load_rgb
     from tasks.generation import conditions as cond
@@ -76,7 +77,6 @@ def run(args: argparse.Namespace) -> dict:
     from tasks.generation.output import NpzWriter, save_png
     from tasks.generation.tokens import sample_batches
     from tasks.runtime.progress import progress
-    from models.sampling_settings import InvalidSampling, SamplingSettings
 
     try:
         settings = SamplingSettings(top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,

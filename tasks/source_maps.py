@@ -16,7 +16,6 @@ stops the stage with a message naming the file.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import shutil
 import tarfile
@@ -24,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from tasks.data.layout import DATA, MAP_KINDS, MAPS_JSON, SPLITS, Layout, maps_tar
+from tasks.runtime import locks
 from tasks.runtime.errors import StageError
 
 CHUNK = 256    # maps converted ahead of the writer
@@ -36,24 +36,24 @@ class SourceMapsError(StageError):
 def _convert(job: tuple[str, bytes, Path, Path, dict]) -> str | None:
     """Check and convert one map (runs in a worker): None, or what is wrong with it."""
     import numpy as np
-    from PIL import Image
 
     from tasks.data.formats import save_label_png
+    from tasks.data.images import ImageRefused, open_image
     from tasks.data.label_maps import LabelMaps
 
     name, data, image_path, out_path, convention = job
     labels = LabelMaps(**convention)
     try:
-        with Image.open(image_path) as image:
+        with open_image(image_path) as image:
             size = image.size
-        with Image.open(io.BytesIO(data)) as im:
+        with open_image(data, name) as im:
             if im.format != "PNG" or im.mode not in ("L", "P"):
                 return f"a {im.format} image of mode {im.mode}; expected an 8-bit single-channel PNG of label ids"
             if im.size != size:
                 return f"{im.size[0]}x{im.size[1]} px, but its image {image_path} is {size[0]}x{size[1]}"
             ids = labels.convert(np.asarray(im, dtype=np.uint8))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return f"unreadable PNG: {e}"
+    except ImageRefused as e:
+        return str(e) if e.where != name else f"unreadable PNG: {e.reason}"
     if int(ids.max()) >= labels.n_labels:
         return (f"label {int(ids.max())} (as the models read it) is outside the {labels.n_labels} labels of "
                 f"{labels.description}")
@@ -65,16 +65,18 @@ def _jobs(archive: Path, relpaths: dict[str, str], images: Path, out: Path, conv
           tally: Counter):
     """The conversion job of each map in ``archive`` (one split), in tar order. Every stem is
     added to ``seen``; a map whose image extract rejected is counted (tally["no image"]), not used."""
-    from tasks.data.archives import member_problem
+    from tasks.data.archives import member_problem, open_tar, shown_name
+    from tasks.data.limits import MAX_IMAGE_BYTES
 
-    with tarfile.open(archive, mode="r:") as tar:
+    with open_tar(archive) as tar:
         for member in tar:
-            problem = member_problem(member) or (None if member.name.endswith(".png") else "not a .png name")
+            problem = (member_problem(member, MAX_IMAGE_BYTES)
+                       or (None if member.name.endswith(".png") else "not a .png name"))
             if problem:
-                raise SourceMapsError(f"{archive}: member {member.name!r}: {problem}")
+                raise SourceMapsError(f"{archive}: member {shown_name(member.name)!r}: {problem}")
             stem = member.name[:-len(".png")]
             if stem in seen:
-                raise SourceMapsError(f"{archive}: two maps named {member.name}")
+                raise SourceMapsError(f"{archive}: two maps named {shown_name(member.name)}")
             seen.add(stem)
             if stem not in relpaths:
                 tally["no image"] += 1
@@ -87,10 +89,6 @@ def _jobs(archive: Path, relpaths: dict[str, str], images: Path, out: Path, conv
 def run(kind: str, layout: Layout = DATA, workers: int = 1) -> dict:
     import json
 
-    from tasks.data.files import write_json
-    from tasks.runtime.parallel import ordered_map
-    from tasks.runtime.progress import progress
-
     if kind not in MAP_KINDS:
         raise SourceMapsError(f"--kind {kind}: choose from {', '.join(MAP_KINDS)}")
     conventions_file = layout.raw / MAPS_JSON
@@ -101,8 +99,16 @@ def run(kind: str, layout: Layout = DATA, workers: int = 1) -> dict:
     if kind not in conventions:
         raise SourceMapsError(f"{conventions_file}: the data source ships no {kind} maps "
                               f"({', '.join(conventions) or 'none'}); compute them with annotate.{kind}")
-    convention = conventions[kind]
     out = layout.maps(kind)
+    with locks.hold(out):   # one writer: the folder is rebuilt from scratch
+        return _write(kind, layout, workers, conventions[kind], out)
+
+
+def _write(kind: str, layout: Layout, workers: int, convention: dict, out: Path) -> dict:
+    from tasks.data.files import write_json
+    from tasks.runtime.parallel import ordered_map
+    from tasks.runtime.progress import progress
+
     shutil.rmtree(out, ignore_errors=True)
     counts = {}
     for split in SPLITS:
@@ -114,13 +120,16 @@ def run(kind: str, layout: Layout = DATA, workers: int = 1) -> dict:
         if not archive.is_file():
             raise SourceMapsError(f"{archive}: not found (run `taming acquire` first)")
         pending = _jobs(archive, relpaths, layout.images / split, out / split, convention, seen, tally)
-        with ordered_map(workers) as map_, progress(total=len(relpaths), desc=f"{kind} {split}", unit="map") as bar:
-            while chunk := [job for _, job in zip(range(CHUNK), pending)]:
-                for job, problem in zip(chunk, map_(_convert, chunk)):
-                    if problem:
-                        raise SourceMapsError(f"{job[0]}: {problem}")
-                    written += 1
-                    bar.update(1)
+        try:
+            with ordered_map(workers) as map_, progress(total=len(relpaths), desc=f"{kind} {split}", unit="map") as bar:
+                while chunk := [job for _, job in zip(range(CHUNK), pending)]:
+                    for job, problem in zip(chunk, map_(_convert, chunk)):
+                        if problem:
+                            raise SourceMapsError(f"{job[0]}: {problem}")
+                        written += 1
+                        bar.update(1)
+        except tarfile.TarError as e:
+            raise SourceMapsError(f"{archive}: unreadable tar: {e}") from None
         skipped = tally["no image"]
         missing = sorted(set(relpaths) - seen)
         if missing:

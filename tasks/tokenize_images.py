@@ -15,17 +15,24 @@ CoordStage); a mirrored crop keeps its coordinates.
 Images are cut into parts of ``rows_per_part`` images in file-list order; a part
 is the unit of work: ``--shard I --num-shards N`` takes parts I, I+N, ... (so
 machines or Prefect tasks can split the work), every part is written
-atomically, and a rerun skips the parts already written for the same VQGAN
-weights and settings.
+atomically, and a rerun skips a part only if its metadata matches exactly: the
+VQGAN checkpoints' hashes, the crop size, every setting that shapes the rows
+(hflip, extra_crops, seed, rows_per_part; token_store.RowSettings), and which images
+it holds with which augmentations and a signature of their files
+(token_store.PartInfo). Anything else is re-made; parts beyond the current count are
+removed. The run that finds every part of a split current (the last shard to
+finish) writes ``manifest.json`` with each part's rows and SHA-256, which training
+verifies. A run holds the lock of its (split, shard) (tasks/runtime/locks.py).
 """
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
 
 from tasks.config.schema import SPLITS, TokenizeConfig
 from tasks.config.typed import ConfigError
 from tasks.data.layout import DATA, Layout
+from tasks.runtime import locks
 from tasks.runtime.devices import resolve_device
 from tasks.runtime.progress import progress
 
@@ -103,15 +110,34 @@ class Coordinates:
 def run(cfg: TokenizeConfig, conditioning: str, splits=SPLITS, shard: int = 0, num_shards: int = 1,
         layout: Layout = DATA) -> dict:
     """Tokens of the images and of their ``conditioning`` (depth, segmentation, class, coord, none)."""
+    if not 0 <= shard < num_shards:
+        raise ConfigError(f"--shard {shard}: must be in [0, --num-shards {num_shards})")
+    # One run per (split, shard), refused before any work. Shards with overlapping parts (another
+    # --num-shards) are safe: a part is written atomically and is a function of its metadata.
+    with contextlib.ExitStack() as held:
+        for split in splits:
+            held.enter_context(locks.hold(layout.tokens, split, f"shard-{shard}-of-{num_shards}"))
+        return _run(cfg, conditioning, splits, shard, num_shards, layout)
+
+
+def _run(cfg: TokenizeConfig, conditioning: str, splits, shard: int, num_shards: int, layout: Layout) -> dict:
     import numpy as np
     from torch.utils.data import DataLoader
 
     from tasks.data.classes import ClassTable
     from tasks.data.datasets import ImageNetDataset
-    from tasks.data.token_store import Codes, TokenMeta, list_parts, part_name, read_meta, write_part
+    from tasks.data.token_store import (
+        MANIFEST,
+        Codes,
+        RowSettings,
+        TokenMeta,
+        is_current,
+        list_parts,
+        part_name,
+        write_manifest,
+        write_part,
+    )
 
-    if not 0 <= shard < num_shards:
-        raise ConfigError(f"--shard {shard}: must be in [0, --num-shards {num_shards})")
     device = resolve_device()
     image = Encoder(layout.vqgan(cfg.image_model), "image", device)
     if cfg.rescale is not None and cfg.rescale < image.resolution:
@@ -132,30 +158,30 @@ def run(cfg: TokenizeConfig, conditioning: str, splits=SPLITS, shard: int = 0, n
         cond_codes = Codes(kind="class", vocab_size=classes.n_classes, grid=(1, 1))
     else:
         cond_codes = Codes(kind="none", vocab_size=1, grid=(1, 1))
-    meta = TokenMeta(image=image.codes(), cond=cond_codes, size=image.resolution)
+    meta = TokenMeta(image=image.codes(), cond=cond_codes, size=image.resolution,
+                     rows=RowSettings(hflip=cfg.hflip, extra_crops=cfg.extra_crops, seed=cfg.seed,
+                                      rows_per_part=cfg.rows_per_part))
 
     counts = {}
     for split in splits:
-        maps = {f"{conditioning}_root": layout.maps(conditioning)} if conditioning in ("depth", "segmentation") else {}
+        map_kind = conditioning if conditioning in ("depth", "segmentation") else None
+        maps = {f"{conditioning}_root": layout.maps(conditioning)} if map_kind else {}
         common = dict(split=split, size=image.resolution, synsets_json=layout.synsets_json,
                       rescale=cfg.rescale if split == "train" else None, coord=conditioning == "coord", **maps)
         centre = ImageNetDataset(layout.images, **common)
         random = ImageNetDataset(layout.images, random_crop=True, **common)
-        augs = cfg.augmentations(split)
-        n_parts = math.ceil(len(centre) / cfg.rows_per_part)
+        parts = part_infos(centre, cfg, split, layout, map_kind)
         split_dir = layout.tokens / split
-        if num_shards == 1:  # a complete run owns the folder: drop parts of an earlier, larger listing
-            for stale in list_parts(split_dir)[n_parts:]:
-                stale.unlink()
-        todo = [k for k in range(shard, n_parts, num_shards)
-                if not ((split_dir / part_name(k)).is_file() and read_meta(split_dir / part_name(k)) == meta)]
+        mine = parts[shard::num_shards]
+        todo = [info for info in mine if not is_current(split_dir / part_name(info.index), meta, info)]
+        if todo:  # the split is about to change: no manifest may vouch for it meanwhile
+            (split_dir / MANIFEST).unlink(missing_ok=True)
         rows = 0
-        for k in progress(todo, desc=f"tokenize {split}", unit="part", disable=len(todo) < 2):
-            images = range(k * cfg.rows_per_part, min(len(centre), (k + 1) * cfg.rows_per_part))
-            data = Augmented(centre, random, images, augs, cfg.seed)
+        for info in progress(todo, desc=f"tokenize {split}", unit="part", disable=len(todo) < 2):
+            data = Augmented(centre, random, range(info.first, info.stop), list(info.augmentations), cfg.seed)
             loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
             columns = {"id": [], "class_label": [], "aug": [], "image_tokens": [], "cond_tokens": []}
-            for batch in progress(loader, desc=f"{split} {part_name(k)}", unit="batch", leave=False):
+            for batch in progress(loader, desc=f"{split} {part_name(info.index)}", unit="batch", leave=False):
                 labels = batch["class_label"].numpy()
                 columns["id"] += list(batch["relpath"])
                 columns["class_label"].append(labels)
@@ -167,13 +193,34 @@ def run(cfg: TokenizeConfig, conditioning: str, splits=SPLITS, shard: int = 0, n
                     columns["cond_tokens"].append(labels[:, None])
                 else:
                     columns["cond_tokens"].append(np.zeros((len(labels), 1), np.int64))
-            write_part(split_dir / part_name(k), meta, columns["id"],
+            write_part(split_dir / part_name(info.index), meta, info, columns["id"],
                        *(np.concatenate(columns[c]) for c in ("class_label", "aug", "image_tokens", "cond_tokens")))
             rows += len(data)
-        counts[split] = {"images": len(centre), "parts": n_parts, "written": len(todo), "rows_written": rows}
-        print(f"tokenize {split}: {len(centre)} images x {len(augs)} augmentation(s) in {n_parts} part(s); "
-              f"wrote {len(todo)} part(s) ({rows} rows), {len(range(shard, n_parts, num_shards)) - len(todo)} already done")
+        missing = [info.index for info in parts if not is_current(split_dir / part_name(info.index), meta, info)]
+        if not missing:  # the last shard to finish seals the split
+            for stale in list_parts(split_dir)[len(parts):]:   # an earlier, longer listing's parts
+                stale.unlink()
+            write_manifest(split_dir, [split_dir / part_name(info.index) for info in parts])
+        counts[split] = {"images": len(centre), "parts": len(parts), "written": len(todo), "rows_written": rows,
+                         "complete": not missing}
+        print(f"tokenize {split}: {len(centre)} images x {len(cfg.augmentations(split))} augmentation(s) in "
+              f"{len(parts)} part(s); wrote {len(todo)} part(s) ({rows} rows), {len(mine) - len(todo)} already done; "
+              + ("manifest written" if not missing else
+                 f"{len(missing)} part(s) still to make (other shards), so no manifest yet"))
     return counts
+
+
+def part_infos(centre, cfg: TokenizeConfig, split: str, layout: Layout, maps: str | None) -> list:
+    """Every part of a split: which images, which augmentations, and a signature of their files."""
+    from tasks.data.files import files_signature
+    from tasks.data.token_store import PartInfo
+
+    n = len(centre)
+    return [PartInfo(split=split, index=k, first=first, stop=min(n, first + cfg.rows_per_part),
+                     augmentations=tuple(cfg.augmentations(split)),
+                     inputs=files_signature(layout.sample_files(split, centre.relpaths[first:first + cfg.rows_per_part],
+                                                                maps)))
+            for k, first in enumerate(range(0, n, cfg.rows_per_part))]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,9 @@ into the output checkpoint. Writes, in the original project's layout,
     data/dvclive/transformer/                           # metrics.json, plots/metrics
 
 so ``models.load_pretrained("data/transformer")`` loads it. A killed run resumes
-from ``data/transformer/resume/``.
+from ``data/transformer/resume/`` while its parameters and inputs (the token manifests,
+the VQGAN hashes: ``inputs``) are unchanged, bit-identically on one device
+(tasks/training/trainer.py); a second run is refused while one runs.
 """
 from __future__ import annotations
 
@@ -101,14 +103,56 @@ def gpt_params(cfg: TransformerConfig, vocab: Vocabulary) -> dict:
             "resid_pdrop": cfg.resid_pdrop, "attn_pdrop": cfg.attn_pdrop}
 
 
+def init_weights(module, cfg: TransformerConfig, meta: TokenMeta) -> None:
+    """Fine-tuning: start from the GPT of the transformer folder ``cfg.init_from``. Its
+    architecture must be this run's, and its first stage the one that made the tokens (the
+    GPT's image tokens mean that VQGAN's codes)."""
+    import torch
+
+    from models.checkpoint import read_state_dict
+    from models.folder import ModelFolder
+
+    source = ModelFolder.open(cfg.init_from)
+    where = f"transformer.init_from {cfg.init_from}"
+    if not source.is_transformer:
+        raise StageError(f"{where}: holds a {source.target}, not a transformer")
+    state, _ = read_state_dict(source.checkpoint)
+    gpt = {k.removeprefix("transformer."): v for k, v in state.items() if k.startswith("transformer.")}
+    ours = module.model.transformer.state_dict()
+    mismatched = sorted(k for k in ours if k not in gpt or gpt[k].shape != ours[k].shape)
+    if mismatched:
+        raise StageError(f"{where}: its GPT does not fit this run's transformer settings "
+                         f"({len(mismatched)} parameters differ, e.g. {mismatched[:3]}): set n_layer, n_head, "
+                         f"n_embd and the vocabulary as it was trained")
+    codebook = state.get("first_stage_model.quantize.embedding.weight")
+    first_stage, _ = read_state_dict(vqgan_folder(meta.image).checkpoint)
+    if codebook is None or not torch.equal(codebook, first_stage["quantize.embedding.weight"]):
+        raise StageError(f"{where}: its first stage is not the VQGAN that made the tokens ({meta.image.folder}); "
+                         f"fine-tune on tokens of the same first stage (vqgan.image: {{folder: <its first stage>}})")
+    module.model.transformer.load_state_dict({k: gpt[k] for k in ours}, strict=True)
+    print(f"train-transformer: starting from the GPT of {source.root} (SHA-256 {source.sha256[:12]}...)")
+
+
+def inputs(train_set, val_set) -> dict[str, str]:
+    """What a run reads besides its parameters, identified for resuming: the token store's
+    manifests (each part's SHA-256) and the VQGAN checkpoints the tokens came from."""
+    meta = train_set.meta
+    found = {"tokens/train": train_set.manifest_sha256,
+             "tokens/validation": val_set.manifest_sha256 if val_set is not None else "none"}
+    found.update({f"{codes.kind} VQGAN": codes.sha256 for codes in (meta.image, meta.cond) if codes.sha256})
+    return found
+
+
 def run(cfg: TransformerConfig, layout: Layout = DATA) -> Path:
     import lightning as L
+    from torch.utils.data import DataLoader
 
     from tasks.data.token_store import TokenDataset, list_parts, token_loader
+    from tasks.training.batches import SeededBatches
     from tasks.training.lit_transformer import LitTransformer
-    from tasks.training.trainer import finish, make_trainer, resume_checkpoint
+    from tasks.training.trainer import exclusive, finish, make_trainer, resume_checkpoint
 
-    tokens, out = layout.tokens, layout.transformer
+    tokens, out, logs = layout.tokens, layout.transformer, layout.logs("transformer")
     train_set = TokenDataset(tokens / "train")
     meta = train_set.meta
     check_token_sources(meta, tokens / "train")
@@ -119,21 +163,24 @@ def run(cfg: TransformerConfig, layout: Layout = DATA) -> Path:
             raise TokensMismatch(f"{tokens / 'validation'}: metadata differs from {tokens / 'train'}; "
                                  "rerun `taming tokenize`")
     vocab = Vocabulary.of(meta, cfg.label_dropout)
-    resume = resume_checkpoint(out, cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    stages = {prefix: str(vqgan_folder(codes).checkpoint)
-              for prefix, codes in (("first_stage_model", meta.image), ("cond_stage_model", meta.cond))
-              if codes.sha256 is not None}
-    module = LitTransformer(
-        gpt=gpt_params(cfg, vocab), unconditional=meta.cond.kind == "none", pkeep=cfg.pkeep,
-        cond_dropout=cfg.label_dropout, null_token=vocab.null_token, learning_rate=cfg.learning_rate(),
-        weight_decay=cfg.weight_decay, betas=cfg.betas, warmup_steps=cfg.warmup_steps,
-        max_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio, stage_checkpoints=stages)
-    trainer = make_trainer(out, layout.logs("transformer"), cfg, desc="train-transformer", resuming=resume is not None)
-    train = token_loader(train_set, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=len(train_set) >= cfg.batch_size)
-    val = token_loader(val_set, cfg.batch_size, shuffle=False) if val_set is not None else None
-    trainer.fit(module, train, val, ckpt_path=resume)
-    return finish(trainer, out, out / "configs" / "transformer-project.yaml", project_yaml(cfg, meta, vocab))
+    with exclusive(out):
+        resume = resume_checkpoint(out, logs, cfg, inputs(train_set, val_set), "train-transformer")
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        stages = {prefix: str(vqgan_folder(codes).checkpoint)
+                  for prefix, codes in (("first_stage_model", meta.image), ("cond_stage_model", meta.cond))
+                  if codes.sha256 is not None}
+        module = LitTransformer(
+            gpt=gpt_params(cfg, vocab), unconditional=meta.cond.kind == "none", pkeep=cfg.pkeep,
+            cond_dropout=cfg.label_dropout, null_token=vocab.null_token, learning_rate=cfg.learning_rate(),
+            weight_decay=cfg.weight_decay, betas=cfg.betas, warmup_steps=cfg.warmup_steps,
+            max_steps=cfg.max_steps, min_lr_ratio=cfg.min_lr_ratio, stage_checkpoints=stages)
+        if cfg.init_from and resume is None:
+            init_weights(module, cfg, meta)
+        batches = SeededBatches(train_set, cfg.batch_size, cfg.seed)
+        trainer = make_trainer(out, cfg, desc="train-transformer", resuming=resume is not None, batches=batches)
+        val = token_loader(val_set, cfg.batch_size, shuffle=False) if val_set is not None else None
+        trainer.fit(module, DataLoader(batches, batch_size=None), val, ckpt_path=resume)
+        return finish(trainer, out, logs, out / "configs" / "transformer-project.yaml", project_yaml(cfg, meta, vocab))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

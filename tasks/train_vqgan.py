@@ -7,7 +7,9 @@ Reads params section ``vqgan.<model>``; writes (the original project's layout)
     data/dvclive/vqgan/<model>/                       # metrics.json, plots/metrics, plots/images/reconstructions
 
 so ``models.load_pretrained("data/vqgan/<model>")`` loads it like an official
-checkpoint. A killed run resumes from ``data/vqgan/<model>/resume/``.
+checkpoint. A killed run resumes from ``data/vqgan/<model>/resume/`` while its parameters
+and inputs (the file lists, synsets.json, every image and map: ``inputs``) are unchanged
+(tasks/training/trainer.py); a second run on the same model is refused while one runs.
 
 ``vqgan.<model>: {folder: ..., sha256: ...}`` names a model instead of training one: an
 official taming log folder (``vqgan_imagenet_f16_16384``, ``2020-09-23T17-56-33_imagenet_vqgan``,
@@ -56,28 +58,47 @@ def dataset(layout: Layout, model: str, split: str, resolution: int, train: bool
                            synsets_json=layout.synsets_json, **maps)
 
 
+def inputs(layout: Layout, model: str, datasets: dict) -> dict[str, str]:
+    """What a run reads besides its parameters, identified for resuming (tasks/data/files.py's
+    files_signature: every image's and map's size and mtime; the lists by content)."""
+    from tasks.data.files import files_signature, sha256_file
+    found = {"synsets.json": sha256_file(layout.synsets_json)}
+    for split, data in datasets.items():
+        found[f"{split} file list"] = sha256_file(layout.filelist(split))
+        found[f"{split} images" + ("" if model == "image" else f" and {model} maps")] = files_signature(
+            layout.sample_files(split, data.relpaths, None if model == "image" else model))
+    return found
+
+
 def run(cfg: VQGANConfig, layout: Layout = DATA) -> Path:
     import lightning as L
+    import torch
     from torch.utils.data import DataLoader
 
+    from tasks.training.batches import SeededBatches
     from tasks.training.lit_vqgan import LitVQGAN
-    from tasks.training.trainer import finish, make_trainer, resume_checkpoint
+    from tasks.training.trainer import exclusive, finish, make_trainer, resume_checkpoint
 
-    out = layout.vqgan(cfg.model)
-    resume = resume_checkpoint(out, cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    out, logs = layout.vqgan(cfg.model), layout.logs(f"vqgan/{cfg.model}")
+    desc = f"train-vqgan {cfg.model}"
     train_set = dataset(layout, cfg.model, "train", cfg.resolution, True, cfg.rescale)
     val_set = dataset(layout, cfg.model, "validation", cfg.resolution, False)
-    train = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_set) >= cfg.batch_size,
-                       num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0)
-    val = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
-    module = LitVQGAN(cfg.model, cfg.model_params(), cfg.loss_params(), cfg.learning_rate(),
-                      accumulate_grad_batches=cfg.accumulate_grad_batches)
-    trainer = make_trainer(out, layout.logs(f"vqgan/{cfg.model}"), cfg, desc=f"train-vqgan {cfg.model}", resuming=resume is not None,
-                           manual_optimization=True, optimizer_steps_per_update=module.optimizer_steps_per_update,
-                           find_unused_parameters=True)
-    trainer.fit(module, train, val, ckpt_path=resume)
-    return finish(trainer, out, out / "configs" / f"{cfg.model}-project.yaml", project_yaml(cfg))
+    with exclusive(out):
+        resume = resume_checkpoint(out, logs, cfg, inputs(layout, cfg.model, {"train": train_set, "validation": val_set}),
+                                   desc)
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        batches = SeededBatches(train_set, cfg.batch_size, cfg.seed)
+        train = DataLoader(batches, batch_size=None, num_workers=cfg.num_workers)
+        # a generator of its own: starting a validation pass draws from it, not from the training RNG
+        val = DataLoader(val_set, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
+                         generator=torch.Generator())
+        module = LitVQGAN(cfg.model, cfg.model_params(), cfg.loss_params(), cfg.learning_rate(),
+                          accumulate_grad_batches=cfg.accumulate_grad_batches)
+        trainer = make_trainer(out, cfg, desc=desc, resuming=resume is not None, batches=batches,
+                               manual_optimization=True, optimizer_steps_per_update=module.optimizer_steps_per_update,
+                               find_unused_parameters=True)
+        trainer.fit(module, train, val, ckpt_path=resume)
+        return finish(trainer, out, logs, out / "configs" / f"{cfg.model}-project.yaml", project_yaml(cfg))
 
 
 def import_folder(cfg: PretrainedVQGAN, layout: Layout = DATA) -> Path:

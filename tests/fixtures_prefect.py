@@ -68,7 +68,8 @@ def prefect_server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = free_port()
     server = PrefectServer(api_url=f"http://127.0.0.1:{port}/api", home=home, log=home / "server.log")
-    env = server.env(PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
+    # the UI too: tests look at artifacts in a real browser; it must call this server's API
+    env = server.env(PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_API_URL=server.api_url)
     env.pop("PREFECT_API_URL")  # the server does not talk to itself
     with open(server.log, "w") as log:
         proc = subprocess.Popen(

@@ -2,6 +2,8 @@
 import hashlib
 import io
 import json
+import os
+import re
 import tarfile
 
 import numpy as np
@@ -14,6 +16,7 @@ from tasks.acquire import OFFICIAL_SIZES, AcquireError
 from tasks.config.schema import CustomConfig, DataConfig, DemoConfig, ExtractConfig, ImagenetConfig
 from tasks.config.typed import ConfigError, build
 from tasks.data import scenes
+from tasks.data.datasets import FileListDataset
 from tasks.data.formats import load_depth_png, load_label_png
 from tasks.data.layout import TRAIN_TAR, VAL_SYNSETS, VAL_TAR
 from tasks.runtime.errors import StageError
@@ -172,3 +175,42 @@ def test_cli(tmp_path, capsys):
     write_params(params, data={"source": "custom", "custom": {"train_list": "nope.txt", "test_list": "nope.txt"}})
     assert cli.main(["acquire", "--params", str(params), "--out", str(tmp_path / "raw")]) == 1
     assert "nope.txt: image list not found" in capsys.readouterr().err
+
+
+def test_custom_lists_stay_under_their_folder_unless_told_otherwise(tmp_path):
+    """A list is untrusted input: `../../etc/passwd`, an absolute path or a symlink leading out
+    of the list's folder would be packed into data/raw (and pushed by `make push`)."""
+    lists = tmp_path / "project" / "lists"
+    images = tmp_path / "project" / "images"
+    for folder in (lists, images):
+        folder.mkdir(parents=True)
+    Image.new("RGB", (9, 7), (1, 2, 3)).save(lists / "ok.png")
+    Image.new("RGB", (9, 7), (4, 5, 6)).save(images / "shared.png")
+    (tmp_path / "secret.txt").write_text("not yours")
+    os.symlink(tmp_path / "secret.txt", lists / "innocent.png")
+    os.mkfifo(lists / "pipe.png")
+    (lists / "test.txt").write_text("ok.png\n")
+    depth = "../" * len(lists.parts)
+    cases = {f"{depth}etc/passwd": "is outside", "/etc/passwd": "is outside", "innocent.png": "is outside",
+             "../images/shared.png": "is outside", "pipe.png": "is a FIFO, not a regular file"}
+    for line, reason in cases.items():
+        (lists / "train.txt").write_text(f"ok.png\n{line}\n")
+        cfg = DataConfig(source="custom", custom=CustomConfig(str(lists / "train.txt"), str(lists / "test.txt")))
+        with pytest.raises(StageError, match=re.escape(f"train.txt:2: image {line!r} {reason}")) as e:
+            acquire.run(cfg, tmp_path / "raw")
+        if reason == "is outside":
+            assert "data.custom.allow_outside: true" in str(e.value)
+        with pytest.raises(StageError, match=re.escape(f"train.txt:2: image {line!r} {reason}")):
+            FileListDataset(lists / "train.txt")
+    assert not (tmp_path / "raw" / TRAIN_TAR).exists()
+
+    # a configured root that holds both folders, or an explicit opt-in, reads them
+    (lists / "train.txt").write_text("ok.png\n../images/shared.png\n")
+    cfg = DataConfig(source="custom", custom=CustomConfig(str(lists / "train.txt"), str(lists / "test.txt"),
+                                                          root=str(tmp_path / "project")))
+    assert acquire.run(cfg, tmp_path / "raw")["train"] == 2
+    assert len(FileListDataset(lists / "train.txt", root=tmp_path / "project")) == 2
+    (lists / "train.txt").write_text(f"ok.png\n{images / 'shared.png'}\n")
+    opt_in = build(DataConfig, {"source": "custom", "custom": {"train_list": str(lists / "train.txt"),
+                                "test_list": str(lists / "test.txt"), "allow_outside": True}}, "data")
+    assert acquire.run(opt_in, tmp_path / "raw2")["train"] == 2

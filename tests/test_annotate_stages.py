@@ -161,6 +161,47 @@ def test_sigkilled_stage_resumes_and_ends_identical(data, tmp_path, small_weight
     assert outputs(data, "depth") == expected
 
 
+PAUSED_SHARD = """
+import sys, time
+from pathlib import Path
+from tasks import cli
+from tasks.data import annotation
+flag, release = Path(sys.argv[1]), Path(sys.argv[2])
+original = annotation.Annotator.save
+def save(self, path, output):
+    original(self, path, output)
+    flag.write_text("now")
+    while not release.exists():     # hold still with the lock until the test releases us
+        time.sleep(0.05)
+annotation.Annotator.save = save
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+def test_shards_run_concurrently_and_a_duplicate_shard_is_refused(data, tmp_path, capsys):
+    whole = make_dataset(tmp_path / "whole")
+    run_depth(DepthConfig(data_dir=whole, num_workers=0, splits=["train"]))
+    params = write_params(tmp_path / "params.yaml", annotate={"depth": {"data_dir": str(data), "num_workers": 0,
+                                                                        "batch_size": 1, "splits": ["train"]}})
+    stage = ["annotate", "--kind", "depth", "--params", str(params), "--num-shards", "2"]
+    flag, release = tmp_path / "flag", tmp_path / "release"
+    first = subprocess.Popen([sys.executable, "-c", PAUSED_SHARD, str(flag), str(release), *stage, "--shard", "0"],
+                             cwd=REPO)
+    try:
+        deadline = time.time() + 120
+        while not flag.exists():
+            assert first.poll() is None and time.time() < deadline, "shard 0 ended before its pause"
+            time.sleep(0.05)
+        assert cli.main([*stage, "--shard", "1"]) == 0          # another shard runs alongside
+        assert cli.main([*stage, "--shard", "0"]) == 1          # the same shard twice does not
+        err = capsys.readouterr().err
+        assert f"is being written by another run: pid {first.pid} on " in err and "shard-0-of-2" in err
+    finally:
+        release.write_text("go")
+        assert first.wait(timeout=300) == 0
+    assert outputs(data, "depth") == outputs(whole, "depth")
+
+
 def test_bad_inputs_are_named(data):
     (data / "raw/groundtruth/depth" / f"{Path(filelist(data, 'validation')[0]).stem}.png").unlink()
     with pytest.raises(FileNotFoundError, match="no ground-truth depth"):

@@ -4,11 +4,12 @@ import os
 import pickle
 import subprocess
 import sys
+import zipfile
 
 import pytest
 import torch
 
-from models.checkpoint import UnsafeCheckpointError, read_checkpoint, read_state_dict
+from models.checkpoint import CheckpointError, UnsafeCheckpointError, read_checkpoint, read_state_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,3 +116,53 @@ def test_bare_state_dict_and_bad_files(tmp_path):
     torch.save({"state_dict": {"a": [1, 2]}}, tmp_path / "lists.ckpt")
     with pytest.raises(ValueError, match="not tensors"):
         read_state_dict(tmp_path / "lists.ckpt")
+
+
+def rezip(src, dst, compress=(), aliases=()):
+    """Rewrite a torch.save zip member by member: those named in ``compress`` deflated, plus
+    central-directory entries named ``aliases`` that point at the largest member's bytes."""
+    with zipfile.ZipFile(src) as z_in, zipfile.ZipFile(dst, "w") as z_out:
+        for info in z_in.infolist():
+            kind = zipfile.ZIP_DEFLATED if info.filename.endswith(compress) and compress else zipfile.ZIP_STORED
+            z_out.writestr(info.filename, z_in.read(info), compress_type=kind)
+        largest = max(z_out.filelist, key=lambda info: info.file_size)
+        for name in aliases:
+            alias = zipfile.ZipInfo(name)
+            for field in ("header_offset", "compress_type", "CRC", "compress_size", "file_size"):
+                setattr(alias, field, getattr(largest, field))
+            z_out.filelist.append(alias)
+
+
+def test_compressed_or_overlapping_zip_members_are_refused_before_torch_reads_them(tmp_path):
+    """torch.save stores members uncompressed; a deflated data.pkl (a zip bomb: 50 MB of pickle
+    in 50 KB) or members that share bytes are refused before torch or its unpickler see them."""
+    torch.save({"state_dict": {"w": torch.zeros(4)}, "pad": b"\0" * 50_000_000}, tmp_path / "big.ckpt")
+    rezip(tmp_path / "big.ckpt", tmp_path / "bomb.ckpt", compress=("data.pkl",))
+    assert os.path.getsize(tmp_path / "bomb.ckpt") < 200_000
+    with pytest.raises(CheckpointError, match=r"bomb.ckpt: member big/data.pkl is compressed \(zip method 8\)"):
+        read_checkpoint(tmp_path / "bomb.ckpt")
+
+    torch.save({"state_dict": {"w": torch.zeros(2**18)}}, tmp_path / "one.ckpt")   # one 1 MB storage
+    rezip(tmp_path / "one.ckpt", tmp_path / "aliased.ckpt", aliases=[f"one/data/{i}" for i in range(1, 9)])
+    with zipfile.ZipFile(tmp_path / "aliased.ckpt") as z:
+        assert len(z.infolist()) > 9          # a zip that zipfile itself lists
+    with pytest.raises(CheckpointError, match="aliased.ckpt: its members claim .* more than the file's"):
+        read_checkpoint(tmp_path / "aliased.ckpt")
+    # the untouched file loads
+    assert read_state_dict(tmp_path / "one.ckpt")[0]["w"].shape == (2**18,)
+
+
+def test_a_tensor_claiming_more_bytes_than_its_storage_is_refused(tmp_path):
+    """torch.save keeps an expanded view as 8 bytes of storage and a stride of 0: 2**31 elements
+    that become 16 GiB as soon as anything copies them (issue 17: `quantize.used`)."""
+    used = torch.zeros(1, dtype=torch.long).expand(2**31)
+    torch.save({"state_dict": {"quantize.used": used}}, tmp_path / "stride0.ckpt")
+    assert os.path.getsize(tmp_path / "stride0.ckpt") < 10_000
+    with pytest.raises(CheckpointError, match=r"stride0.ckpt: tensor \['state_dict'\]\['quantize.used'\] of shape "
+                                              r"\(2147483648,\) claims 17179869184 bytes but its storage holds 8"):
+        read_state_dict(tmp_path / "stride0.ckpt")
+    # views that stay within their storage (a slice, a transpose) are fine
+    base = torch.arange(12.0)
+    torch.save({"a": base[2:5], "b": base.view(3, 4).t(), "nested": [[{"c": base}]]}, tmp_path / "views.ckpt")
+    ck = read_checkpoint(tmp_path / "views.ckpt")
+    assert ck["a"].tolist() == [2.0, 3.0, 4.0] and ck["b"].shape == (4, 3)

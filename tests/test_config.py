@@ -70,6 +70,7 @@ def test_load_params_with_overrides(tmp_path):
     ("transformer.betas=[2, 3]", "transformer.betas[0]"),
     ("transformer.weight_decay=-1", "transformer.weight_decay"),
     ("transformer.base_learning_rate=.nan", "transformer.base_learning_rate"),
+    ("transformer.base_learning_rate=.inf", "transformer.base_learning_rate"),
     ("transformer.resid_pdrop=1.5", "transformer.resid_pdrop"),
     ("temperature=1.0e-40", "temperature"),
     ("temperature=1e-40", "temperature"),  # YAML 1.1 reads this as a string

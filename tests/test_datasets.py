@@ -9,8 +9,10 @@ from torch.utils.data import DataLoader
 
 from tasks import acquire, extract
 from tasks.config.schema import DataConfig, DemoConfig, ExtractConfig
+from tasks.data.annotation import load_image
 from tasks.data.datasets import FileListDataset, ImageNetDataset, Preprocess, normalised_depth
-from tasks.data.formats import save_depth_png, save_label_png
+from tasks.data.formats import load_depth_png, save_depth_png, save_label_png
+from tasks.data.images import ImageRefused
 
 H, W = 24, 32
 SYNSETS = {"n01": {"index": 0, "human": "tench"}, "n02": {"index": 1, "human": "goldfish"},
@@ -163,3 +165,68 @@ def test_demo_end_to_end_with_ground_truth_maps(tmp_path):
         # The main object's label (2 + class) is present, and its depth beats the sky's.
         main = s["segmentation"] == 2 + s["class_label"]
         assert main.any() and s["depth"][0][main].min() > s["depth"][0][s["segmentation"] == 0].max()
+
+
+def ramp16() -> np.ndarray:
+    """A 16-bit ramp over the whole range: 0 at the top left, 65535 at the bottom right."""
+    return np.linspace(0, 65535, H * W).round().astype(np.uint16).reshape(H, W)
+
+
+def save16(path, values: np.ndarray, big_endian: bool = False) -> None:
+    mode, dtype = ("I;16B", ">u2") if big_endian else ("I;16", "<u2")
+    Image.frombytes(mode, values.shape[::-1], values.astype(dtype).tobytes()).save(path, format="PNG")
+
+
+def test_16_bit_pngs_are_scaled_not_saturated_wherever_images_are_read(tree, tmp_path):
+    """PIL's convert("RGB") clips 16-bit values at 255 (99 % of this ramp would be white);
+    the product reads v as round(v / 257) in every path: datasets, file lists, annotation."""
+    values = ramp16()
+    want8 = np.round(values / 257).astype(np.uint8)
+    rel = "n01/n01_0.JPEG"            # extract keeps PNG bytes under a .JPEG name, as they came
+    save16(tree / "im" / "train" / rel, values)
+    with Image.open(tree / "im" / "train" / rel) as im:
+        assert im.mode == "I;16" and (np.asarray(im.convert("RGB")) == 255).mean() > 0.9   # the bug
+    image = make(tree)[0]["image"]
+    assert torch.equal(image, torch.from_numpy(want8).float().expand(3, H, W) / 127.5 - 1)
+    assert (image == 1).float().mean() < 0.01
+    save16(tmp_path / "ramp.png", values, big_endian=True)
+    (tmp_path / "list.txt").write_text("ramp.png\n")
+    assert torch.equal(FileListDataset(tmp_path / "list.txt")[0]["image"], image)
+    annotated = tmp_path / "data" / "dataset" / "image" / "train" / rel   # what the annotate stages read
+    annotated.parent.mkdir(parents=True)
+    save16(annotated, values)
+    assert torch.equal(load_image(tmp_path / "data", "train", rel), torch.from_numpy(want8).expand(3, H, W))
+
+
+def test_16_bit_greyscale_depth_maps_read_as_their_fraction_of_full_scale(tree):
+    """A depth map written elsewhere as a 16-bit greyscale PNG (MiDaS's write_depth) reads as
+    v / 65535; the datasets normalise per image, so it gives the same depth as the floats."""
+    values = ramp16()
+    path = tree / "depth" / "train" / "n01" / "n01_0.png"
+    save16(path, values)
+    assert np.allclose(load_depth_png(path), values / 65535, atol=1e-7)
+    floats = tree / "float.png"
+    save_depth_png(floats, values.astype(np.float32))
+    assert np.allclose(normalised_depth(path), normalised_depth(floats), atol=1e-6)
+    depth = make(tree)[0]["depth"][0]
+    assert depth.min() == -1 and depth.max() == 1 and (depth == 1).sum() == 1
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")   # PIL's own, before our refusal
+def test_datasets_decode_only_accepted_formats_of_bounded_size(tmp_path):
+    """The datasets open images through the same gate as extract: an EPS file never reaches
+    Ghostscript, a pixel bomb is refused from its header, specials are not opened."""
+    (tmp_path / "page.jpg").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n")
+    Image.new("1", (12000, 12000)).save(tmp_path / "bomb.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "scan.tif")
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "ok.webp", lossless=True)
+    (tmp_path / "list.txt").write_text("page.jpg\nbomb.png\nscan.tif\nok.webp\n")
+    ds = FileListDataset(tmp_path / "list.txt")
+    for i, reason in enumerate(["format EPS not accepted", "12000x12000 is more than 67108864 pixels",
+                                "format TIFF not accepted"]):
+        with pytest.raises(ImageRefused, match=f"{ds.paths[i]}: cannot read image: {reason}"):
+            ds[i]
+    assert torch.equal(ds[3]["image"][:, 0, 0], torch.tensor([1, 2, 3]) / 127.5 - 1)
+    # in DataLoader workers the error still names the file
+    with pytest.raises(Exception, match="page.jpg: cannot read image: format EPS not accepted"):
+        next(iter(DataLoader(ds, batch_size=1, num_workers=1)))

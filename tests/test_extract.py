@@ -3,6 +3,8 @@ import io
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -235,6 +237,8 @@ def test_inspect_image_classifies_each_kind():
     assert inspect_image(image_bytes(1)) == (None, None)
     assert inspect_image(b"") == ("zero-byte file", None)
     assert inspect_image(b"\xff\xd8\xff" + b"\x00" * 50)[0] is not None
+    for short in (b"\x00", b"II*", b"GIF8"):      # too short for some formats' magic-byte tests
+        assert inspect_image(short) == ("not an image", None)
     assert inspect_image(truncated())[0].startswith("truncated or corrupt")
     assert inspect_image(image_bytes(2, "CMYK")) == (None, "CMYK JPEG")
     assert inspect_image(image_bytes(3, fmt="PNG")) == (None, "PNG data under a .JPEG name")
@@ -261,21 +265,37 @@ def test_sub_indices_restrict_classes_and_count_the_rest_as_skipped(tmp_path):
     assert metrics["validation"] == {**metrics["validation"], "members": 8, "extracted": 4, "skipped": 4}
 
 
-KILLER = """
+PAUSER = """
 import sys, time
 from pathlib import Path
 from tasks import extract
-flag, kill_after = Path(sys.argv[4]), int(sys.argv[5])
+flag, pause_after, release = Path(sys.argv[4]), int(sys.argv[5]), Path(sys.argv[6])
 original, calls = extract._Synset.add, [0]
 def add(self, *args):
     original(self, *args)
     calls[0] += 1
-    if calls[0] == kill_after:      # hold still mid-synset until the test kills us
+    if calls[0] == pause_after:     # hold still mid-synset until the test kills or releases us
         flag.write_text("now")
-        time.sleep(120)
+        while not release.exists():
+            time.sleep(0.05)
 extract._Synset.add = add
 extract.run(extract.ExtractConfig(), sys.argv[1], sys.argv[2], sys.argv[3])
 """
+
+
+def start_paused(tmp_path: Path, raw: Path, out: Path, metrics: Path, pause_after: int) -> subprocess.Popen:
+    """An extract run in a subprocess, paused in the middle of a synset (release: tmp_path/release)."""
+    flag = tmp_path / "flag"
+    flag.unlink(missing_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", PAUSER, str(raw), str(out), str(metrics), str(flag),
+                             str(pause_after), str(tmp_path / "release")], cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    deadline = time.time() + 120
+    while not flag.exists():
+        assert proc.poll() is None, "extract finished or died before the pause point"
+        assert time.time() < deadline
+        time.sleep(0.02)
+    return proc
 
 
 @pytest.mark.parametrize("kill_after", [8, 14])     # mid-train (synset 3 of 4), mid-validation
@@ -284,25 +304,43 @@ def test_sigkill_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, k
     reference = tmp_path / "reference"
     extract.run(ExtractConfig(), raw, reference / "out", reference / "extract.json")
 
-    out, metrics, flag = tmp_path / "out", tmp_path / "extract.json", tmp_path / "flag"
-    proc = subprocess.Popen([sys.executable, "-c", KILLER, str(raw), str(out), str(metrics), str(flag),
-                             str(kill_after)], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    deadline = time.time() + 60
-    while not flag.exists():
-        assert proc.poll() is None, "extract finished or died before the kill point"
-        assert time.time() < deadline
-        time.sleep(0.02)
+    out, metrics = tmp_path / "out", tmp_path / "extract.json"
+    proc = start_paused(tmp_path, raw, out, metrics, kill_after)
     os.kill(proc.pid, signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not metrics.exists() and list(out.rglob(".tmp-*")), "the kill must interrupt a synset"
     finished = {p: p.stat().st_ino for p in out.glob("*/n*") if p.is_dir()}
     assert finished
+    # the dead run's lock file is still there, naming it; it does not block the rerun
+    assert json.loads((tmp_path / ".out.lock").read_text())["pid"] == proc.pid
 
     extract.run(ExtractConfig(), raw, out, metrics)
     assert tree(out) == tree(reference / "out")
     assert metrics.read_bytes() == (reference / "extract.json").read_bytes()
     # Synsets finished before the kill were not redone.
     assert {p: p.stat().st_ino for p in finished} == finished
+
+
+def test_a_second_run_into_the_same_folder_is_refused_naming_the_first(tmp_path, capsys):
+    """Two runs into one folder used to lose data silently: the second deleted the first's
+    unfinished synsets and both reported success with files missing."""
+    raw = good_raw(tmp_path / "raw")
+    extract.run(ExtractConfig(), raw, tmp_path / "reference" / "out", tmp_path / "reference" / "extract.json")
+    out, metrics = tmp_path / "out", tmp_path / "extract.json"
+    params = write_params(tmp_path / "params.yaml", extract={})
+    first = start_paused(tmp_path, raw, out, metrics, pause_after=5)
+    try:
+        assert cli.main(["extract", "--params", str(params), "--raw", str(raw), "--out", str(out),
+                         "--metrics", str(tmp_path / "second.json"), "--workers", "1"]) == 1
+        err = capsys.readouterr().err
+        assert f"{out} is being written by another run: pid {first.pid} on {socket.gethostname()} (" in err
+        assert "since 20" in err and "PAUSER" not in err
+        assert not (tmp_path / "second.json").exists()
+    finally:
+        (tmp_path / "release").write_text("go")
+        assert first.wait(timeout=120) == 0
+    assert tree(out) == tree(tmp_path / "reference" / "out")      # nothing of the first run was lost
+    assert metrics.read_bytes() == (tmp_path / "reference" / "extract.json").read_bytes()
 
 
 def test_cli_runs_the_stage_and_reports_missing_inputs(tmp_path, capsys):
@@ -339,3 +377,195 @@ def test_synset_names_from_the_lists_cannot_escape_the_target(tmp_path):
     with pytest.raises(ExtractError, match="'../../escape' is not a plain folder name"):
         run(tmp_path, raw)
     assert not (tmp_path / "escape").exists() and not (tmp_path.parent / "escape").exists()
+
+
+# ----------------------------------------------------------------------------- hostile archives
+
+EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n"
+       b"newpath 0 0 moveto 16 16 lineto stroke showpage\n%%EOF\n")
+HUGE = 64 * 2**30      # what a 20 KB archive can declare
+
+
+def padded(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def raw_member(info: tarfile.TarInfo, data: bytes, fmt=tarfile.GNU_FORMAT) -> bytes:
+    """A member's header blocks and data, as they lie in an archive (for hand-made headers)."""
+    info.size = len(data)
+    return info.tobuf(fmt, "utf-8", "surrogateescape") + padded(data)
+
+
+def raw_tar(*members: bytes) -> bytes:
+    return b"".join(members) + b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+def with_checksum(header: bytearray) -> bytes:
+    header[148:156] = b" " * 8
+    header[148:156] = b"%06o\0 " % sum(header[:tarfile.BLOCKSIZE])
+    return bytes(header)
+
+
+def gnu_sparse(name: str, realsize: int, data: bytes = b"\xff" * 512) -> bytes:
+    """An old-GNU sparse member (type 'S', as `tar --sparse` writes): ``data`` at offset 0,
+    then a hole up to ``realsize`` bytes that a reader fills with zeros."""
+    info = tarfile.TarInfo(name)
+    info.type, info.size, info.mtime = tarfile.GNUTYPE_SPARSE, len(data), 0
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    header[386:410] = tarfile.itn(0, 12, tarfile.GNU_FORMAT) + tarfile.itn(len(data), 12, tarfile.GNU_FORMAT)
+    header[483:495] = tarfile.itn(realsize, 12, tarfile.GNU_FORMAT)   # the expanded size
+    return with_checksum(header) + padded(data)
+
+
+def pax_sparse(name: str, realsize: int, data: bytes = b"\xff" * 512) -> bytes:
+    """A GNU sparse 1.0 member in pax headers (what `tar --sparse --format=pax` writes)."""
+    sparse_map = padded(f"1\n0\n{len(data)}\n".encode())
+    info = tarfile.TarInfo(f"GNUSparseFile.0/{name}")
+    info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": name,
+                        "GNU.sparse.realsize": str(realsize)}
+    return raw_member(info, sparse_map + data, tarfile.PAX_FORMAT)
+
+
+def pax_declared(name: str, size: int, data: bytes) -> bytes:
+    """A member whose pax header declares ``size`` bytes while only ``data`` follows."""
+    info = tarfile.TarInfo(name)
+    info.pax_headers = {"size": str(size)}
+    return raw_member(info, data, tarfile.PAX_FORMAT)
+
+
+def pax_header_bomb(name: str) -> bytes:
+    """A member whose pax extended header itself declares 2**40 bytes (base-256 size field)."""
+    member = bytearray(pax_declared(name, 10, b"x" * 10))
+    member[124:136] = tarfile.itn(2**40, 12, tarfile.GNU_FORMAT)
+    return with_checksum(member[:tarfile.BLOCKSIZE]) + bytes(member[tarfile.BLOCKSIZE:])
+
+
+def pixel_bomb() -> bytes:
+    """A real 12000 x 12000 PNG of 140 KB: 432 MB once decoded to RGB."""
+    buf = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fake_ghostscript(folder: Path, marker: Path) -> Path:
+    """A `gs` on PATH that records that it ran: PIL's EPS decoder starts Ghostscript."""
+    folder.mkdir()
+    gs = folder / "gs"
+    gs.write_text(f'#!/bin/sh\necho "$@" >> {marker}\n[ "$1" = --version ] && echo 10.0 && exit 0\nexit 1\n')
+    gs.chmod(gs.stat().st_mode | stat.S_IXUSR)
+    return folder
+
+
+def test_hostile_archive_is_refused_member_by_member_in_bounded_memory_and_runs_no_program(tmp_path):
+    s0, s1, s2 = SYNSETS[:3]
+    bomb = pixel_bomb()
+    assert len(bomb) < 200_000
+    m = lambda name, data: raw_member(tarfile.TarInfo(name), data)   # noqa: E731
+    inner0 = raw_tar(
+        m(f"{s0}_good.JPEG", image_bytes(1)),
+        m(f"{s0}_eps.JPEG", EPS),
+        m(f"{s0}_tiff.JPEG", image_bytes(2, fmt="TIFF")),
+        m(f"{s0}_webp.JPEG", image_bytes(3, fmt="WEBP")),
+        m(f"{s0}_bmp.JPEG", image_bytes(4, fmt="BMP")),
+        gnu_sparse(f"{s0}_sparse.JPEG", HUGE),
+        pax_sparse(f"{s0}_paxsparse.JPEG", HUGE),
+        m(f"{s0}_bomb.JPEG", bomb),
+        m(f"{s0}_good2.JPEG", image_bytes(5)),
+        pax_declared(f"{s0}_declared.JPEG", HUGE, image_bytes(6)),   # nothing after it can be found
+    )
+    inner1 = raw_tar(pax_header_bomb(f"{s1}_x.JPEG"), m(f"{s1}_y.JPEG", image_bytes(7)))
+    assert len(inner0) + len(inner1) < 100_000      # declaring 64 GiB, 1 TiB and 144 Mpx
+    train = raw_tar(m(f"{s0}.tar", inner0), m(f"{s1}.tar", inner1),
+                    m(f"{s2}.tar", tar_of([(f"{s2}_ok.JPEG", image_bytes(8))])))
+    val = raw_tar(m("ILSVRC2012_val_00000001.JPEG", EPS), gnu_sparse("ILSVRC2012_val_00000002.JPEG", HUGE),
+                  m("ILSVRC2012_val_00000003.JPEG", bomb), m("ILSVRC2012_val_00000004.JPEG", image_bytes(9)))
+    raw = write_raw(tmp_path / "raw", {}, [], val_listing=[(f"ILSVRC2012_val_0000000{i}.JPEG", s2) for i in range(1, 5)])
+    (raw / TRAIN_TAR).write_bytes(train)
+    (raw / VAL_TAR).write_bytes(val)
+
+    # The attack is real: PIL on its own hands an EPS member named .JPEG to Ghostscript.
+    marker = tmp_path / "ghostscript-ran"
+    env = {**os.environ, "PYTHONPATH": str(REPO),
+           "PATH": f"{fake_ghostscript(tmp_path / 'bin', marker)}{os.pathsep}{os.environ['PATH']}"}
+    plain_pil = "import io, sys; from PIL import Image; Image.open(io.BytesIO(sys.stdin.buffer.read())).load()"
+    control = subprocess.run([sys.executable, "-c", plain_pil], input=EPS, env=env, capture_output=True)
+    assert control.returncode != 0 and b"CalledProcessError" in control.stderr and marker.exists()
+    marker.unlink()
+
+    out = tmp_path / "out"
+    # the CLI, then its own peak RSS (VmHWM: ru_maxrss would count this big parent's pages, forked)
+    extract_then_peak = ("import sys; from tasks import cli; rc = cli.main(sys.argv[1:]); "
+                         "print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM'))); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", extract_then_peak, "extract", "--params", str(REPO / "params.yaml"),
+                           "--raw", str(raw), "--out", str(out), "--metrics", str(tmp_path / "m.json"), "--workers", "1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists(), "extract started Ghostscript"
+    peak_kb = int(proc.stdout.split("VmHWM:")[1].split()[0])
+    assert peak_kb < 200 * 1024, f"peak RSS {peak_kb} KB"   # ~50 MB; decoding the bomb alone peaks at 700 MB
+
+    eps = "format EPS not accepted (accepted: JPEG, PNG, BMP, WEBP)"
+    reasons = {(r["split"], r["member"]): r["reason"] for r in rejected(tmp_path)}
+    assert reasons == {
+        ("train", f"{s0}_eps.JPEG"): eps,
+        ("train", f"{s0}_tiff.JPEG"): "format TIFF not accepted (accepted: JPEG, PNG, BMP, WEBP)",
+        ("train", f"{s0}_sparse.JPEG"): "sparse file",
+        ("train", f"{s0}_paxsparse.JPEG"): "sparse file",
+        ("train", f"{s0}_bomb.JPEG"): "12000x12000 is more than 67108864 pixels",
+        ("train", f"{s0}_declared.JPEG"): f"{HUGE} bytes, more than the limit of {128 * 2**20}",
+        ("train", f"{s0}.tar"): "corrupt synset tar after 10 members: unexpected end of data",
+        ("train", f"{s1}.tar"): reasons[("train", f"{s1}.tar")],
+        ("validation", "ILSVRC2012_val_00000001.JPEG"): eps,
+        ("validation", "ILSVRC2012_val_00000002.JPEG"): "sparse file",
+        ("validation", "ILSVRC2012_val_00000003.JPEG"): "12000x12000 is more than 67108864 pixels",
+    }
+    assert reasons[("train", f"{s1}.tar")].startswith("corrupt synset tar: extended header of 1099511627776 bytes")
+    # Everything else still extracts: accepted formats are kept byte for byte for conversion on read.
+    files = (out / "train" / "filelist.txt").read_text().split()
+    assert files == [f"{s0}/{s0}_{k}.JPEG" for k in ("bmp", "good", "good2", "webp")] + [f"{s2}/{s2}_ok.JPEG"]
+    assert (out / "train" / s0 / f"{s0}_webp.JPEG").read_bytes() == image_bytes(3, fmt="WEBP")
+    assert (out / "validation" / "filelist.txt").read_text().split() == [f"{s2}/ILSVRC2012_val_00000004.JPEG"]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["train"]["converted"] == {"BMP data under a .JPEG name": 1, "WEBP data under a .JPEG name": 1}
+    for split, extracted in (("train", 5), ("validation", 1)):
+        c = metrics[split]
+        assert c["extracted"] == extracted
+        assert c["members"] == c["extracted"] + c["rejected"] + c["skipped"]
+        assert c["rejected"] == sum(1 for r in rejected(tmp_path) if r["split"] == split)
+
+
+def test_member_and_synset_names_that_cannot_be_files_are_refused_and_reruns_agree(tmp_path):
+    """Names that are not UTF-8, longer than a file name may be, or the names of extract's
+    own files: refused into rejected.jsonl, and a rerun gives the same output."""
+    s = SYNSETS[0]
+    not_utf8 = f"{s}_caf\udce9.JPEG"        # tarfile's view of the byte 0xe9
+    too_long = f"{s}_{'x' * 250}.JPEG"
+    entries = [(f"{s}_ok.JPEG", image_bytes(1)), (not_utf8, image_bytes(2)), (too_long, image_bytes(3))]
+    inner = raw_tar(*(raw_member(tarfile.TarInfo(n), d) for n, d in entries))
+    own = "filelist.txt"
+    train = raw_tar(raw_member(tarfile.TarInfo(f"{s}.tar"), inner),
+                    raw_member(tarfile.TarInfo(f"{own}.tar"), tar_of([("a.JPEG", image_bytes(4))])))
+    val = [("ILSVRC2012_val_00000001.JPEG", image_bytes(5), s), ("ILSVRC2012_val_00000002.JPEG", image_bytes(6), own),
+           ("ILSVRC2012_val_00000003.JPEG", image_bytes(7), "rejected.jsonl")]
+    raw = write_raw(tmp_path / "raw", {}, val)
+    (raw / TRAIN_TAR).write_bytes(train)
+    (raw / "synsets.json").write_text(json.dumps({n: {"index": i, "human": n}
+                                                  for i, n in enumerate([s, own, "rejected.jsonl"])}))
+    first = run(tmp_path, raw)
+    reasons = {(r["split"], r["member"]): r["reason"] for r in rejected(tmp_path)}
+    assert reasons == {
+        ("train", f"{s}_caf\\xe9.JPEG"): "name is not valid UTF-8",
+        ("train", too_long): "name longer than 255 bytes",
+        ("train", f"{own}.tar"): "synset named like extract's own file filelist.txt",
+        ("validation", "ILSVRC2012_val_00000002.JPEG"): "synset named like extract's own file filelist.txt",
+        ("validation", "ILSVRC2012_val_00000003.JPEG"): "synset named like extract's own file rejected.jsonl",
+    }
+    out = tmp_path / "out"
+    assert (out / "train" / "filelist.txt").read_text() == f"{s}/{s}_ok.JPEG\n"
+    assert (out / "validation" / "filelist.txt").read_text() == f"{s}/ILSVRC2012_val_00000001.JPEG\n"
+    assert (out / "rejected.jsonl").is_file()
+    before = tree(out)
+    assert run(tmp_path, raw) == first       # a rerun over the output reuses it and agrees
+    assert tree(out) == before
+    for split in ("train", "validation"):
+        assert first[split]["members"] == first[split]["extracted"] + first[split]["rejected"]

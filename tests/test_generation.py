@@ -15,12 +15,12 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from reference_weights import fill_reference
+from scene_data import make_scene_data
 
 from models import midas
 from models.sampling import generate_sliding_window
 from models.sampling_settings import SamplingSettings as S
-from reference_weights import fill_reference
-from scene_data import make_scene_data
 from tasks import cli
 from tasks.config.params import vqgan_config
 from tasks.config.schema import SAMPLING_KEYS, TokenizeConfig, TransformerConfig

@@ -90,3 +90,13 @@ def test_benchmarks_do_not_import_the_tests():
         assert not any(n.split(".")[0] in ("tests", "conftest", "scene_data", "params_files", "fixtures_pipeline")
                        for n in _imports(path)), f"{path.relative_to(REPO)} imports test code"
         assert '"tests"' not in text and "'tests'" not in text, f"{path.relative_to(REPO)} reaches into tests/"
+
+
+def test_image_files_are_opened_in_one_place():
+    """tasks/data/images.py:open_image decodes only the accepted formats, bounds the pixels and
+    refuses specials; any other Image.open would bypass that (an EPS file runs Ghostscript)."""
+    gate = REPO / "tasks/data/images.py"
+    for path in [*REPO.glob("tasks/**/*.py"), *REPO.glob("models/*.py"), *REPO.glob("flows/*.py"),
+                 *REPO.glob("bench/*.py")]:
+        if path != gate:
+            assert "Image.open(" not in path.read_text(), f"{path.relative_to(REPO)} opens images itself"

@@ -1,13 +1,18 @@
 """load_pretrained on checkpoints made by the original code (tests/reference) and
 on a Lightning 2 checkpoint written like our training stage writes them."""
 import os
+import re
 import shutil
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
+from models.checkpoint import CheckpointError
+from models.limits import ModelTooLarge
 from models.pretrained import build_vqgan, load_pretrained, load_with_report
 from models.vqgan import VQModel
 
@@ -159,3 +164,81 @@ def test_lightning2_checkpoint_from_our_training_layout_loads_the_same_way(tmp_p
         assert torch.equal(model.encode(x)[2], lit.vq.encode(x)[2])
         assert torch.allclose(model(x)[0], lit.vq(x)[0])
     assert torch.equal(model.quantize.cluster_size, lit.vq.quantize.cluster_size)
+
+
+@pytest.fixture
+def vqgan_run(ref, tmp_path):
+    """A copy of the reference VQGAN folder and its YAML's model section, to tamper with."""
+    root, _ = ref
+    shutil.copytree(root / "vqgan_image", tmp_path / "run")
+    (config,) = (tmp_path / "run" / "configs").glob("*.yaml")
+    return tmp_path / "run", yaml.safe_load(config.read_text())["model"]
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"n_embed": 2**31}, r"its parameters and buffers pass 17179869184 bytes \(at weight of shape \(2147483648, 8\)"),
+    ({"ddconfig": {"ch": 2**16}}, "its parameters and buffers pass 17179869184 bytes"),
+    ({"ddconfig": {"num_res_blocks": 10**9}}, "it has more than 10000 modules"),
+])
+def test_a_project_yaml_asking_for_a_huge_model_is_refused_before_anything_is_allocated(vqgan_run, params,
+                                                                                        message):
+    run, cfg = vqgan_run
+    cfg["params"].update({k: ({**cfg["params"][k], **v} if isinstance(v, dict) else v) for k, v in params.items()})
+    config = _write_config(run, cfg, "2027-01-01T00-00-00-project.yaml")
+    with pytest.raises(ModelTooLarge, match=f"{config}: refusing to build the model it describes: {message}"):
+        load_pretrained(run)
+    with pytest.raises(ModelTooLarge, match=f"yaml: refusing to build the model it describes: {message}"):
+        build_vqgan(cfg, "yaml")        # what every loader of a first stage builds with
+
+
+def test_a_stride_0_used_code_list_with_a_remap_is_refused_before_it_is_copied(vqgan_run):
+    """The attack of issue 17: `remap:` names an absent file, so the code list comes from the
+    checkpoint's `quantize.used`, an expanded view of 2**31 codes (16 GiB once copied)."""
+    run, cfg = vqgan_run
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt["state_dict"]["quantize.used"] = torch.zeros(1, dtype=torch.long).expand(2**31)
+    torch.save(ckpt, run / "checkpoints" / "last.ckpt")
+    _write_config(run, {**cfg, "params": {**cfg["params"], "remap": "absent_used_codes.npy"}},
+                  "2027-01-01T00-00-00-project.yaml")
+    with pytest.raises(CheckpointError, match=r"last.ckpt: tensor \['state_dict'\]\['quantize.used'\].* claims "
+                                              r"17179869184 bytes but its storage holds 8"):
+        load_pretrained(run)
+
+
+def test_remap_files_must_be_regular_and_fit_the_codebook(vqgan_run, tmp_path):
+    """`remap:` is a path from a file: a FIFO would block the loader for ever, /dev/zero never
+    ends; a .npy declaring more codes than the codebook has is refused from its header."""
+    run, cfg = vqgan_run
+    os.mkfifo(tmp_path / "fifo.npy")
+    np.save(tmp_path / "too_many.npy", np.arange(65))                 # the codebook has 64 entries
+    header_only = tmp_path / "declared.npy"                          # a header claiming 2**40 codes
+    np.save(header_only, np.arange(3))
+    header = header_only.read_bytes().replace(b"(3,)", b"(1099511627776,)", 1)
+    header_only.write_bytes(header)
+    np.save(tmp_path / "floats.npy", np.zeros(4))
+    np.save(tmp_path / "good.npy", np.arange(0, 64, 2))
+    cases = {"fifo.npy": "is a FIFO, not a regular file", "/dev/zero": "is a device, not a regular file",
+             "too_many.npy": r"between 1 and n_embed=64 used codes, got shape \(65,\)",
+             "declared.npy": r"got shape \(1099511627776,\)", "floats.npy": "code ids must be integers"}
+    errors = {}
+
+    def attempt():     # in a thread: a loader blocked on the FIFO fails the test instead of hanging it
+        for i, name in enumerate(cases):
+            remap = name if name.startswith("/") else str(tmp_path / name)
+            _write_config(run, {**cfg, "params": {**cfg["params"], "remap": remap}}, f"2027-0{i + 1}-01-project.yaml")
+            try:
+                load_pretrained(run)
+            except CheckpointError as e:
+                errors[name] = str(e)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(600)
+    assert not thread.is_alive(), "loading blocked on a remap path"
+    assert set(errors) == set(cases)
+    for name, message in cases.items():
+        assert re.search(f"params for taming.models.vqgan.VQModel do not fit: .*{message}", errors[name]), errors[name]
+    _write_config(run, {**cfg, "params": {**cfg["params"], "remap": str(tmp_path / "good.npy")}}, "2028-project.yaml")
+    with pytest.warns(UserWarning, match="quantize.used"):     # the reference was trained without a remap
+        model = load_pretrained(run)
+    assert model.quantize.used.tolist() == list(range(0, 64, 2))

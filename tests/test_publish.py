@@ -17,6 +17,8 @@ from fixtures_s3 import assert_no_credentials
 from fixtures_s3 import run_logged as sh
 
 from models import s3
+from models.folder import ModelFolder
+from models.pretrained import load_pretrained
 
 CKPT, CONFIG = "checkpoints/last.ckpt", "configs/2026-01-01T00-00-00-project.yaml"
 
@@ -65,7 +67,6 @@ def test_publish_writes_manifest_last_and_load_pretrained_reads_s3(s3_up, model_
     age = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(manifest["created"])
     assert datetime.timedelta(0) <= age < datetime.timedelta(minutes=5)
 
-    from models.pretrained import load_pretrained
     for var in ("XDG_CACHE_HOME", "TAMING_S3_CACHE", "TAMING_CHECKPOINT_CACHE"):  # wherever it caches
         monkeypatch.setenv(var, str(tmp_path / "s3-cache"))
     remote = load_pretrained("s3://models/team/vqgan_image")
@@ -148,3 +149,48 @@ def test_publish_names_what_is_missing(tmp_path):
     assert f"{tmp_path / 'empty' / 'checkpoints' / 'last.ckpt'}: no checkpoint" in failed.stderr
     bad = sh(tmp_path, "taming", "publish", str(tmp_path / "empty"), "/local/path", check=False)
     assert bad.returncode == 2 and "uri: expected s3://bucket/prefix" in bad.stderr
+
+
+def test_a_uri_cannot_lead_the_cache_outside_itself(s3_up, model_folder, project, tmp_path, monkeypatch):
+    """S3 keys may hold '..': a model published under s3://bucket/../.. exists, and its cache
+    path was built from the raw prefix, so reading it wrote outside the cache (17.9)."""
+    bucket = s3_up.create_bucket("models-escape")
+    publish(project, model_folder, f"s3://{bucket}/../..")
+    assert f"../../vqgan_image/{CKPT}" in s3_up.objects(bucket)        # the attack is real
+    cache = tmp_path / "a" / "b" / "cache"
+    monkeypatch.setenv("TAMING_S3_CACHE", str(cache))
+    for uri in (f"s3://{bucket}/../../vqgan_image", f"s3://{bucket}/./x", f"s3://{bucket}/team//x",
+                f"s3://{bucket}/team/.hidden", f"s3://{bucket}"):
+        with pytest.raises(s3.PublishedModelError, match="refusing to cache it under .* not a plain folder name"):
+            load_pretrained(uri)
+    assert not (tmp_path / "a" / "b" / "vqgan_image").exists() and not cache.exists()
+    assert s3.cache_folder(f"s3://{bucket}/team/vqgan_image/") == cache / bucket / "team" / "vqgan_image"
+
+
+def test_the_local_copy_mirrors_the_manifest_exactly_after_a_republish(s3_up, model_folder, project, tmp_path,
+                                                                       monkeypatch):
+    """A republished model whose config was renamed (to a name that sorts first) left the old
+    config in the cache, and `locate` took the stale one, the last in sort order."""
+    bucket = s3_up.create_bucket("models-renamed")
+    uri = f"s3://{bucket}/team/vqgan_image"
+    monkeypatch.setenv("TAMING_S3_CACHE", str(tmp_path / "cache"))
+    publish(project, model_folder, f"s3://{bucket}/team")
+    first = ModelFolder.open(uri)
+    assert first.config_path.name == Path(CONFIG).name
+    ckpt_inode = first.checkpoint.stat().st_ino
+
+    renamed = model_folder / "configs" / "2025-06-01T00-00-00-project.yaml"
+    (model_folder / CONFIG).rename(renamed)
+    with open(renamed, "a") as f:
+        f.write("# retrained with another config\n")
+    publish(project, model_folder, f"s3://{bucket}/team")
+    assert f"team/vqgan_image/{CONFIG}" in s3_up.objects(bucket)      # the old object stays on S3
+
+    second = ModelFolder.open(uri)
+    assert second.config_path == second.root / "configs" / renamed.name
+    local = s3.cache_folder(uri)
+    assert sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()) == \
+        sorted([CKPT, f"configs/{renamed.name}", "manifest.json"])
+    assert second.checkpoint.stat().st_ino == ckpt_inode              # unchanged: not downloaded again
+    assert not [p for p in local.parent.iterdir() if p.name.startswith((".tmp-", ".old-"))]
+    assert load_pretrained(uri) is not None

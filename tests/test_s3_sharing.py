@@ -7,6 +7,7 @@ output) makes the DVC-level checks fast; the smoke pipeline test runs the real g
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -141,6 +142,71 @@ def test_push_then_fresh_clone_pulls_and_is_up_to_date(s3_up, tmp_path):
     assert_no_credentials(a, b, bucket_objects=objects)
 
 
+SCALED = """\
+import os, yaml
+scale = yaml.safe_load(open("params.yaml"))["scale"]
+os.makedirs("out", exist_ok=True)
+for i in range(3):
+    open(f"out/{i}.bin", "wb").write(bytes([i * scale % 256]) * 1000)
+open("model.bin", "wb").write(bytes([scale]) * 100)
+with open("../runs.log", "a") as f:  # outside the repo: counts how often the stage really ran
+    f.write(f"ran scale={scale}\\n")
+"""
+
+
+def set_scale(repo: Path, scale: int) -> None:
+    (repo / "params.yaml").write_text(f"scale: {scale}\n")
+
+
+def test_a_setting_not_in_dvc_lock_is_restored_in_a_clone_not_run_again(s3_up, tmp_path):
+    """The README's promise: a clone that pulled skips any stage already run with the same inputs,
+    also one whose outputs are not in dvc.lock (a sweep point, an experiment tried and left).
+    `dvc push --run-cache` sends the run-cache's entries but not their outputs (the control);
+    `make push` / `make pull` move those too."""
+    server, bucket = s3_up, s3_up.create_bucket("settings")
+    a = tmp_path / "a"
+    a.mkdir()
+    git(a, "init", "-q", "-b", "main")
+    dvc(a, "init", "-q")
+    for shipped in (".dvc/config", "Makefile"):
+        shutil.copyfile(REPO_ROOT / shipped, a / shipped)
+    use_remote(a, server, url=f"s3://{bucket}/dvc")
+    (a / "gen.py").write_text(SCALED)
+    set_scale(a, 1)
+    dvc(a, "stage", "add", "-q", "-n", "gen", "-p", "scale", "-d", "gen.py", "-o", "out", "-o", "model.bin",
+        "python gen.py")
+    dvc(a, "repro", "-q")
+    git(a, "add", "-A")
+    git(a, "commit", "-q", "-m", "scale 1")
+    set_scale(a, 2)  # try another setting, look at it, go back to the committed one
+    dvc(a, "repro", "-q")
+    tried = tree_digests(a, ["out", "model.bin"])
+    git(a, "checkout", "params.yaml", "dvc.lock")
+    dvc(a, "checkout", "-q")
+    make(a, "push")
+    assert (tmp_path / "runs.log").read_text() == "ran scale=1\nran scale=2\n"
+
+    def clone(name: str) -> Path:
+        repo = tmp_path / name / "repo"
+        sh(tmp_path, "git", "clone", "-q", str(a), str(repo))
+        use_remote(repo, server, url=f"s3://{bucket}/dvc")
+        return repo
+
+    b = clone("b")
+    make(b, "pull")
+    set_scale(b, 2)
+    assert "Stage 'gen' is cached - skipping run" in dvc(b, "repro").stdout
+    assert tree_digests(b, ["out", "model.bin"]) == tried
+    assert not (b.parent / "runs.log").exists()  # the clone never ran it
+
+    control = clone("control")  # DVC alone: the entry arrives, its outputs do not
+    dvc(control, "pull", "--run-cache")
+    set_scale(control, 2)
+    assert "Running stage 'gen'" in dvc(control, "repro").stdout
+    assert (control.parent / "runs.log").read_text() == "ran scale=2\n"
+    assert_no_credentials(a, b, bucket_objects=server.objects(bucket))
+
+
 def test_project_client_sends_checksums_only_when_required(s3_up, monkeypatch):
     """botocore >= 1.36 defaults would send a CRC32 with every upload (the control below);
     models/s3.py's client does not, whatever the environment says."""
@@ -217,9 +283,16 @@ def test_smoke_pipeline_pushed_from_one_clone_is_up_to_date_in_another(s3_up, tm
     dvc(a, "repro", env=offline)
     git(a, "add", "-A")
     git(a, "commit", "-q", "-m", "smoke run")
+    # a sampling setting tried and left (as the sample sweep leaves its points): not in dvc.lock
+    tried = dvc(a, "exp", "run", "-S", "top_k=4", env=offline).stdout
+    assert "Running stage 'sample'" in tried and "Running stage 'evaluate'" in tried
+    tried = tree_digests(a, ["data/samples", "metrics"])
+    git(a, "checkout", "params.yaml", "dvc.lock")
+    dvc(a, "checkout")
     make(a, "push")
     outs = dvc(a, "ls", "-R", "--dvc-only", ".").stdout.split()  # every file the pipeline declares
     assert len(outs) > 50 and "data/vqgan/image/checkpoints/last.ckpt" in outs
+    assert {"metrics/summary/vqgan.json", "metrics/samples.json", "metrics/codebook.json"} <= set(outs)
 
     b = tmp_path / "elsewhere" / "b"
     sh(tmp_path, "git", "clone", "-q", str(a), str(b))
@@ -237,6 +310,14 @@ def test_smoke_pipeline_pushed_from_one_clone_is_up_to_date_in_another(s3_up, tm
         assert f"Stage '{stage}' is cached - skipping run" in restored
     assert tree_digests(b, outs) == pulled
     assert git(b, "status", "--porcelain") == ""  # the restored dvc.lock is the committed one
+    # evaluate's metrics came from the remote, and `dvc metrics show` lists them
+    shown = json.loads(dvc(b, "metrics", "show", "--json").stdout)[""]["data"]
+    assert {path: m["data"] for path, m in shown.items()} == {
+        path: json.loads((a / path).read_text()) for path in ("metrics/summary/samples.json", "metrics/summary/vqgan.json")}
+    # the setting only tried in the other clone is checked out, not sampled again
+    again = dvc(b, "exp", "run", "-S", "top_k=4", env=offline).stdout
+    assert "Stage 'sample' is cached - skipping run" in again and "Running stage" not in again
+    assert tree_digests(b, ["data/samples", "metrics"]) == tried
 
     objects = server.objects(bucket)
     check_bucket_integrity(objects)

@@ -59,7 +59,7 @@ def test_offline_and_missing_gives_one_clear_error(env):
 
 
 def test_registry_names_the_contract_files_with_hex_checks():
-    assert set(weights.REGISTRY) == {"midas_v21", "midas_v21_small", "deeplabv2_cocostuff", "vgg16",
+    assert set(weights.REGISTRY) == {"midas_v20", "midas_v21", "midas_v21_small", "deeplabv2_cocostuff", "vgg16",
                                      "lpips_vgg", "inception_fid"}
     for w in weights.REGISTRY.values():
         for h in (w.sha256, w.sha256_prefix, w.md5):

@@ -4,10 +4,13 @@ Stages (same names as dvc.yaml's): acquire -> annotate@depth (shardable) ->
 train-vqgan@{image,depth} -> sample (top_k / top_p, writes a PNG grid) ->
 evaluate (metrics/eval.json). Each stage runs in well under a second.
 
-Two switches drive failures:
-- a file ``FAIL_ONCE`` in the repo root makes train-vqgan@image fail once
-  (it deletes the marker, as a transient error would go away);
-- the parameter ``evaluate.fail: true`` makes evaluate fail every time.
+Its params.yaml is a valid (tiny) params file of the real pipeline, because the
+flows check every override against the pipeline's schema before writing it.
+
+Two marker files in the repo root drive failures:
+- ``FAIL_ONCE`` makes train-vqgan@image fail once (it deletes the marker, as a
+  transient error would go away);
+- ``FAIL_EVALUATE`` makes evaluate fail every time.
 """
 from __future__ import annotations
 
@@ -60,14 +63,15 @@ elif a.stage == "train-vqgan":
         os.remove("FAIL_ONCE")
         sys.exit("toy transient failure: connection reset while reading data/raw.txt")
     Path("data/vqgan").mkdir(parents=True, exist_ok=True)
-    Path(f"data/vqgan/{a.item}.txt").write_text(f"{a.item} trained {params['train']['steps']} steps\\n")
-    print(f"trained {a.item} for {params['train']['steps']} steps")
+    steps = params["vqgan"][a.item]["max_steps"]
+    Path(f"data/vqgan/{a.item}.txt").write_text(f"{a.item} trained {steps} steps\\n")
+    print(f"trained {a.item} for {steps} steps")
 elif a.stage == "sample":
     print(f"toy sampling with top_k={params['top_k']} top_p={params['top_p']}")
     png("data/samples/grid.png", (params["top_k"] % 256, 128, int(255 * params["top_p"])))
 elif a.stage == "evaluate":
-    if params["evaluate"]["fail"]:
-        sys.exit("toy evaluate failed on purpose: evaluate.fail is true")
+    if os.path.exists("FAIL_EVALUATE"):
+        sys.exit("toy evaluate failed on purpose: FAIL_EVALUATE exists")
     Path("metrics").mkdir(exist_ok=True)
     Path("metrics/eval.json").write_text(json.dumps({"fid": params["top_k"] / 10 + params["top_p"], "top_k": params["top_k"]}))
 '''
@@ -76,10 +80,11 @@ PARAMS = """\
 # Toy parameters. Comments must survive overrides.
 top_k: 100     # sampling: keep the k most likely tokens
 top_p: 1.0
-train:
-  steps: 3
-evaluate:
-  fail: false  # true makes evaluate fail every time
+vqgan:
+  image: {max_steps: 3, n_embed: 128}
+  depth: {max_steps: 3, n_embed: 64}   # a flow-style mapping stays one
+annotate: {depth: {model: groundtruth}}
+evaluate: {resolution: 32}
 """
 
 DVC_YAML = """\
@@ -99,7 +104,8 @@ stages:
     do:
       cmd: python toy.py train-vqgan ${item}
       deps: [data/raw.txt, data/depth]
-      params: [train.steps]
+      params:
+        - vqgan.${item}.max_steps
       outs:
         - data/vqgan/${item}.txt
   sample:
@@ -110,7 +116,7 @@ stages:
   evaluate:
     cmd: python toy.py evaluate
     deps: [data/samples/grid.png]
-    params: [top_k, top_p, evaluate.fail]
+    params: [top_k, top_p]
     metrics:
       - metrics/eval.json:
           cache: false
@@ -123,7 +129,7 @@ def make_toy_repo(dest: Path) -> Path:
     (dest / "toy.py").write_text(TOY_SCRIPT)
     (dest / "params.yaml").write_text(PARAMS)
     (dest / "dvc.yaml").write_text(DVC_YAML)
-    (dest / ".gitignore").write_text("FAIL_ONCE\n")
+    (dest / ".gitignore").write_text("FAIL_ONCE\nFAIL_EVALUATE\n")
 
     def run(*cmd):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True, text=True)

@@ -73,8 +73,10 @@ class ImagenetConfig:
 
 @dataclass
 class CustomConfig:
-    train_list: str = ""   # text file: one image path per line
+    train_list: str = ""   # text file: one image path per line (relative: from the list's folder)
     test_list: str = ""
+    root: str = ""         # listed images must lie under this folder (empty: each list's own folder)
+    allow_outside: bool = False   # true: read listed images wherever they are
 
 
 @dataclass
@@ -426,6 +428,7 @@ class TransformerConfig(TrainingConfig):
     min_lr_ratio: float = 0.1
     batch_size: int = 32
     max_steps: int = 2000
+    init_from: str | None = None     # fine-tune: a transformer folder (or s3://) whose GPT weights start the run
 
     def __post_init__(self):
         self._check_training("transformer")

@@ -9,12 +9,20 @@ missing outputs written atomically. Because chunks depend only on the file list,
 rerun after an interruption computes every image in exactly the batch it would have
 had, so the result is identical to an uninterrupted run.
 
+Concurrency: a run holds one lock per (split, shard, number of shards)
+(``data/.depth.train.shard-0-of-4.lock``, tasks/runtime/locks.py), so the same
+shard started twice is refused naming the first, while different shards run side
+by side. Runs whose shards overlap (another ``--num-shards``) are safe too: every
+output file is written atomically and is a function of its image alone, so
+whichever run writes it leaves a complete, correct file.
+
 The ``groundtruth`` model reads the demo generator's exact maps
 (``data/raw/groundtruth/{depth,segmentation}/<stem>.png``) through the same machinery.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 from dataclasses import dataclass
@@ -25,7 +33,9 @@ import numpy as np
 
 from tasks.config.schema import AnnotateConfig
 from tasks.data.formats import load_depth_png, load_label_png, save_depth_png, save_label_png
+from tasks.data.images import open_image, to_rgb
 from tasks.data.layout import Layout
+from tasks.runtime import locks
 from tasks.runtime.progress import progress
 
 
@@ -62,7 +72,7 @@ def image_path(data_dir: Path, split: str, relpath: str) -> Path:
 
 
 def output_path(data_dir: Path, kind: str, split: str, relpath: str) -> Path:
-    return (Layout(Path(data_dir)).maps(kind) / split / relpath).with_suffix(".png")
+    return Layout(Path(data_dir)).map_file(kind, split, relpath)
 
 
 def groundtruth_path(data_dir: Path, kind: str, relpath: str) -> Path:
@@ -70,20 +80,17 @@ def groundtruth_path(data_dir: Path, kind: str, relpath: str) -> Path:
 
 
 def _read_image(path: Path, read: Callable):
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return read(im)
-    except (OSError, ValueError, Image.UnidentifiedImageError) as e:  # missing, truncated, not an image
-        raise ValueError(f"{path}: cannot read image: {e}") from e
+    """``read(image)`` of an image file opened by open_image (accepted formats and sizes; a
+    missing, truncated or refused file raises ImageRefused naming it)."""
+    with open_image(path) as im:
+        return read(im)
 
 
 def load_image(data_dir: Path, split: str, relpath: str):
     """uint8 RGB (3, H, W) tensor."""
     import torch
 
-    rgb = _read_image(image_path(data_dir, split, relpath), lambda im: np.asarray(im.convert("RGB")))
+    rgb = _read_image(image_path(data_dir, split, relpath), to_rgb)
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1)
 
 
@@ -138,6 +145,14 @@ def _as_is(x):
 
 def annotate(cfg: AnnotateConfig, annotator: Annotator) -> dict:
     """Run ``annotator`` over the configured splits and shard; returns per-split counts."""
+    with contextlib.ExitStack() as held:   # refused before any work if a split's shard is taken
+        for split in cfg.splits:
+            held.enter_context(locks.hold(Layout(Path(cfg.data_dir)).maps(annotator.kind), split,
+                                          f"shard-{cfg.shard}-of-{cfg.num_shards}"))
+        return _annotate(cfg, annotator)
+
+
+def _annotate(cfg: AnnotateConfig, annotator: Annotator) -> dict:
     from torch.utils.data import DataLoader
 
     counts = {}

@@ -183,14 +183,15 @@ class ImageNetDataset(Dataset):
 class FileListDataset(Dataset):
     """Images listed in a text file, one path per line (the original's CustomTrain / CustomTest).
 
-    Relative paths are taken from the list file's folder. Samples carry class_label 0 and
-    synset / human_label "custom".
+    Relative paths are taken from the list file's folder; images must lie under ``root``
+    (default: the list's folder) unless ``allow_outside`` (tasks/data/image_lists.py).
+    Samples carry class_label 0 and synset / human_label "custom".
     """
 
     def __init__(self, list_file: str | Path, size: int | None = None, random_crop: bool = False,
-                 flip: bool = False):
+                 flip: bool = False, root: str | Path | None = None, allow_outside: bool = False):
         self.list_file = Path(list_file)
-        self.paths = read_image_list(self.list_file)
+        self.paths = read_image_list(self.list_file, root, allow_outside)
         self.relpaths = [line.strip() for line in self.list_file.read_text().splitlines() if line.strip()]
         self.preprocess = Preprocess(size, random_crop, flip)
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from models.files import open_regular
+
 from tasks.data.sources import SourceError, SourceImage, member_name, require_folder
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
@@ -80,7 +82,7 @@ def read_npy_picture(path: str | Path) -> np.ndarray:
     wrong or hostile file costs neither code execution nor memory."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             version = np.lib.format.read_magic(f)
             if version not in ((1, 0), (2, 0)):
                 raise ValueError(f"unsupported .npy version {version}")

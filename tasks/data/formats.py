@@ -3,7 +3,12 @@
 Depth: float32 depth stored *bytewise* in an RGBA PNG (the original's
 ``depth_to_rgba`` / ``rgba_to_depth``): each float's 4 bytes become one pixel's
 R, G, B, A. Lossless, so ``rgba_to_depth(depth_to_rgba(x))`` is ``x`` bit for bit.
+Depth maps made elsewhere as greyscale PNGs (8 or 16 bit, e.g. MiDaS's ``write_depth``)
+are read too, as the fraction of their full scale (tasks/data/images.py): the datasets
+normalise depth per image, so only the relative values matter.
 Segmentation: a uint8 label PNG (COCO-Stuff 182 classes; 255 = unlabelled).
+
+Both are read through ``open_image`` (accepted formats, pixel limit, errors naming the file).
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from tasks.data.files import atomic_path
+from tasks.data.images import GREY_FULL_SCALE, ImageRefused, grey_fraction, open_image
 
 
 def depth_to_rgba(x: np.ndarray) -> np.ndarray:
@@ -31,10 +37,14 @@ def save_depth_png(path: str | Path, depth: np.ndarray) -> None:
 
 
 def load_depth_png(path: str | Path) -> np.ndarray:
-    with Image.open(path) as im:
-        if im.mode != "RGBA":
-            raise ValueError(f"{path}: depth PNG must be RGBA (float32 bytes), got mode {im.mode}")
-        return rgba_to_depth(np.asarray(im))
+    """(H, W) float32: the exact floats of an RGBA-packed map, or a greyscale map's fraction of full scale."""
+    with open_image(path) as im:
+        if im.mode == "RGBA":
+            return rgba_to_depth(np.asarray(im))
+        if im.mode in GREY_FULL_SCALE:
+            return grey_fraction(im)
+        raise ImageRefused(str(path), f"a depth map is an RGBA PNG of float32 bytes or a greyscale image, "
+                                      f"got mode {im.mode}")
 
 
 def save_label_png(path: str | Path, labels: np.ndarray) -> None:
@@ -44,7 +54,7 @@ def save_label_png(path: str | Path, labels: np.ndarray) -> None:
 
 
 def load_label_png(path: str | Path) -> np.ndarray:
-    with Image.open(path) as im:
+    with open_image(path) as im:
         if im.mode not in ("L", "P"):
-            raise ValueError(f"{path}: label PNG must be 8-bit single channel, got mode {im.mode}")
+            raise ImageRefused(str(path), f"label PNG must be 8-bit single channel, got mode {im.mode}")
         return np.asarray(im, dtype=np.uint8).copy()

@@ -6,8 +6,8 @@
     data/dataset/depth/<split>/      annotate@depth: <synset>/<name>.png (RGBA-packed float32)
     data/dataset/segmentation/...    annotate@segmentation or source-maps@segmentation: <synset>/<name>.png
                                      (uint8 labels, as the models read them)
-    data/vqgan/<name>/               train-vqgan@<name>: checkpoints/, configs/ (resume/ while running)
-    data/tokens/<split>/             tokenize: part-NNNNN.parquet
+    data/vqgan/<name>/               train-vqgan@<name>: checkpoints/, configs/ (resume/: while running; a finished run's continuation point)
+    data/tokens/<split>/             tokenize: part-NNNNN.parquet, manifest.json
     data/transformer/                train-transformer: checkpoints/, configs/
     data/dvclive/{vqgan/<name>,transformer}/  the training stages' DVCLive metrics and plots
     data/samples/                    sample: images/, samples.json, grid.png
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 SPLITS = ("train", "validation")
 MAP_KINDS = ("depth", "segmentation")   # per-image maps an annotation stage writes
@@ -76,6 +77,17 @@ class Layout:
         if kind not in MAP_KINDS:
             raise ValueError(f"no per-image maps of kind {kind!r} (known: {', '.join(MAP_KINDS)})")
         return self.dataset / kind
+
+    def map_file(self, kind: str, split: str, relpath: str) -> Path:
+        """The map of image ``<split>/<relpath>``: ``<kind>/<split>/<synset>/<name>.png``."""
+        return (self.maps(kind) / split / relpath).with_suffix(".png")
+
+    def sample_files(self, split: str, relpaths: Iterable[str], maps: str | None = None) -> Iterator[Path]:
+        """The files samples ``relpaths`` of ``split`` are read from: each image and, with ``maps``, its map."""
+        for relpath in relpaths:
+            yield self.images / split / relpath
+            if maps is not None:
+                yield self.map_file(maps, split, relpath)
 
     def vqgan(self, name: str) -> Path:
         return self.root / "vqgan" / name

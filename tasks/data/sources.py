@@ -13,10 +13,13 @@ Which sources ship maps, and in which label convention: tasks/data/label_maps.py
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.files import open_regular
 from tasks.data.archives import is_plain_name
+from tasks.data.limits import MAX_IMAGE_BYTES
 from tasks.runtime.errors import StageError
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -57,6 +60,18 @@ def member_name(stem: str, where: Path) -> str:
     if not is_plain_name(name):
         raise SourceError(f"{where}: {stem!r} cannot name an extracted file (letters, digits, _ . + - only)")
     return name
+
+
+def read_source_file(path: Path) -> bytes:
+    """The bytes of an image or label map a source lists, as acquire packs them: a regular
+    file (never a FIFO or device) of at most MAX_IMAGE_BYTES, read once it is checked."""
+    try:
+        with open_regular(path) as f:
+            if (n := os.fstat(f.fileno()).st_size) > MAX_IMAGE_BYTES:
+                raise SourceError(f"{path}: {n} bytes, more than the limit of {MAX_IMAGE_BYTES} for one image")
+            return f.read(MAX_IMAGE_BYTES + 1)
+    except OSError as e:
+        raise SourceError(f"{path}: cannot read it: {e.strerror or e}") from None
 
 
 def check_count(found: int, official: int, complete: bool, what: str, where: Path, key: str) -> None:

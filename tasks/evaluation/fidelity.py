@@ -67,8 +67,10 @@ def inception(weights: str | None = None) -> tuple[FeatureExtractorInceptionV3, 
     try:
         path = resolve("inception_fid", weights)
     except WeightsNotFound as e:
-        log.warning("%s\nFalling back to a fixed-seed random-init Inception: the Fréchet distance is "
-                    "reported as fd_random_inception, not comparable to published FIDs.", e)
+        log.debug("%s", e)  # every place looked in, and how to provide the file
+        log.warning("No Inception weights (inception_fid): using the offline stand-in, a fixed-seed random-init "
+                    "Inception; its Fréchet distance is fd_random_inception, not comparable to published FIDs. "
+                    "For FID: taming weights fetch inception_fid (or: taming weights import inception_fid FILE).")
         return SeededInceptionV3("inception-v3-random", [FEATURE_LAYER]), False
     # torch-fidelity unpickles this file itself; resolve() verified its SHA-256 against the published hash
     return FeatureExtractorInceptionV3("inception-v3-compat", [FEATURE_LAYER],
@@ -147,16 +149,16 @@ class PngBatches:
         return self.total
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        from PIL import Image
+        from tasks.data.images import open_image, to_rgb
 
         for i in range(0, len(self.paths), self.batch_size):
             arrays = []
             for p in self.paths[i:i + self.batch_size]:
-                with Image.open(p) as im:
+                with open_image(p) as im:
                     if self.expect_size and im.size != (self.expect_size, self.expect_size):
                         raise ValueError(f"{p}: {im.size[0]}x{im.size[1]} px, the reference images are "
                                          f"{self.expect_size}x{self.expect_size} (evaluate.resolution)")
-                    arrays.append(np.asarray(im.convert("RGB")))
+                    arrays.append(to_rgb(im))
             yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 

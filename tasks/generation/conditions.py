@@ -26,10 +26,11 @@ from models.permuter import Identity
 from tasks.data.classes import ClassTable
 from tasks.data.datasets import coordinates, normalise_depth
 from tasks.data.formats import rgba_to_depth
-from tasks.data.images import labels_to_rgb
+from tasks.data.images import GREY_FULL_SCALE, grey_fraction, labels_to_rgb, open_image
 from tasks.data.label_maps import ADE20K, COCO_STUFF, DEEPLAB_COCOSTUFF
 from tasks.generation.model import SamplingModel
 from tasks.runtime.errors import StageError
+
 
 @dataclass
 class Condition:
@@ -121,44 +122,41 @@ def coord_condition(model: SamplingModel, hw: tuple[int, int], name: str = "") -
 
 # ----------------------------------------------------------------------------- maps
 
-def read_depth(path: str | Path) -> np.ndarray:
-    """A depth map file -> float32 (H, W), larger = nearer: the pipeline's RGBA-packed
-    float32 PNG, or a grey 8- or 16-bit PNG."""
-    try:
-        with Image.open(path) as im:
-            if im.mode == "RGBA":
-                depth = rgba_to_depth(np.asarray(im))
-            elif im.mode in ("L", "I;16", "I;16B", "I;16L", "I"):
-                depth = np.asarray(im).astype(np.float32)
-            else:
-                raise StageError(f"{path}: a depth map is an RGBA float32 PNG (the pipeline's) or a grey "
-                                 f"8/16-bit PNG, not mode {im.mode}; for a photo use --photos")
-    except (OSError, Image.UnidentifiedImageError) as e:
-        raise StageError(f"{path}: cannot read the depth map: {e}") from None
+def read_depth(source: str | Path | bytes, where: str | None = None) -> np.ndarray:
+    """A depth map file (or its bytes, named ``where``) -> float32 (H, W), larger = nearer:
+    the pipeline's RGBA-packed float32 PNG, or a grey 8- or 16-bit PNG (as fractions of its
+    full scale: a depth map's scale is relative)."""
+    where = where or str(source)
+    with open_image(source, where) as im:
+        if im.mode == "RGBA":
+            depth = rgba_to_depth(np.asarray(im))
+        elif im.mode in GREY_FULL_SCALE:
+            depth = grey_fraction(im)
+        else:
+            raise StageError(f"{where}: a depth map is an RGBA float32 PNG (the pipeline's) or a grey "
+                             f"8/16-bit PNG, not mode {im.mode}; for a photo use --photos")
     if not np.isfinite(depth).all():
-        raise StageError(f"{path}: the depth map has values that are not finite")
+        raise StageError(f"{where}: the depth map has values that are not finite")
     return depth
 
 
-def read_labels(path: str | Path) -> np.ndarray:
-    """A segmentation label PNG (8-bit, one id per pixel) -> uint8 (H, W)."""
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("L", "P"):
-                raise StageError(f"{path}: a label map is an 8-bit single-channel PNG of label ids, not "
-                                 f"mode {im.mode}; for a photo use --photos")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except (OSError, Image.UnidentifiedImageError) as e:
-        raise StageError(f"{path}: cannot read the label map: {e}") from None
+def read_labels(source: str | Path | bytes, where: str | None = None) -> np.ndarray:
+    """A segmentation label PNG (8-bit, one id per pixel; or its bytes) -> uint8 (H, W)."""
+    where = where or str(source)
+    with open_image(source, where) as im:
+        if im.mode not in ("L", "P"):
+            raise StageError(f"{where}: a label map is an 8-bit single-channel PNG of label ids, not "
+                             f"mode {im.mode}; for a photo use --photos")
+        return np.asarray(im, dtype=np.uint8).copy()
 
 
-def read_map(model: SamplingModel, path: str | Path) -> np.ndarray:
-    """The map file the model's conditioning needs: depth or segmentation labels."""
+def read_map(model: SamplingModel, source: str | Path | bytes, where: str | None = None) -> np.ndarray:
+    """The map file (or bytes) the model's conditioning needs: depth or segmentation labels."""
     if model.kind == "depth":
-        return read_depth(path)
+        return read_depth(source, where)
     if model.kind == "segmentation":
-        return read_labels(path)
-    raise StageError(f"{model.name} is conditioned on {model.kind}, not on maps: {path}")
+        return read_labels(source, where)
+    raise StageError(f"{model.name} is conditioned on {model.kind}, not on maps: {where or source}")
 
 
 def render_map(kind: str, array: np.ndarray) -> np.ndarray:

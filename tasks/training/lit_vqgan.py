@@ -25,6 +25,7 @@ from tasks.data.datasets import vqgan_input
 from tasks.data.images import make_grid, to_rgb_arrays
 
 PREFIX = "model."  # our attribute name; the original's VQModel had no prefix
+GRID_TILE = 128  # px per image in the reconstruction grids
 
 
 class BCELossWithQuant(nn.Module):
@@ -114,6 +115,10 @@ class LitVQGAN(L.LightningModule):
         self.log_dict(log, on_step=True, on_epoch=False, batch_size=x.shape[0])
         self.log("rec", log.get("train/rec_loss", log["train/total_loss"]), prog_bar=True, logger=False,
                  batch_size=x.shape[0])
+        losses = {"loss": aeloss.detach()}     # for tasks/training/trainer.py's FiniteGuard
+        if self.has_discriminator:
+            losses["discriminator loss"] = discloss.detach()
+        return losses
 
     def on_validation_epoch_start(self):
         self.usage = CodebookUsage(self.model.n_embed)
@@ -139,11 +144,14 @@ class LitVQGAN(L.LightningModule):
         self.log_dict({"val/codebook_usage": stats["codebook_usage"], "val/perplexity": stats["perplexity"]})
 
     def _log_reconstructions(self, x: torch.Tensor, xrec: torch.Tensor) -> None:
-        """Inputs above, reconstructions below: one grid PNG per validation."""
+        """Inputs above, reconstructions below, labelled and scaled up (nearest) to at least
+        GRID_TILE px so that a 32 px image can be judged: one grid PNG per validation."""
         if not self.trainer.is_global_zero or self.logger is None:
             return
         n = min(self.hparams.grid_images, x.shape[0])
-        grid = make_grid([list(to_rgb_arrays(x[:n], self.kind)), list(to_rgb_arrays(xrec[:n], self.kind))])
+        grid = make_grid([list(to_rgb_arrays(x[:n], self.kind)), list(to_rgb_arrays(xrec[:n], self.kind))],
+                         tile=max(GRID_TILE, x.shape[-1]), gap=4, row_labels=["input", "reconstruction"],
+                         title=f"{self.kind} VQGAN, step {self.update_step}")
         self.logger.experiment.log_image(f"reconstructions/{self.update_step:06d}.png", Image.fromarray(grid))
 
     # ---- checkpoint layout: the original's keys ----------------------------------
