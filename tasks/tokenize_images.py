@@ -17,7 +17,7 @@ is the unit of work: ``--shard I --num-shards N`` takes parts I, I+N, ... (so
 machines or Prefect tasks can split the work), every part is written
 atomically, and a rerun skips a part only if its metadata matches exactly: the
 VQGAN checkpoints' hashes, the crop size, every setting that shapes the rows
-(hflip, extra_crops, seed, rows_per_part; token_store.RowSettings), and which images
+(hflip, extra_crops, seed, rows_per_part, rescale; token_store.RowSettings), and which images
 it holds with which augmentations and a signature of their files
 (token_store.PartInfo). Anything else is re-made; parts beyond the current count are
 removed. The run that finds every part of a split current (the last shard to
@@ -160,7 +160,7 @@ def _run(cfg: TokenizeConfig, conditioning: str, splits, shard: int, num_shards:
         cond_codes = Codes(kind="none", vocab_size=1, grid=(1, 1))
     meta = TokenMeta(image=image.codes(), cond=cond_codes, size=image.resolution,
                      rows=RowSettings(hflip=cfg.hflip, extra_crops=cfg.extra_crops, seed=cfg.seed,
-                                      rows_per_part=cfg.rows_per_part))
+                                      rows_per_part=cfg.rows_per_part, rescale=cfg.rescale))
 
     counts = {}
     for split in splits:

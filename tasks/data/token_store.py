@@ -74,6 +74,7 @@ class RowSettings:
     extra_crops: int          # train rows include this many seeded random crops
     seed: int                 # of the random crops
     rows_per_part: int        # images per part (with all their augmentations)
+    rescale: int | None = None  # train crops are cut from images scaled to this shorter side (None: the crop size)
 
 
 @dataclasses.dataclass(frozen=True)
