@@ -4,6 +4,8 @@ same layout as every source, their own label maps converted by `source-maps` und
 original's label conventions; a wrong layout is refused naming the path and what was expected."""
 import io
 import json
+import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from tasks.config.typed import ConfigError
 from tasks.data.faces import read_npy_picture, split_names
 from tasks.data.formats import load_label_png
 from tasks.data.layout import TRAIN_TAR, Layout
+from tasks.data.limits import MAX_IMAGE_BYTES
 from tasks.data.sources import SourceError
 
 REPO = EXAMPLES.parent
@@ -188,6 +191,16 @@ def test_label_maps_that_do_not_fit_are_refused_naming_the_file(tmp_path):
     repack(name, png(np.zeros(size[::-1] + (3,), np.uint8), "RGB"))
     with pytest.raises(source_maps.SourceMapsError, match=r"a PNG image of mode RGB; expected an 8-bit single-channel"):
         source_maps.run("segmentation", layout)
+    repack(name, b"%!PS-Adobe-3.0 EPSF-3.0\n")           # only PNG/JPEG/BMP/WebP decoders ever see a map
+    with pytest.raises(source_maps.SourceMapsError, match=r"ADE_val_00000001.png: unreadable PNG: "):
+        source_maps.run("segmentation", layout)
+    link = tarfile.TarInfo(name)
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    with tarfile.open(raw, "w") as tar:
+        tar.addfile(link)
+    with pytest.raises(source_maps.SourceMapsError, match=r"segmentation_validation.tar: member "
+                                                          r"'ADE_val_00000001.png': symlink"):
+        source_maps.run("segmentation", layout)
     members.pop(name)
     repack("ADE_val_00000002.png", members["ADE_val_00000002.png"])
     with pytest.raises(source_maps.SourceMapsError, match=r"no map for 1 extracted validation image\(s\), "
@@ -233,6 +246,15 @@ def test_a_folder_of_photos_is_split_at_random_by_path(tmp_path):
     other, _ = acquire_and_extract(tmp_path / "other", DataConfig(source="folder", folder=FolderConfig(
         str(folder), validation_fraction=0.3, seed=2)))
     assert json.loads((other.raw / "sources.json").read_text()) != sources
+
+
+def test_an_oversized_photo_is_refused_before_it_is_read(tmp_path):
+    folder = make_photo_folder(tmp_path / "src")
+    big = sorted(folder.rglob("*.jpg"))[0]
+    os.truncate(big, MAX_IMAGE_BYTES + 1)                         # sparse: costs no disk
+    cfg = DataConfig(source="folder", folder=FolderConfig(str(folder), validation_fraction=0.3, seed=1))
+    with pytest.raises(SourceError, match=rf"{re.escape(str(big))}: {MAX_IMAGE_BYTES + 1} bytes, more than the limit"):
+        acquire.run(cfg, Layout(tmp_path / "data").raw)
 
 
 # ----------------------------------------------------------------------------- params
