@@ -1,6 +1,8 @@
 # Two commands for a new user:  `make demo`  and  `make test`.
 # Each creates .venv if missing and installs the project (editable) with pinned
 # constraints; a second run skips the install (the stamp is newer than its inputs).
+# bash: the install reads pip's exit status through a pipe (PIPESTATUS)
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -13,9 +15,12 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing into $(VENV) (log: $(VENV)/install.log)"
-	@$(BIN)/python -m pip install -c constraints.txt -e '.[test]' >$(VENV)/install.log 2>&1 \
-	  || { grep -v '^WARNING: Location' $(VENV)/install.log | tail -40; exit 1; }
+	@echo "installing into $(VENV), a line per package (full log: $(VENV)/install.log)"
+	@SECONDS=0; $(BIN)/python -m pip install --progress-bar off -c constraints.txt -e '.[test]' 2>&1 \
+	  | tee $(VENV)/install.log | grep --line-buffered -E '^(Collecting|Installing collected|Successfully)' \
+	  | cut -c1-110 | sed -u 's/^/  /'; rc=$${PIPESTATUS[0]}; \
+	  if [ $$rc -ne 0 ]; then grep -v '^WARNING: Location' $(VENV)/install.log | tail -40; exit 1; fi; \
+	  echo "installed in $$SECONDS s: $$(du -sh $(VENV) | cut -f1) in $(VENV)"
 	@touch $@
 
 install: $(STAMP)

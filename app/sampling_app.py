@@ -1,6 +1,6 @@
 """The interactive sampling app, as the original's Streamlit demo (scripts/sample_conditional.py):
-pick a model folder and a conditioning, watch the picture appear while its tokens are
-sampled, download it.
+pick a model folder and a conditioning (a class, a map, a photo; boxes and labels for a scene
+model), watch the picture appear while its tokens are sampled, download it.
 
     make app        # streamlit run app/sampling_app.py --server.address 127.0.0.1 -- --model data/transformer
 
@@ -26,7 +26,7 @@ from models.errors import ModelFileError
 from models.sampling_settings import InvalidSampling, SamplingSettings
 from tasks.data.images import load_rgb
 from tasks.generation import conditions as cond
-from tasks.generation.model import SamplingModel
+from tasks.generation.model import SCENE_KINDS, SamplingModel
 from tasks.generation.output import decode
 from tasks.generation.tokens import sample_tokens
 from tasks.runtime.errors import StageError
@@ -95,6 +95,17 @@ def choose_condition(model: SamplingModel, args: argparse.Namespace, hw: tuple[i
         label = st.selectbox("Class (type to search)", range(model.n_classes), key="class",
                              format_func=lambda i: f"{i}: {names[i]}")
         return cond.class_condition(model, label)
+    if model.kind in SCENE_KINDS:   # boxes and labels, as `taming sample-model --boxes` reads them
+        from tasks.data.objects.records import parse_layouts
+        from tasks.generation.boxes import scene_condition
+
+        names = [c.name for c in model.scene.categories.categories[:3]]
+        example = "objects:\n" + "".join(f"  - {{label: {name!r}, bbox: [{0.1 + 0.3 * k:.1f}, 0.3, 0.25, 0.5]}}\n"
+                                         for k, name in enumerate(names))
+        text = st.text_area("Layout: objects with a label (name or category id) and a bbox [x0, y0, width, "
+                            "height] relative to the picture", example, key="layout", height=180)
+        name, annotations = parse_layouts(text, model.scene.categories)[0]
+        return scene_condition(model, name, annotations, hw)
     sources = ["example map", "upload a map", "upload a photo"]
     source = st.radio("Conditioning", sources, key="source", horizontal=True)
     if source == "example map":

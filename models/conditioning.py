@@ -1,9 +1,10 @@
-"""Condition stages that are not VQGANs: class label, unconditional SOS, coordinates.
+"""Condition stages that are not VQGANs: class label, unconditional SOS, coordinates, scenes.
 
 Each has the first-stage interface the Net2Net transformer calls,
 `encode(c) -> (quant, None, indices (B, n))`, like the original's Labelator,
-SOSProvider (taming/modules/util.py) and CoordStage (taming/modules/misc/coord.py),
-so a conditioning model can be swapped without touching the transformer.
+SOSProvider (taming/modules/util.py), CoordStage (taming/modules/misc/coord.py) and
+DummyCondStage (taming/models/dummy_cond_stage.py), so a conditioning model can be
+swapped without touching the transformer.
 """
 from __future__ import annotations
 
@@ -61,11 +62,29 @@ class CoordStage(nn.Module):
         return F.interpolate(quant / self.n_embed, scale_factor=self.down_factor, mode="nearest")
 
 
+class DummyCondStage(nn.Module):
+    """Scene models (cond_stage_key objects_bbox or objects_center_points): the condition
+    already is a token sequence, built from boxes and labels by a conditional builder
+    (outside models/: tasks/data/objects/builders.py), and passes through unchanged."""
+
+    def __init__(self, conditional_key: str):
+        super().__init__()
+        self.conditional_key = conditional_key
+
+    def encode(self, c: torch.Tensor):
+        c = torch.as_tensor(c)
+        if c.dim() != 2 or c.is_floating_point():
+            raise ValueError(f"a scene condition is integer tokens (B, n), got {c.dtype} {tuple(c.shape)}")
+        c = c.long()
+        return c, None, c
+
+
 def conditioner_from_original_config(config, first_stage_model: nn.Module | None = None,
                                      sos_token: int = 0) -> nn.Module:
     """The condition stage an original `cond_stage_config` names, for the stages
     that carry no weights: "__is_unconditional__", "__is_first_stage__",
-    taming.modules.util.{Labelator,SOSProvider}, taming.modules.misc.coord.CoordStage.
+    taming.modules.util.{Labelator,SOSProvider}, taming.modules.misc.coord.CoordStage,
+    taming.models.dummy_cond_stage.DummyCondStage.
     A VQGAN cond stage has weights and must be built by the checkpoint loader."""
     if config == "__is_unconditional__":
         return SOSProvider(sos_token)
@@ -76,7 +95,8 @@ def conditioner_from_original_config(config, first_stage_model: nn.Module | None
     if not isinstance(config, dict) or "target" not in config:
         raise ValueError(f"cond_stage_config must be a mapping with a 'target', got {config!r}")
     target, params = config["target"], dict(config.get("params") or {})
-    builders = {"Labelator": Labelator, "SOSProvider": SOSProvider, "CoordStage": CoordStage}
+    builders = {"Labelator": Labelator, "SOSProvider": SOSProvider, "CoordStage": CoordStage,
+                "DummyCondStage": DummyCondStage}
     name = target.rsplit(".", 1)[-1]
     if name not in builders:
         raise ValueError(f"cond stage {target!r} has weights; build it with the checkpoint loader "

@@ -11,8 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def Normalize(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=32, num_channels=channels, eps=1e-6, affine=True)
+def Normalize(channels: int, groups: int = 32) -> nn.GroupNorm:
+    # The original always uses 32 groups. Fewer (ddconfig norm_groups) matter for narrow models:
+    # at 32 channels each group is one channel, which drops every feature map's per-image mean
+    # (an image's overall colour, for a first level). The weights' shapes do not depend on it.
+    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
 
 
 class Upsample(nn.Module):
@@ -43,13 +46,13 @@ class Downsample(nn.Module):
 
 class ResnetBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int | None = None, dropout: float = 0.0,
-                 conv_shortcut: bool = False):
+                 conv_shortcut: bool = False, norm_groups: int = 32):
         super().__init__()
         out_channels = in_channels if out_channels is None else out_channels
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.norm1 = Normalize(in_channels)
+        self.norm1 = Normalize(in_channels, norm_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
-        self.norm2 = Normalize(out_channels)
+        self.norm2 = Normalize(out_channels, norm_groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
         if in_channels != out_channels:  # the original's names: conv_shortcut (3x3) or nin_shortcut (1x1)
@@ -69,9 +72,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all spatial positions."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm_groups: int = 32):
         super().__init__()
-        self.norm = Normalize(channels)
+        self.norm = Normalize(channels, norm_groups)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -91,7 +94,8 @@ class Encoder(nn.Module):
 
     def __init__(self, *, ch: int, ch_mult=(1, 2, 4, 8), num_res_blocks: int, attn_resolutions,
                  in_channels: int, resolution: int, z_channels: int, double_z: bool = True,
-                 dropout: float = 0.0, resamp_with_conv: bool = True, out_ch: int | None = None):
+                 dropout: float = 0.0, resamp_with_conv: bool = True, out_ch: int | None = None,
+                 norm_groups: int = 32):
         # out_ch is the decoder's: encoder and decoder share one ddconfig
         super().__init__()
         self.num_resolutions = len(ch_mult)
@@ -105,10 +109,10 @@ class Encoder(nn.Module):
             block, attn = nn.ModuleList(), nn.ModuleList()
             block_in, block_out = ch * in_ch_mult[level], ch * ch_mult[level]
             for _ in range(num_res_blocks):
-                block.append(ResnetBlock(block_in, block_out, dropout))
+                block.append(ResnetBlock(block_in, block_out, dropout, norm_groups=norm_groups))
                 block_in = block_out
                 if curr_res in attn_resolutions:
-                    attn.append(AttnBlock(block_in))
+                    attn.append(AttnBlock(block_in, norm_groups))
             down = nn.Module()
             down.block, down.attn = block, attn
             if level != self.num_resolutions - 1:
@@ -117,11 +121,11 @@ class Encoder(nn.Module):
             self.down.append(down)
 
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = AttnBlock(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout, norm_groups=norm_groups)
+        self.mid.attn_1 = AttnBlock(block_in, norm_groups)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout, norm_groups=norm_groups)
 
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, 2 * z_channels if double_z else z_channels, 3, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,7 +147,7 @@ class Decoder(nn.Module):
     def __init__(self, *, ch: int, out_ch: int, ch_mult=(1, 2, 4, 8), num_res_blocks: int,
                  attn_resolutions, resolution: int, z_channels: int, dropout: float = 0.0,
                  resamp_with_conv: bool = True, give_pre_end: bool = False,
-                 in_channels: int | None = None, double_z: bool | None = None):
+                 in_channels: int | None = None, double_z: bool | None = None, norm_groups: int = 32):
         # in_channels and double_z are the encoder's: both share one ddconfig
         super().__init__()
         self.num_resolutions = len(ch_mult)
@@ -154,9 +158,9 @@ class Decoder(nn.Module):
         self.conv_in = nn.Conv2d(z_channels, block_in, 3, 1, 1)
 
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout)
-        self.mid.attn_1 = AttnBlock(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, dropout, norm_groups=norm_groups)
+        self.mid.attn_1 = AttnBlock(block_in, norm_groups)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, dropout, norm_groups=norm_groups)
 
         # built lowest resolution first, stored highest first (the original's indexing)
         ups = []
@@ -164,10 +168,10 @@ class Decoder(nn.Module):
             block, attn = nn.ModuleList(), nn.ModuleList()
             block_out = ch * ch_mult[level]
             for _ in range(num_res_blocks + 1):
-                block.append(ResnetBlock(block_in, block_out, dropout))
+                block.append(ResnetBlock(block_in, block_out, dropout, norm_groups=norm_groups))
                 block_in = block_out
                 if curr_res in attn_resolutions:
-                    attn.append(AttnBlock(block_in))
+                    attn.append(AttnBlock(block_in, norm_groups))
             up = nn.Module()
             up.block, up.attn = block, attn
             if level != 0:
@@ -176,7 +180,7 @@ class Decoder(nn.Module):
             ups.insert(0, up)
         self.up = nn.ModuleList(ups)
 
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, norm_groups)
         self.conv_out = nn.Conv2d(block_in, out_ch, 3, 1, 1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -157,6 +157,13 @@ class Net2NetTransformer(nn.Module):
                 stage.eval()  # frozen stages never switch to training behaviour
         return self
 
+    @property
+    def image_vocab(self) -> int | None:
+        """The tokens the first stage decodes (None without one): sampling draws image
+        tokens among these only, also when the shared vocabulary holds more (condition
+        tokens, e.g. a scene model's object and coordinate tokens)."""
+        return None if self.first_stage_model is None else int(self.first_stage_model.quantize.re_embed)
+
     # ---- token level -------------------------------------------------------------
 
     def _check_tokens(self, name: str, tokens: torch.Tensor) -> None:
@@ -216,7 +223,7 @@ class Net2NetTransformer(nn.Module):
             uncond_prefix = torch.cat((torch.full_like(c, self._null_token()), z_prefix.long()), dim=1)
         with _eval_mode(self.transformer) as gpt:
             new = sampling.generate(gpt, prefix, steps, settings, generator=generator,
-                                    uncond_prefix=uncond_prefix, callback=callback)
+                                    uncond_prefix=uncond_prefix, callback=callback, vocab=self.image_vocab)
         return torch.cat((z_prefix.long(), new), dim=1)
 
     def sample_indices(self, c_indices: torch.Tensor | None, z_prefix: torch.Tensor | None = None,
@@ -239,19 +246,25 @@ class Net2NetTransformer(nn.Module):
                                window: tuple[int, int], z_init: torch.Tensor | None = None,
                                settings: SamplingSettings = SamplingSettings(),
                                generator: torch.Generator | None = None, callback=None,
-                               start: int = 0, stop: int | None = None) -> torch.Tensor:
+                               start: int = 0, stop: int | None = None,
+                               centre: tuple[int, int] | None = None) -> torch.Tensor:
         """Sample a latent grid (H, W), square or not, larger than the training grid
         `window` (h, w): each position from a training-size window around it
         (sampling.generate_sliding_window). c_indices: (B, H*W) condition tokens on the
-        same grid, raster order, or (B, n_c) prefix tokens (class), or None
+        same grid, raster order, or (B, H-h+1, W-w+1, n_c) condition tokens for each
+        window position (scenes), or (B, n_c) prefix tokens (class), or None
         (unconditional). z_init (B, H*W): the grid to start from, of which raster
         positions [start, stop) are sampled (completion keeps the ones before `start`).
         settings.guidance_scale != 1 applies classifier-free guidance against null_token.
+        centre: the sampled position's place in its window (sampling.generate_sliding_window).
         Returns (B, H*W) raster."""
         if not isinstance(self.permuter, Identity):
             raise ValueError("sliding-window sampling walks the grid in raster order; it needs the Identity permuter")
         H, W = grid
-        if c_indices is not None and c_indices.shape[1] == H * W:
+        if c_indices is not None and c_indices.dim() == 4:
+            self._check_tokens("c_indices", c_indices.reshape(c_indices.shape[0], -1))
+            c = c_indices.long()
+        elif c_indices is not None and c_indices.shape[1] == H * W:
             self._check_tokens("c_indices", c_indices)
             c = c_indices.long().reshape(-1, H, W)
         else:
@@ -262,7 +275,8 @@ class Net2NetTransformer(nn.Module):
         uncond = torch.full_like(c, self._null_token()) if settings.guided else None
         with _eval_mode(self.transformer) as gpt:
             out = sampling.generate_sliding_window(gpt, c, z, window, settings, generator=generator,
-                                                   start=start, stop=stop, callback=callback, uncond_c=uncond)
+                                                   start=start, stop=stop, callback=callback, uncond_c=uncond,
+                                                   vocab=self.image_vocab, centre=centre)
         return out.reshape(out.shape[0], -1)
 
     # ---- image level (the original's API) -------------------------------------------

@@ -1,13 +1,17 @@
 """Linear layers for sampling, with each weight packed once for the CPU's matmul library.
 
 Sampling feeds one token per sequence per step, so every Linear of the GPT is a
-(batch x in) @ (in x out) product whose time is the time to read the weight. On the
-CPU, F.linear goes to MKL's sgemm; oneDNN, reading a copy of the weight reordered once
-into its blocked layout, streams it about twice as fast (bench/sampling.py measures
-both side by side). The sampler opts in around its loop:
+(batch x in) @ (in x out) product whose time is the time to read the weight. Reading a
+copy of the weight reordered once for the library (oneDNN's blocked layout, MKL's packed
+sgemm) streams it faster than F.linear, which lets MKL repack it on every call.
+
+`FrozenLinear` is one such product for the sampling Decoder (models/inference.py), in
+float32, bf16 or int8 as the CPU runs them natively (`precision_supported`). The
+`packed_linears` context packs every nn.Linear of a model in place for a block of
+full-sequence forwards (sliding-window sampling):
 
     with packed_linears(gpt):
-        logits, _ = gpt(token, cache=cache)
+        logits, _ = gpt(idx)
 
 Inside the block each nn.Linear of the model computes through its packed copy, made on
 first use and rebuilt when the weight changes (optimizer step, load_state_dict, .to());
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import warnings
 import weakref
 from typing import Iterator
 
@@ -92,3 +97,108 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module
     finally:
         for layer in layers:
             del layer.forward
+
+
+# ---- Frozen weights for the sampling step (models/inference.py) --------------------------------
+
+PRECISIONS = ("float32", "bfloat16", "int8")
+
+
+@functools.cache
+def precision_supported(precision: str, device_type: str = "cpu") -> bool:
+    """Whether weights of ``precision`` run natively on this machine's ``device_type``:
+    float32 everywhere; bfloat16 on a CPU whose oneDNN packs it (AVX-512 BF16/AMX, see
+    packing_supported) or a CUDA GPU with bf16 units; int8 on a CPU whose quantized engine
+    computes a dynamically quantised product (fbgemm or oneDNN: AVX2 and up), tried once."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "float32":
+        return True
+    if device_type == "cuda":
+        return precision == "bfloat16" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return False
+    if precision == "bfloat16":
+        return packing_supported(torch.bfloat16)
+    try:
+        FrozenLinear(torch.randn(8, 16), torch.zeros(8), "int8")(torch.randn(2, 16))
+        return True
+    except (RuntimeError, AttributeError):  # no quantized engine / op in this build or on this CPU
+        return False
+
+
+def _int8_per_channel(weight: torch.Tensor) -> torch.Tensor:
+    """weight (out, in) as qint8 with one symmetric scale per output channel."""
+    scale = (weight.abs().amax(dim=1).double() / 127).clamp(min=1e-12)
+    with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao, still the fast op here
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.quantize_per_channel(weight.float(), scale, torch.zeros_like(scale, dtype=torch.long),
+                                          0, torch.qint8)
+
+
+@functools.cache
+def mkl_packed_linear_available() -> bool:
+    """Whether this torch build has MKL's packed sgemm (the op Inductor's CPU freezing emits)."""
+    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear") \
+        and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
+
+
+class FrozenLinear:
+    """One Linear's weight and bias, prepared once for inference at ``precision``; calls take
+    and return float32 (rows, in) -> (rows, out), with GELU and a residual optionally added.
+
+    - float32 on the CPU: MKL's packed sgemm, the weight reordered once for the row count
+      the sampler steps with (pack_for); other row counts (a prompt) use the plain weight.
+      At batch 8 it streams weights as fast as oneDNN's packed product on AVX-512 and ~20 %
+      faster on AVX2, at a third of the cost per call (bench/sampling.py, README);
+    - bfloat16 on the CPU: oneDNN's packed product, GELU fused (float32 out);
+    - int8 (CPU): quantised per output channel for the quantized engine, the activations
+      quantised per call (7-bit, which AVX2 without VNNI cannot overflow);
+    - anything else (CUDA, builds without MKL/oneDNN): F.linear on a copy in the dtype.
+
+    Made from the weight as it is (packed copies do not follow it, a float32 weight may be
+    shared): when the weight changes, make a new one, as models/inference.py does.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str = "float32"):
+        weight, bias = weight.detach(), None if bias is None else bias.detach()
+        on_cpu = weight.device.type == "cpu"
+        if precision == "int8":
+            if not on_cpu:
+                raise ValueError("int8 weights run on the CPU only")
+            self.kind = "int8"
+            self.packed = torch.ops.quantized.linear_prepack(_int8_per_channel(weight),
+                                                             None if bias is None else bias.float())
+            return
+        self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+        self.weight = weight.to(self.dtype).contiguous()
+        self.bias = None if bias is None else bias.to(self.dtype)
+        if on_cpu and self.dtype == torch.float32 and mkl_packed_linear_available():
+            self.kind, self.rows, self.packed = "mkl", None, None
+        elif on_cpu and packing_supported(self.dtype):
+            self.kind = "onednn"
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight)
+        else:
+            self.kind = "plain"
+
+    def pack_for(self, rows: int) -> None:
+        """Reorder the weight for products of `rows` rows (MKL packs per shape); the copy for
+        the previous row count is dropped."""
+        if self.kind == "mkl" and rows != self.rows:
+            self.packed = None  # free the old copy first
+            self.packed, self.rows = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, rows), rows
+
+    def __call__(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        if self.kind == "onednn":
+            y = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias,
+                                                  "gelu" if gelu else "none", [], "none").float()
+            gelu = False
+        elif self.kind == "mkl" and x.shape[0] == self.rows:
+            y = torch.ops.mkl._mkl_linear(x, self.packed, self.weight, self.bias, self.rows)
+        elif self.kind == "int8":
+            y = torch.ops.quantized.linear_dynamic(x, self.packed, reduce_range=True)
+        else:
+            y = F.linear(x.to(self.dtype), self.weight, self.bias).float()
+        if gelu:
+            y = F.gelu(y)
+        return y if residual is None else y + residual

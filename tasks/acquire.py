@@ -22,12 +22,16 @@ so ``extract`` always runs the same (real) path:
   ``custom`` (the original's "train on your own images": two text files listing image
   paths, relative to the list's folder; every image must lie under ``data.custom.root``,
   default the list's folder, unless ``allow_outside``: tasks/data/image_lists.py), ``ffhq``, ``celebahq`` (its .npy arrays as
-  lossless PNGs), ``faceshq`` (CelebA-HQ class 0 + FFHQ class 1), ``coco`` (2017, with
-  the COCO-Stuff stuff+thing maps), ``ade20k`` and ``folder`` (any folder of photos,
+  lossless PNGs), ``faceshq`` (CelebA-HQ class 0 + FFHQ class 1), ``coco_stuff`` (COCO 2017,
+  with the COCO-Stuff stuff+thing maps), ``ade20k`` and ``folder`` (any folder of photos,
   split at random: S-FLCKR). ``sources.json`` maps each packed name to its file. Sources
   that ship label maps also get ``segmentation_{train,validation}.tar`` (``<stem>.png``,
   the bytes as shipped) and ``maps.json`` (their label convention), which the
   ``source-maps`` stage turns into data/dataset/segmentation.
+- ``coco``, ``open_images``: a scene dataset in the original's layout (a local folder),
+  loaded and filtered as the original loads it; its images are packed in pseudo-synsets,
+  their boxes written to ``objects/`` (tasks/data/objects/source.py) and ``sources.json``
+  maps each packed name to its file, as for the sources above.
 
 Packing streams: one image in memory at a time (per worker), whatever the class's size.
 """
@@ -44,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.config.schema import DataConfig, DemoConfig, ImagenetConfig
+from tasks.config.schema import OBJECT_SOURCES, DataConfig, DemoConfig, ImagenetConfig
 from tasks.data import scenes
 from tasks.data.archives import write_nested_tar, write_tar
 from tasks.data.files import atomic_path, write_json, write_text
@@ -255,8 +259,9 @@ def source_images(cfg: DataConfig) -> tuple[dict[str, list[SourceImage]], list[t
                           for item in parts[name][0](parts[name][1].root, split, parts[name][1].complete)]
                   for split in splits}
         return images, [(name, parts[name][2]) for name in names]
-    if cfg.source == "coco":
-        return {split: coco.coco_stuff_images(cfg.coco.root, cfg.coco.stuffthing_root, split, cfg.coco.complete)
+    if cfg.source == "coco_stuff":
+        c = cfg.coco_stuff
+        return {split: coco.coco_stuff_images(c.root, c.stuffthing_root, split, c.complete)
                 for split in splits}, [("coco", "COCO 2017")]
     if cfg.source == "ade20k":
         return {split: ade20k.ade20k_images(cfg.ade20k.root, split, cfg.ade20k.complete)
@@ -278,6 +283,9 @@ def run(cfg: DataConfig, out_dir: str | Path = DATA.raw, workers: int = 1) -> di
         summary = acquire_demo(cfg.demo, out, workers)
     elif cfg.source == "imagenet":
         summary = acquire_imagenet(cfg.imagenet, out)
+    elif cfg.source in OBJECT_SOURCES:
+        from tasks.data.objects.source import acquire_objects
+        summary = acquire_objects(cfg, out)
     else:
         images, classes = source_images(cfg)    # the whole layout is checked before anything is written
         summary = pack_images(out, images, classes, workers, cfg.source)

@@ -2,6 +2,7 @@
 
     depth         -> data/dataset/depth/<split>/<synset>/<name>.png         float32 inverse depth, RGBA-packed
     segmentation  -> data/dataset/segmentation/<split>/<synset>/<name>.png  uint8 COCO-Stuff labels (182 classes)
+    objects       -> data/dataset/objects/<split>/<synset>/<name>.json      a scene dataset's boxes (records)
 
 Maps are at image resolution (tasks/data/formats.py). dvc.yaml makes one stage per entry
 of params ``annotate``, which holds only what the chosen conditioning reads, so a D-RIN
@@ -11,6 +12,7 @@ Depth models: ``midas_v20`` (the MiDaS the published D-RIN models were trained o
 ``midas_v21`` (what torch.hub serves now; the original's script used whatever the hub
 gave), ``midas_v21_small``; segmentation: ``deeplabv2_cocostuff`` (DeepLab v2 MSC, as the
 original's script). ``groundtruth`` reads the demo's exact maps (no weights needed).
+Objects: ``dataset``, the boxes a scene dataset comes with (acquire wrote them to data/raw/objects).
 
     taming annotate --kind depth|segmentation [--split train|validation] [--shard I --num-shards N]
 """
@@ -21,6 +23,7 @@ import argparse
 from tasks.config.schema import ANNOTATORS, AnnotateConfig
 from tasks.config.typed import ConfigError
 from tasks.data import annotation
+from tasks.runtime import locks
 from tasks.runtime.devices import resolve_device
 
 
@@ -59,6 +62,15 @@ def annotator(kind: str, cfg: AnnotateConfig) -> annotation.Annotator:
 
 
 def run(kind: str, cfg: AnnotateConfig) -> dict:
+    if kind == "objects":
+        from tasks.data.layout import Layout
+        from tasks.data.objects.records import place_records
+
+        if cfg.num_shards > 1:
+            raise ConfigError("--num-shards: annotate objects copies records; run it whole")
+        layout = Layout(cfg.data_dir)
+        with locks.hold(layout.objects):   # one writer, as for the maps
+            return place_records(layout.raw / "objects", layout.images, layout.objects, cfg.splits)
     return annotation.annotate(cfg, annotator(kind, cfg))
 
 

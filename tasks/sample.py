@@ -2,8 +2,10 @@
 
 Conditionings come from the validation split: for D-RIN a validation image's
 depth map (encoded by the transformer's depth VQGAN), for a segmentation model
-its label map, for a class-conditional model its class label; an unconditional
-model needs none, a coordinate-conditioned one (FacesHQ) the output's coordinates. Each conditioning gets ``per_condition`` samples, drawn with the
+its label map, for a class-conditional model its class label, for a scene model
+the boxes of its centre crop (drawn as the grid's first column); an unconditional
+model needs none, a coordinate-conditioned one (FacesHQ) the output's coordinates.
+Each conditioning gets ``per_condition`` samples, drawn with the
 top-level ``top_k`` / ``top_p`` / ``temperature`` / ``guidance_scale`` (the only
 stage that reads them, so ``dvc exp run -S top_k=250`` reruns just ``sample`` and
 ``evaluate``). A ``resolution`` above the training size samples the larger latent
@@ -47,9 +49,18 @@ class ValidationConditions:
         import torch
 
         from tasks.generation.conditions import Condition, coord_condition, encode_maps, render_map
+        from tasks.generation.model import SCENE_KINDS
 
         item, kind, model = self.dataset[self.indices[i]], self.model.kind, self.model
         name, label = item["relpath"], item["class_label"]
+        if kind in SCENE_KINDS:   # the boxes of the validation crop, numbered by the model's categories
+            from tasks.data.objects.annotations import FULL_CROP
+            from tasks.generation.boxes import scene_condition
+
+            table = model.scene.categories
+            objects = [a._replace(category_no=table.number(a.category_id)) for a in item["objects"]]
+            size = tuple(item["image"].shape[1:])
+            return scene_condition(model, name, objects, size, item["crop_bbox"] or FULL_CROP, label)
         if kind == "none":
             return Condition(name, None, class_label=label)
         if kind == "coord":
@@ -69,7 +80,7 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
     from tasks.data.datasets import ImageNetDataset, spread_indices
     from tasks.data.files import write_json
     from tasks.data.images import make_grid, to_rgb_arrays
-    from tasks.generation.model import SamplingModel
+    from tasks.generation.model import SCENE_KINDS, SamplingModel
     from tasks.generation.output import save_png
     from tasks.generation.tokens import sample_batches
     from tasks.runtime.progress import progress
@@ -87,8 +98,14 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
                          f"dropout (transformer.label_dropout > 0); {model.folder.root} was not")
     kind = model.kind
 
-    maps = {f"{kind}_root": layout.maps(kind)} if kind in ("depth", "segmentation") else {}
-    dataset = ImageNetDataset(layout.images, "validation", size=resolution, synsets_json=layout.synsets_json, **maps)
+    if kind in SCENE_KINDS:
+        from tasks.data.objects.dataset import ObjectsDataset
+
+        dataset = ObjectsDataset(layout.images, layout.objects, "validation", resolution, layout.synsets_json)
+    else:
+        maps = {f"{kind}_root": layout.maps(kind)} if kind in ("depth", "segmentation") else {}
+        dataset = ImageNetDataset(layout.images, "validation", size=resolution, synsets_json=layout.synsets_json,
+                                  **maps)
     try:
         indices = spread_indices(dataset.class_labels, cfg.conditions, cfg.classes)
     except ValueError as e:
@@ -121,10 +138,15 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
         real = to_rgb_arrays(dataset[indices[i]]["image"][None])[0]
         rows.append(([lead] if lead is not None else []) + [real] + grid_samples[i])
     n_lead = len(rows[0]) - cfg.per_condition
-    save_png(tmp / "grid.png", make_grid(rows, tile=max(resolution, 96), lead=n_lead, gap=4))
+    picture = make_grid(rows, tile=max(resolution, 96), lead=n_lead, gap=4)
+    large = None
+    if cfg.large_resolution:
+        large = _large_samples(cfg, sampling, model, layout, maps, indices[:min(2, shown)], tmp, picture.shape[1])
+        picture = _stacked(picture, large.pop("picture"))
+    save_png(tmp / "grid.png", picture)
     summary = {"conditioning": kind, "resolution": resolution, "training_size": size,
                "sliding_window": grid != model.window, "samples": total, "device": model.device.type,
-               **asdict(sampling)}
+               **asdict(sampling), **({"large": large} if large else {})}
     write_json(tmp / "samples.json", {**summary, "settings": asdict(cfg), "images": manifest})
 
     if out.exists():
@@ -137,6 +159,52 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
         tmp.rename(out)
     print("sample: " + json.dumps(summary))
     return summary
+
+
+def _large_samples(cfg: SampleConfig, sampling: SamplingSettings, model, layout: Layout, maps: dict,
+                   indices: list[int], tmp: Path, width: int) -> dict:
+    """One sample at ``cfg.large_resolution`` for each of ``indices`` (what the paper is named
+    for: a sliding window over a latent grid larger than the training one), written to
+    ``large/NNNNN.png`` (not under images/: evaluate scores training-size samples) and drawn as
+    labelled rows of condition | real | sample, twice as large as their pixels."""
+    from tasks.data.datasets import ImageNetDataset
+    from tasks.data.images import make_grid, to_rgb_arrays
+    from tasks.generation.output import save_png
+    from tasks.generation.tokens import sample_batches
+    from tasks.runtime.progress import progress
+
+    px = cfg.large_resolution
+    try:
+        grid = model.grid(px, px)
+    except StageError as e:
+        raise StageError(f"sample.large_resolution: {e} ({model.folder.root})") from None
+    dataset = ImageNetDataset(layout.images, "validation", size=px, synsets_json=layout.synsets_json, **maps)
+    conditions = ValidationConditions(model, dataset, indices)
+    rows = []
+    with progress(total=len(indices) * grid[0] * grid[1], desc=f"sample {px}px sliding window", unit="tok") as bar:
+        for jobs, pictures in sample_batches(model, conditions, 1, cfg.batch_size, grid, sampling,
+                                             model.generator(cfg.seed), on_position=bar.update):
+            for (i, _), array in zip(jobs, pictures):
+                save_png(tmp / f"large/{i:05d}.png", array)
+                real = to_rgb_arrays(dataset[indices[i]]["image"][None])[0]
+                lead = conditions[i].picture
+                rows.append(([lead] if lead is not None else []) + [real, array])
+    tile = min(2 * px, max(96, (width - 40) // len(rows[0])))
+    title = f"{px} px, sliding window (trained at {model.training_size} px)"
+    picture = make_grid(rows, tile=tile, lead=len(rows[0]) - 1, gap=4, title=title)
+    return {"resolution": px, "grid": list(grid), "images": [f"large/{i:05d}.png" for i in range(len(rows))],
+            "picture": picture}
+
+
+def _stacked(top, bottom):
+    """Two pictures one above the other on white, left-aligned."""
+    import numpy as np
+
+    width = max(top.shape[1], bottom.shape[1])
+    page = np.full((top.shape[0] + bottom.shape[0], width, 3), 255, np.uint8)
+    page[:top.shape[0], :top.shape[1]] = top
+    page[top.shape[0]:, :bottom.shape[1]] = bottom
+    return page
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,12 +7,15 @@ folder, local or s3://, with no dataset (the original's sample_fast.py / make_sa
     taming sample-model data/transformer --photos street.jpg           # annotated with MiDaS on the fly
     taming sample-model logs/2020-11-09T13-31-51_sflckr --maps seg.png --resolution 1280x832
     taming sample-model data/transformer --maps d.png --complete photo.jpg --keep-fraction 0.5
+    taming sample-model logs/coco_scene_transformer --boxes layout.yaml --resolution 512   # scenes
 
 What each sample is conditioned on follows the model: classes (`--classes`, default all),
 map files (`--maps`: depth as the pipeline's RGBA float32 PNG or an 8/16-bit grey PNG;
-segmentation label PNGs), photos annotated on the fly (`--photos`), or nothing
-(unconditional; a coordinate-conditioned model gets the output's coordinates). `-n` samples
-are drawn for each condition and written as `<outdir>/<condition>/<n>.png` (`<outdir>/<n>.png`
+segmentation label PNGs), photos annotated on the fly (`--photos`), boxes and labels
+(`--boxes`: layout files, or the pipeline's per-image records; scene models), or nothing
+(unconditional; a coordinate-conditioned model gets the output's coordinates). A scene's
+drawing is written beside its samples (`<condition>/boxes.png`). `-n` samples are drawn for
+each condition and written as `<outdir>/<condition>/<n>.png` (`<outdir>/<n>.png`
 unconditional or coordinates), batch by batch, with
 `samples.json` (the settings) and, with `--npz`, `samples.npz` (`arr_0` the pictures,
 `arr_1` the class labels). `--resolution` above the training size (square or not)
@@ -43,10 +46,10 @@ def conditions_for(model, args: argparse.Namespace, hw: tuple[int, int]) -> list
     """The model's conditions from the command line, checked before any sampling."""
     from tasks.generation import conditions as cond
 
-    given = [name for name, value in (("--classes", args.classes), ("--maps", args.maps), ("--photos", args.photos))
-             if value]
+    given = [name for name, value in (("--classes", args.classes), ("--maps", args.maps), ("--photos", args.photos),
+                                      ("--boxes", args.boxes)) if value]
     wants = {"class_label": "--classes", "depth": "--maps or --photos", "segmentation": "--maps or --photos",
-             "coord": "nothing (the output's coordinates)", "none": "nothing"}[model.kind]
+             "coord": "nothing (the output's coordinates)", "none": "nothing"}.get(model.kind, "--boxes")
     if any(flag not in wants for flag in given):
         raise StageError(f"{model.name} is conditioned on {model.kind.replace('_label', '')}: give it {wants}, "
                          f"not {', '.join(given)}")
@@ -56,9 +59,12 @@ def conditions_for(model, args: argparse.Namespace, hw: tuple[int, int]) -> list
         return [cond.coord_condition(model, hw)]
     if model.kind == "class_label":
         return [cond.class_condition(model, c) for c in _classes(args.classes or "all", model.n_classes)]
-    if not (args.maps or args.photos):
+    if wants == "--boxes":
+        found = scene_conditions(model, args.boxes, hw)
+    elif not (args.maps or args.photos):
         raise StageError(f"{model.name} is conditioned on {model.kind}: give --maps (map files) or --photos")
-    found = [cond.map_condition(model, path, hw) for path in args.maps]
+    else:
+        found = [cond.map_condition(model, path, hw) for path in args.maps]
     if args.photos:
         from tasks.generation.photos import photo_condition
         found += [photo_condition(model, path, hw, args.annotator, args.annotator_weights) for path in args.photos]
@@ -68,12 +74,27 @@ def conditions_for(model, args: argparse.Namespace, hw: tuple[int, int]) -> list
     return found
 
 
+def scene_conditions(model, files: list[str], hw: tuple[int, int]) -> list:
+    """Every layout in the --boxes files (YAML/JSON layouts, or the pipeline's per-image records)."""
+    from tasks.data.objects.records import LayoutError, read_layouts
+    from tasks.generation.boxes import scene_condition
+
+    if not files:
+        raise StageError(f"{model.name} is conditioned on boxes ({model.kind}): give --boxes FILE (a YAML/JSON "
+                         f"layout, or records such as data/dataset/objects/validation/<synset>/<name>.json)")
+    try:
+        layouts = [layout for path in files for layout in read_layouts(path, model.scene.categories)]
+    except LayoutError as e:
+        raise StageError(str(e)) from None
+    return [scene_condition(model, name, annotations, hw) for name, annotations in layouts]
+
+
 def run(args: argparse.Namespace) -> dict:
     from models.sampling_settings import InvalidSampling, SamplingSettings
     from tasks.data.files import write_json
     from tasks.data.images import load_rgb
     from tasks.generation import conditions as cond
-    from tasks.generation.model import SamplingModel
+    from tasks.generation.model import SCENE_KINDS, SamplingModel
     from tasks.generation.output import NpzWriter, save_png
     from tasks.generation.tokens import sample_batches
     from tasks.runtime.progress import progress
@@ -108,6 +129,8 @@ def run(args: argparse.Namespace) -> dict:
     labels = model.kind == "class_label"
     npz = NpzWriter(out / "samples.npz", (total, *hw, 3), labels=labels) if args.npz else None
     generator = model.generator(args.seed)
+    for c in conditions if model.kind in SCENE_KINDS else ():   # each sample beside the drawing of its boxes
+        save_png(out / c.name / "boxes.png", c.picture)
     positions = grid[0] * grid[1] - (completion[1] if completion else 0)
     desc = f"sample {hw[1]}x{hw[0]} ({model.kind}, {model.device.type})"
     with progress(total=total * positions, desc=desc, unit="tok") as bar:
@@ -138,6 +161,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="depth maps (RGBA float32 or 8/16-bit grey PNG) or segmentation label PNGs")
     parser.add_argument("--photos", nargs="+", default=[], metavar="IMAGE",
                         help="photos, annotated on the fly with MiDaS (depth) or DeepLab (segmentation)")
+    parser.add_argument("--boxes", nargs="+", default=[], metavar="FILE",
+                        help="scene models: layouts of boxes and labels (YAML/JSON), or the pipeline's records "
+                             "(data/dataset/objects/<split>/<synset>/<name>.json)")
     parser.add_argument("--annotator", help="midas_v21 (default for depth), midas_v21_small, deeplabv2_cocostuff")
     parser.add_argument("--annotator-weights", help="the annotator's weights file (default: `taming weights` cache)")
     parser.add_argument("-k", "--top-k", type=int, default=250, help="keep the k most likely tokens (default: %(default)s)")

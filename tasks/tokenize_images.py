@@ -12,13 +12,19 @@ Conditioning ``coord`` (FacesHQ): each crop's coordinates in its rescaled image,
 downsampled to the token grid and quantised to ``coord_n_embed`` levels (the original's
 CoordStage); a mirrored crop keeps its coordinates.
 
+Scenes (conditioning objects): the image is cropped as the original's dataset crops it
+(centre; ``tokenize.objects.random_crop`` for the extra crops) and its boxes, the crop and
+the flip become the condition tokens through the conditional builder (tasks/data/objects/),
+objects in a seeded random order per row.
+
 Images are cut into parts of ``rows_per_part`` images in file-list order; a part
 is the unit of work: ``--shard I --num-shards N`` takes parts I, I+N, ... (so
 machines or Prefect tasks can split the work), every part is written
 atomically, and a rerun skips a part only if its metadata matches exactly: the
 VQGAN checkpoints' hashes, the crop size, every setting that shapes the rows
-(hflip, extra_crops, seed, rows_per_part, rescale; token_store.RowSettings), and which images
-it holds with which augmentations and a signature of their files
+(hflip, extra_crops, seed, rows_per_part, rescale, a scene's random_crop; token_store.RowSettings),
+the builder and categories of a scene's condition tokens, and which images it holds with
+which augmentations and a signature of their files, maps or object records
 (token_store.PartInfo). Anything else is re-made; parts beyond the current count are
 removed. The run that finds every part of a split current (the last shard to
 finish) writes ``manifest.json`` with each part's rows and SHA-256, which training
@@ -29,7 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from tasks.config.schema import SPLITS, TokenizeConfig
+from tasks.config.schema import SPLITS, ObjectsTokensConfig, TokenizeConfig
 from tasks.config.typed import ConfigError
 from tasks.data.layout import DATA, Layout
 from tasks.runtime import locks
@@ -38,10 +44,11 @@ from tasks.runtime.progress import progress
 
 
 class Augmented:
-    """Rows (image i, augmentation a) of one part of a split, as tasks.data.datasets samples."""
+    """Rows (image i, augmentation a) of one part of a split, as tasks.data.datasets samples.
+    ``condition(sample, flipped)``: the condition tokens of a sample (scenes: its boxes)."""
 
-    def __init__(self, centre, random, images: range, augs: list[int], seed: int):
-        self.centre, self.random, self.augs, self.seed = centre, random, augs, seed
+    def __init__(self, centre, random, images: range, augs: list[int], seed: int, condition=None):
+        self.centre, self.random, self.augs, self.seed, self.condition = centre, random, augs, seed, condition
         self.rows = [(i, a) for i in images for a in augs]
 
     def __len__(self) -> int:
@@ -51,16 +58,16 @@ class Augmented:
         import numpy as np
         import torch
         i, aug = self.rows[k]
-        if aug < 2:
-            sample = self.centre[i]
-        else:  # the crop depends only on (seed, image, aug): reproducible on any shard
-            with torch.random.fork_rng():
-                torch.manual_seed(int(np.random.SeedSequence([self.seed, i, aug]).generate_state(1)[0]))
-                sample = self.random[i]
-        if aug == 1:   # coordinates stay: the mirror image lies where its crop lies
-            for key in ("image", "depth", "segmentation"):
-                if key in sample:
-                    sample[key] = torch.flip(sample[key], dims=[-1])
+        # crops and object orders depend only on (seed, image, aug): reproducible on any shard
+        with torch.random.fork_rng():
+            torch.manual_seed(int(np.random.SeedSequence([self.seed, i, aug]).generate_state(1)[0]))
+            sample = self.centre[i] if aug < 2 else self.random[i]
+            if aug == 1:   # coordinates stay: the mirror image lies where its crop lies
+                for key in ("image", "depth", "segmentation"):
+                    if key in sample:
+                        sample[key] = torch.flip(sample[key], dims=[-1])
+            if self.condition is not None:
+                sample = self.condition(sample, flipped=aug == 1)
         return {**sample, "aug": aug}
 
 
@@ -107,9 +114,24 @@ class Coordinates:
         return self.stage.encode(batch["coord"].float())[2].numpy()
 
 
+def scene_conditioning(cfg: ObjectsTokensConfig, layout: Layout):
+    """The builder of tokenize.objects over the scene dataset's categories and object limit."""
+    from tasks.data.objects.conditioning import SceneConditioning
+    from tasks.data.objects.dataset import read_categories
+
+    categories, info = read_categories(layout.objects)
+    try:
+        return SceneConditioning(builder=cfg.builder, no_max_objects=info["settings"]["max_objects_per_image"],
+                                 no_tokens=cfg.no_tokens, encode_crop=cfg.encode_crop,
+                                 use_group_parameter=cfg.use_group_parameter,
+                                 use_additional_parameters=cfg.use_additional_parameters, categories=categories)
+    except ValueError as e:
+        raise ConfigError(f"tokenize.objects: {e} ({len(categories)} categories in {layout.objects})") from None
+
+
 def run(cfg: TokenizeConfig, conditioning: str, splits=SPLITS, shard: int = 0, num_shards: int = 1,
         layout: Layout = DATA) -> dict:
-    """Tokens of the images and of their ``conditioning`` (depth, segmentation, class, coord, none)."""
+    """Tokens of the images and of their ``conditioning`` (depth, segmentation, class, coord, none, objects)."""
     if not 0 <= shard < num_shards:
         raise ConfigError(f"--shard {shard}: must be in [0, --num-shards {num_shards})")
     # One run per (split, shard), refused before any work. Shards with overlapping parts (another
@@ -156,21 +178,37 @@ def _run(cfg: TokenizeConfig, conditioning: str, splits, shard: int, num_shards:
         cond_codes = cond_encoder.codes
     elif conditioning == "class":
         cond_codes = Codes(kind="class", vocab_size=classes.n_classes, grid=(1, 1))
+    elif conditioning == "objects":
+        scene = scene_conditioning(cfg.objects, layout)
+        builder = scene.make()
+        cond_codes = Codes(kind=scene.builder, vocab_size=scene.no_tokens, grid=(1, builder.embedding_dim),
+                           folder=str(layout.objects), builder=scene.to_json())
     else:
         cond_codes = Codes(kind="none", vocab_size=1, grid=(1, 1))
     meta = TokenMeta(image=image.codes(), cond=cond_codes, size=image.resolution,
                      rows=RowSettings(hflip=cfg.hflip, extra_crops=cfg.extra_crops, seed=cfg.seed,
-                                      rows_per_part=cfg.rows_per_part, rescale=cfg.rescale))
+                                      rows_per_part=cfg.rows_per_part, rescale=cfg.rescale,
+                                      random_crop=cfg.objects.random_crop if conditioning == "objects" else None))
 
     counts = {}
     for split in splits:
+        condition = None
         map_kind = conditioning if conditioning in ("depth", "segmentation") else None
-        maps = {f"{conditioning}_root": layout.maps(conditioning)} if map_kind else {}
-        common = dict(split=split, size=image.resolution, synsets_json=layout.synsets_json,
-                      rescale=cfg.rescale if split == "train" else None, coord=conditioning == "coord", **maps)
-        centre = ImageNetDataset(layout.images, **common)
-        random = ImageNetDataset(layout.images, random_crop=True, **common)
-        parts = part_infos(centre, cfg, split, layout, map_kind)
+        if conditioning == "objects":   # boxes through the builder, crops as the original's
+            from tasks.data.objects.dataset import ObjectsDataset, ObjectsTokens
+
+            common = dict(split=split, size=image.resolution, synsets_json=layout.synsets_json)
+            centre = ObjectsDataset(layout.images, layout.objects, **common)
+            random = ObjectsDataset(layout.images, layout.objects, crop_method=cfg.objects.random_crop, **common)
+            condition = ObjectsTokens(builder)
+        else:
+            maps = {f"{conditioning}_root": layout.maps(conditioning)} if map_kind else {}
+            common = dict(split=split, size=image.resolution, synsets_json=layout.synsets_json,
+                          rescale=cfg.rescale if split == "train" else None, coord=conditioning == "coord", **maps)
+            centre = ImageNetDataset(layout.images, **common)
+            random = ImageNetDataset(layout.images, random_crop=True, **common)
+        annotations = "objects" if conditioning == "objects" else map_kind
+        parts = part_infos(centre, cfg, split, layout, annotations)
         split_dir = layout.tokens / split
         mine = parts[shard::num_shards]
         todo = [info for info in mine if not is_current(split_dir / part_name(info.index), meta, info)]
@@ -178,7 +216,8 @@ def _run(cfg: TokenizeConfig, conditioning: str, splits, shard: int, num_shards:
             (split_dir / MANIFEST).unlink(missing_ok=True)
         rows = 0
         for info in progress(todo, desc=f"tokenize {split}", unit="part", disable=len(todo) < 2):
-            data = Augmented(centre, random, range(info.first, info.stop), list(info.augmentations), cfg.seed)
+            data = Augmented(centre, random, range(info.first, info.stop), list(info.augmentations), cfg.seed,
+                             condition)
             loader = DataLoader(data, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
             columns = {"id": [], "class_label": [], "aug": [], "image_tokens": [], "cond_tokens": []}
             for batch in progress(loader, desc=f"{split} {part_name(info.index)}", unit="batch", leave=False):
@@ -189,6 +228,8 @@ def _run(cfg: TokenizeConfig, conditioning: str, splits, shard: int, num_shards:
                 columns["image_tokens"].append(image.encode(batch))
                 if cond_encoder is not None:
                     columns["cond_tokens"].append(cond_encoder.encode(batch))
+                elif condition is not None:
+                    columns["cond_tokens"].append(batch["cond_tokens"].numpy())
                 elif conditioning == "class":
                     columns["cond_tokens"].append(labels[:, None])
                 else:
@@ -210,8 +251,9 @@ def _run(cfg: TokenizeConfig, conditioning: str, splits, shard: int, num_shards:
     return counts
 
 
-def part_infos(centre, cfg: TokenizeConfig, split: str, layout: Layout, maps: str | None) -> list:
-    """Every part of a split: which images, which augmentations, and a signature of their files."""
+def part_infos(centre, cfg: TokenizeConfig, split: str, layout: Layout, annotations: str | None) -> list:
+    """Every part of a split: which images, which augmentations, and a signature of their files
+    (with ``annotations``, each image's map or object record too)."""
     from tasks.data.files import files_signature
     from tasks.data.token_store import PartInfo
 
@@ -219,7 +261,7 @@ def part_infos(centre, cfg: TokenizeConfig, split: str, layout: Layout, maps: st
     return [PartInfo(split=split, index=k, first=first, stop=min(n, first + cfg.rows_per_part),
                      augmentations=tuple(cfg.augmentations(split)),
                      inputs=files_signature(layout.sample_files(split, centre.relpaths[first:first + cfg.rows_per_part],
-                                                                maps)))
+                                                                annotations)))
             for k, first in enumerate(range(0, n, cfg.rows_per_part))]
 
 

@@ -7,6 +7,7 @@ into the output checkpoint. Writes, in the original project's layout,
 
     data/transformer/checkpoints/last.ckpt
     data/transformer/configs/transformer-project.yaml   # taming.models.cond_transformer.Net2NetTransformer
+                                                        # (scenes: + `objects:`, the builder and categories)
     data/dvclive/transformer/                           # metrics.json, plots/metrics
 
 so ``models.load_pretrained("data/transformer")`` loads it. A killed run resumes
@@ -81,6 +82,9 @@ def project_yaml(cfg: TransformerConfig, meta: TokenMeta, vocab: Vocabulary) -> 
         cond_key, cond_config = "coord", {"target": "taming.modules.misc.coord.CoordStage",
                                           "params": {"n_embed": cond.vocab_size,
                                                      "down_factor": meta.size // cond.grid[0]}}
+    elif cond.builder is not None:   # a scene: the builder's tokens pass through, as in the original's configs
+        cond_key, cond_config = cond.kind, {"target": "taming.models.dummy_cond_stage.DummyCondStage",
+                                            "params": {"conditional_key": cond.kind}}
     else:
         cond_key, cond_config = cond.kind, vqgan_folder(cond).stage_config()
     params = {
@@ -94,6 +98,8 @@ def project_yaml(cfg: TransformerConfig, meta: TokenMeta, vocab: Vocabulary) -> 
         params.update(null_token=vocab.null_token, cond_dropout=cfg.label_dropout)
     doc = {"model": {"base_learning_rate": cfg.base_learning_rate,
                      "target": "taming.models.cond_transformer.Net2NetTransformer", "params": params}}
+    if cond.builder is not None:   # what a sampler needs to build sequences from boxes (SceneConditioning)
+        doc["objects"] = cond.builder
     return yaml.safe_dump(doc, sort_keys=False)
 
 

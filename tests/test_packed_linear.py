@@ -9,9 +9,17 @@ import textwrap
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from models.gpt import GPT, GPTConfig
-from models.packed_linear import onednn_linear_available, packed_linears, packing_supported
+from models.packed_linear import (
+    PRECISIONS,
+    FrozenLinear,
+    onednn_linear_available,
+    packed_linears,
+    packing_supported,
+    precision_supported,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,10 +93,43 @@ def test_bf16_packs_only_where_the_cpu_runs_it():
     assert packing_supported(torch.bfloat16) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_frozen_float32_linear_equals_nn_linear_with_gelu_and_residual(bias):
+    torch.manual_seed(0)
+    layer = nn.Linear(48, 80, bias=bias)
+    x, residual = torch.randn(8, 48), torch.randn(8, 80)
+    frozen = FrozenLinear(layer.weight, layer.bias)
+    with torch.no_grad():
+        expected = layer(x)
+        torch.testing.assert_close(frozen(x), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(frozen(x, gelu=True), F.gelu(expected), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(frozen(x, residual=residual), expected + residual, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(frozen(x, gelu=True, residual=residual), F.gelu(expected) + residual,
+                                   rtol=1e-5, atol=1e-6)
+        frozen.pack_for(8)  # MKL's copy for 8-row products; other row counts keep the plain weight
+        torch.testing.assert_close(frozen(x), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(frozen(x[:3]), expected[:3], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("precision", [p for p in ("bfloat16", "int8") if precision_supported(p)])
+def test_frozen_low_precision_linears_are_close_to_float32(precision):
+    torch.manual_seed(0)
+    layer = nn.Linear(256, 512)
+    x = torch.randn(8, 256)
+    with torch.no_grad():
+        expected = F.gelu(layer(x))
+    got = FrozenLinear(layer.weight, layer.bias, precision)(x, gelu=True)
+    assert got.dtype == torch.float32
+    error = ((got - expected).norm() / expected.norm()).item()
+    assert 0 < error < {"bfloat16": 0.01, "int8": 0.02}[precision], error
+
+
 AVX2_ONLY = textwrap.dedent("""
+    import warnings
     import torch
     from models.gpt import GPT, GPTConfig
-    from models.packed_linear import packing_supported
+    from models.inference import Decoder
+    from models.packed_linear import packing_supported, precision_supported
     from models.sampling import generate
     from models.sampling_settings import SamplingSettings
     assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()   # oneDNN now sees an AVX2-only CPU
@@ -98,22 +139,45 @@ AVX2_ONLY = textwrap.dedent("""
     except RuntimeError as e:
         assert "bf16 path needs the cpu support" in str(e)     # the crash an AVX2 machine saw
     assert packing_supported(torch.float32) and not packing_supported(torch.bfloat16)
+    assert precision_supported("float32") and not precision_supported("bfloat16")
+    try:
+        Decoder(GPT(GPTConfig(vocab_size=37, block_size=16, n_layer=1, n_head=2, n_embd=32)), "bfloat16")
+        raise SystemExit("a bf16 Decoder was built on an AVX2-only ISA")
+    except ValueError as e:
+        assert "do not run natively" in str(e)
+    settings = SamplingSettings(top_k=5)
     torch.manual_seed(0)
-    for dtype in (torch.float32, torch.bfloat16):
-        gpt = GPT(GPTConfig(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval().to(dtype)
-        out = generate(gpt, torch.randint(0, 37, (2, 3)), 8, SamplingSettings(top_k=5),
-                       generator=torch.Generator().manual_seed(0))
-        assert out.shape == (2, 8)
-    print("AVX2-OK")
+    gpt = GPT(GPTConfig(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
+    prefix = torch.randint(0, 37, (2, 3))
+    run = lambda **kw: generate(gpt, prefix, 8, settings, generator=torch.Generator().manual_seed(0), **kw)
+    exact = run()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert torch.equal(run(precision="bfloat16"), exact)   # fell back to float32
+    assert any("bfloat16 weights do not run natively" in str(w.message) for w in caught)
+    assert run(precision="int8").shape == (2, 8)               # int8 where the engine runs it, else float32
+    assert run(precision=None).shape == (2, 8)
+    bf16 = generate(gpt.to(torch.bfloat16), prefix, 8, settings)  # a bf16 model samples in float32 here
+    assert bf16.shape == (2, 8)
+    print("AVX2-OK", precision_supported("int8"))
 """)
 
 
-def test_sampling_a_bf16_model_on_an_avx2_only_cpu_falls_back_instead_of_crashing():
-    """ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN behave as on a CPU without AVX-512: the bf16
-    reorder refuses, exactly as it did on the AVX2-only machine, and sampling must not crash."""
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+def test_sampling_on_an_avx2_only_cpu_falls_back_instead_of_crashing():
+    """ONEDNN_MAX_CPU_ISA=AVX2 (with ATen and MKL limited alike) makes the libraries behave as on
+    a CPU without AVX-512: the bf16 reorder refuses, exactly as it did on the AVX2-only machine;
+    bf16 is then not offered, and asking for it samples in float32 instead of crashing."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+           "MKL_ENABLE_INSTRUCTIONS": "AVX2", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", AVX2_ONLY], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "AVX2-OK" in done.stdout, done.stderr[-3000:]
+
+
+def test_precisions_are_named_and_float32_always_runs():
+    assert PRECISIONS == ("float32", "bfloat16", "int8")
+    assert precision_supported("float32") and precision_supported("float32", "cuda")
+    assert precision_supported("bfloat16") == packing_supported(torch.bfloat16)
+    assert not precision_supported("int8", "cuda")
 
 
 def test_a_model_that_has_sampled_can_be_deep_copied_and_saved(tmp_path):

@@ -93,6 +93,26 @@ def test_sliding_window_above_training_size(tmp_path, drin):
         run(SampleConfig(resolution=42), SamplingParams(), drin, data, tmp_path / "s2")
 
 
+def test_grid_shows_larger_sliding_window_samples_below_its_rows(tmp_path, drin):
+    data = make_validation_data(tmp_path / "data", classes=2, per_class=1, size=48)
+    cfg = SampleConfig(conditions=2, per_condition=2, batch_size=4, grid_conditions=2, seed=3)
+    run(cfg, SamplingParams(top_k=5), drin, data, tmp_path / "plain")
+    summary = run(SampleConfig(**{**cfg.__dict__, "large_resolution": 48}), SamplingParams(top_k=5), drin, data,
+                  tmp_path / "s")
+    assert summary["large"] == {"resolution": 48, "grid": [12, 12], "images": ["large/00000.png", "large/00001.png"]}
+    for name in summary["large"]["images"]:
+        assert Image.open(tmp_path / "s" / name).size == (48, 48)
+    # the scored samples are the same as without: the large ones are extra and kept apart
+    assert sorted(p.name for p in (tmp_path / "s" / "images").iterdir()) == ["00000.png", "00001.png",
+                                                                            "00002.png", "00003.png"]
+    for name in ("00000.png", "00003.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "s" / "images" / name)),
+                              np.asarray(Image.open(tmp_path / "plain" / "images" / name)))
+    plain, grid = (np.asarray(Image.open(tmp_path / d / "grid.png")) for d in ("plain", "s"))
+    assert np.array_equal(grid[:plain.shape[0], :plain.shape[1]], plain)   # the usual grid on top
+    assert grid.shape[0] >= plain.shape[0] + 2 * 96   # two rows of condition | real | sample, 96 px tiles
+
+
 def test_conditions_spread_over_classes():
     labels = [0] * 4 + [1] * 4 + [2] * 4
     assert [labels[i] for i in spread_indices(labels, 3)] == [0, 1, 2]

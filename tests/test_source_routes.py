@@ -26,7 +26,7 @@ from tasks.generation import conditions as cond
     ("profiles/ffhq.yaml", set()),
     ("profiles/celebahq.yaml", set()),
     ("profiles/faceshq.yaml", set()),                       # coordinates need no maps and no second first stage
-    ("profiles/coco.yaml", {"source-maps@segmentation", "train-vqgan@segmentation"}),     # no annotator
+    ("profiles/coco-stuff.yaml", {"source-maps@segmentation", "train-vqgan@segmentation"}),     # no annotator
     ("profiles/ade20k.yaml", {"source-maps@segmentation", "train-vqgan@segmentation"}),
     ("profiles/sflckr.yaml", {"annotate@segmentation", "train-vqgan@segmentation"}),      # DeepLab v2
 ])
@@ -108,7 +108,7 @@ def test_coco_stuff_maps_condition_without_an_annotator(tmp_path, monkeypatch):
     coco, stuff = make_coco(tmp_path / "src")
     params = with_conditioning(yaml.safe_load((repo / "params.yaml").read_text()), "segmentation")
     params.update(annotate={}, source_maps={"segmentation": {}})
-    params["data"] = {"source": "coco", "coco": {"root": str(coco), "stuffthing_root": str(stuff), "complete": False}}
+    params["data"] = {"source": "coco_stuff", "coco_stuff": {"root": str(coco), "stuffthing_root": str(stuff), "complete": False}}
     params["vqgan"]["segmentation"]["n_classes"] = 183
     for section in (params["vqgan"]["image"], params["vqgan"]["segmentation"], params["tokenize"]):
         section["rescale"] = 19                              # the original's 296 -> 256, at 16 px

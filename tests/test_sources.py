@@ -17,7 +17,7 @@ from source_fixtures import EXAMPLES, example_pairs, make_ade20k, make_celebahq,
 
 from tasks import acquire, cli, extract, source_maps
 from tasks.config.params import from_dict
-from tasks.config.schema import ADE20kConfig, CelebAHQConfig, COCOConfig, DataConfig, ExtractConfig, FFHQConfig, \
+from tasks.config.schema import ADE20kConfig, CelebAHQConfig, CocoStuffConfig, DataConfig, ExtractConfig, FFHQConfig, \
     FolderConfig
 from tasks.config.typed import ConfigError
 from tasks.data.faces import read_npy_picture, split_names
@@ -128,7 +128,7 @@ def test_celebahq_arrays_are_read_without_pickles_and_within_bounds(tmp_path):
 
 def test_coco_stuff_maps_are_shifted_as_the_original_reads_them(tmp_path):
     coco, stuff = make_coco(tmp_path / "src")
-    cfg = DataConfig(source="coco", coco=COCOConfig(str(coco), str(stuff), complete=False))
+    cfg = DataConfig(source="coco_stuff", coco_stuff=CocoStuffConfig(str(coco), str(stuff), complete=False))
     layout, metrics = acquire_and_extract(tmp_path, cfg)
     assert (metrics["train"]["extracted"], metrics["validation"]["extracted"]) == (6, 2)
     counts = source_maps.run("segmentation", layout, workers=2)
@@ -212,16 +212,16 @@ def test_coco_and_ade20k_layouts_are_checked(tmp_path):
     coco, stuff = make_coco(tmp_path / "src")
     run = lambda cfg: acquire.run(cfg, tmp_path / "raw")   # noqa: E731
     with pytest.raises(SourceError, match=r"src/coco/train2017: 6 COCO train images \(.jpg\), but the official dataset has "
-                                          r"118287.*data.coco.complete: false"):
-        run(DataConfig(source="coco", coco=COCOConfig(str(coco.parent / "coco"), str(stuff))))
+                                          r"118287.*data.coco_stuff.complete: false"):
+        run(DataConfig(source="coco_stuff", coco_stuff=CocoStuffConfig(str(coco.parent / "coco"), str(stuff))))
     with pytest.raises(SourceError, match=r"src/train2017: not found; expected COCO 2017's train2017/ image folder"):
-        run(DataConfig(source="coco", coco=COCOConfig(str(coco.parent), str(stuff), complete=False)))
+        run(DataConfig(source="coco_stuff", coco_stuff=CocoStuffConfig(str(coco.parent), str(stuff), complete=False)))
     with pytest.raises(SourceError, match=r"src/train2017: not found; expected the train2017/ folder of COCO-Stuff's "
                                           r"stuff\+thing label PNGs"):
-        run(DataConfig(source="coco", coco=COCOConfig(str(coco), str(coco.parent), complete=False)))
+        run(DataConfig(source="coco_stuff", coco_stuff=CocoStuffConfig(str(coco), str(coco.parent), complete=False)))
     (stuff / "val2017" / f"{example_pairs('coco')[7][0].stem}.png").unlink()
     with pytest.raises(SourceError, match=r"val2017: 1 of 2 COCO validation images have no label map"):
-        run(DataConfig(source="coco", coco=COCOConfig(str(coco), str(stuff), complete=False)))
+        run(DataConfig(source="coco_stuff", coco_stuff=CocoStuffConfig(str(coco), str(stuff), complete=False)))
     ade = make_ade20k(tmp_path / "src")
     with pytest.raises(SourceError, match=r"src: holds an ADEChallengeData2016 folder; data.ade20k.root must be"):
         run(DataConfig(source="ade20k", ade20k=ADE20kConfig(str(ade.parent), complete=False)))
@@ -266,7 +266,7 @@ def smoke_params() -> dict:
 def coco_params(n_classes: int = 183) -> dict:
     params = smoke_params()
     params.update(conditioning="segmentation", annotate={}, source_maps={"segmentation": {}})
-    params["data"] = {"source": "coco", "coco": {"root": "c", "stuffthing_root": "s"}}
+    params["data"] = {"source": "coco_stuff", "coco_stuff": {"root": "c", "stuffthing_root": "s"}}
     params["vqgan"]["segmentation"] = {**params["vqgan"].pop("depth"), "n_classes": n_classes}
     return params
 
@@ -274,23 +274,25 @@ def coco_params(n_classes: int = 183) -> dict:
 @pytest.mark.parametrize("change, message", [
     (lambda p: None, None),
     (lambda p: p["vqgan"]["segmentation"].update(n_classes=182),
-     r"vqgan.segmentation.n_classes: 182, but data.source coco's maps \(COCO-Stuff .*\) have 183 labels"),
+     r"vqgan.segmentation.n_classes: 182, but data.source coco_stuff's maps \(COCO-Stuff .*\) have 183 labels"),
     (lambda p: p["data"].update(source="ade20k", ade20k={"root": "a"}),
      r"vqgan.segmentation.n_classes: 183, but data.source ade20k's maps .* have 151 labels"),
     (lambda p: p["data"].update(source="imagenet", imagenet={"train_tar": "t", "val_tar": "v",
                                                                "validation_synsets": "s"}),
      r"source_maps.segmentation: data.source imagenet ships no maps; compute them with annotate.segmentation"),
+    (lambda p: p["data"].update(source="coco", coco={"root": "c"}),     # COCO's boxes (scenes) carry no label maps
+     r"source_maps.segmentation: data.source coco ships no maps; .*\(sources with maps: coco_stuff \(segmentation\)"),
     (lambda p: p["annotate"].update(segmentation={"model": "groundtruth"}),
-     r"source_maps.segmentation: the segmentation maps come from data.source coco or from annotate.segmentation, "
+     r"source_maps.segmentation: the segmentation maps come from data.source coco_stuff or from annotate.segmentation, "
      r"not both"),
     (lambda p: p["source_maps"].update(segmentation={"labels": 183}), r"source_maps.segmentation: takes no settings"),
     (lambda p: p.update(source_maps={}), r"add annotate.segmentation .* or source_maps.segmentation: \{\} "
-                                         r"\(data.source coco ships them\)"),
+                                         r"\(data.source coco_stuff ships them\)"),
     (lambda p: (p.update(conditioning="none"), p["vqgan"].pop("segmentation")),
      r"conditioning none reads no per-image maps; source_maps.segmentation would be imported for nothing"),
     (lambda p: (p["source_maps"].clear(), p["annotate"].update(segmentation={"model": "deeplabv2_cocostuff"})),
      r"vqgan.segmentation.n_classes: 183, but annotate.segmentation's deeplabv2_cocostuff have 182 labels"),
-    (lambda p: p["data"].update(source="coco", coco={"root": "c"}), r"data.coco.stuffthing_root: required"),
+    (lambda p: p["data"].update(source="coco_stuff", coco_stuff={"root": "c"}), r"data.coco_stuff.stuffthing_root: required"),
 ])
 def test_source_maps_replace_the_annotator_and_fix_the_label_count(change, message):
     params = coco_params()

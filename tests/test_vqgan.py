@@ -99,3 +99,28 @@ def test_segmentation_model_colorizes_label_maps():
     rgb = m.to_rgb(onehot)
     assert idx.shape == (1, 64) and rgb.shape == (1, 3, 16, 16)
     assert rgb.min() == -1 and rgb.max() == 1
+
+
+def test_norm_groups_changes_only_the_groupnorms():
+    """ddconfig norm_groups (the demo's 8): every GroupNorm has that many groups, the weights
+    are the same tensors as with the original's 32, and an image's mean colour reaches the
+    first level's normalised features (with one channel per group it cannot)."""
+    torch.manual_seed(0)
+    original = VQModel(DD, n_embed=32, embed_dim=4)
+    eight = VQModel({**DD, "norm_groups": 8}, n_embed=32, embed_dim=4)
+    groups = {m.num_groups for m in eight.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {8} and {m.num_groups for m in original.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
+    assert {k: v.shape for k, v in eight.state_dict().items()} == {k: v.shape for k, v in original.state_dict().items()}
+    eight.load_state_dict(original.state_dict())     # the same weights load either way
+
+    block = original.encoder.down[0].block[0]        # 32 channels: one channel per group
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    tinted = x + torch.tensor([0.3, -0.2, 0.1]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        h, h_tinted = original.encoder.conv_in(x), original.encoder.conv_in(tinted)
+        inner = (slice(None), slice(None), slice(1, -1), slice(1, -1))   # away from the zero padding
+
+        def change(norm):
+            return (norm(h) - norm(h_tinted))[inner].abs().mean().item()
+        # one channel per group: only the padded border's share of the statistics still sees the tint
+        assert change(eight.encoder.down[0].block[0].norm1) > 5 * change(block.norm1)   # 8x here

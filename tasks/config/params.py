@@ -23,9 +23,11 @@ from tasks.config.schema import (
     ANNOTATORS,
     CONDITIONINGS,
     MAPS_OF,
+    OBJECT_SOURCES,
     SAMPLING_KEYS,
     SECTIONS,
     TOP_LEVEL_KEYS,
+    VQGAN_KINDS,
     AnnotateConfig,
     DataConfig,
     EvaluateConfig,
@@ -143,10 +145,11 @@ def check_consistency(config: PipelineConfig) -> None:
                 for k in missing if k in provided)
         raise ConfigError(f"annotate: conditioning {conditioning} reads "
                           f"{'the ' + maps + ' maps' if maps else 'no per-image maps'}; {fix}")
+    check_objects(config)
     if tokenize.image_model not in vqgans:
         raise ConfigError(f"tokenize.image_model: {tokenize.image_model!r} is not a configured VQGAN "
                           f"(vqgan: {', '.join(vqgans) or 'none'})")
-    wanted = {tokenize.image_model} | wanted
+    wanted = {tokenize.image_model} | (wanted & set(VQGAN_KINDS))   # boxes need no first stage
     if set(vqgans) != wanted:
         extra, missing = set(vqgans) - wanted, wanted - set(vqgans)
         raise ConfigError(
@@ -164,7 +167,7 @@ def check_consistency(config: PipelineConfig) -> None:
     if tokenize.rescale is not None and tokenize.rescale < image.resolution:
         raise ConfigError(f"tokenize.rescale: {tokenize.rescale} px is less than the crops' {image.resolution} px "
                           f"(vqgan.{tokenize.image_model}.resolution)")
-    if maps and isinstance(vqgans[maps], VQGANConfig) and vqgans[maps].resolution != image.resolution:
+    if maps in vqgans and isinstance(vqgans[maps], VQGANConfig) and vqgans[maps].resolution != image.resolution:
         raise ConfigError(f"vqgan.{maps}.resolution: {vqgans[maps].resolution} px, but the image VQGAN "
                           f"is trained at {image.resolution} px; the conditioning is cut like the image")
     resolution = config.sample.resolution
@@ -197,6 +200,23 @@ def check_label_count(config: PipelineConfig) -> None:
         return
     if vqgan.n_classes != n:
         raise ConfigError(f"vqgan.segmentation.n_classes: {vqgan.n_classes}, but {where} have {n} labels")
+
+
+def check_objects(config: PipelineConfig) -> None:
+    """Scene synthesis (conditioning objects) reads a scene dataset's boxes through a builder."""
+    if config.conditioning == "objects":
+        if config.data.source not in OBJECT_SOURCES:
+            raise ConfigError(f"conditioning: objects reads the boxes of a scene dataset; data.source is "
+                              f"{config.data.source}, use {' or '.join(OBJECT_SOURCES)}")
+        if config.tokenize.objects is None:
+            raise ConfigError("tokenize.objects: conditioning objects needs the conditional builder's settings "
+                              "(e.g. {builder: objects_bbox, no_tokens: 8192})")
+        if config.tokenize.rescale is not None:
+            raise ConfigError("tokenize.rescale: not read with conditioning objects (a scene is cropped as the "
+                              "original's dataset crops it: tokenize.objects.random_crop): remove it")
+    elif config.tokenize.objects is not None:
+        raise ConfigError(f"tokenize.objects: only read with conditioning objects (this is {config.conditioning}): "
+                          f"remove it")
 
 
 def refuse_dvc_ignored_keys(node: object, where: str = "") -> None:

@@ -79,6 +79,43 @@ class CustomConfig:
     allow_outside: bool = False   # true: read listed images wherever they are
 
 
+@dataclass(kw_only=True)
+class ObjectsSourceConfig:
+    """An annotated-objects dataset (scene synthesis): its folder in the original's layout and
+    the original's filters: a box counts if its relative area is > min_object_area, an image
+    if it has min..max such objects (tasks/data/objects/)."""
+    root: str = ""                  # the original's data_path (local folder)
+    min_object_area: float = 0.00001
+    min_objects_per_image: int = 2
+    max_objects_per_image: int = 30
+
+    def check_source(self, key: str) -> None:
+        check(bool(self.root.strip()), f"{key}.root", "required: the dataset's folder")
+        check_finite(self.min_object_area, f"{key}.min_object_area", 0, 1)
+        check(0 <= self.min_objects_per_image <= self.max_objects_per_image, f"{key}.min_objects_per_image",
+              f"must be in [0, max_objects_per_image = {self.max_objects_per_image}]")
+        check(self.max_objects_per_image >= 1, f"{key}.max_objects_per_image", "must be >= 1")
+
+
+@dataclass(kw_only=True)
+class CocoConfig(ObjectsSourceConfig):
+    """``data.coco``: COCO 2017, annotations/{instances,stuff}_{train,val}2017.json, train2017/, val2017/."""
+    use_things: bool = True         # the 80 instance categories
+    use_stuff: bool = True          # the 91 stuff categories
+
+
+@dataclass(kw_only=True)
+class OpenImagesConfig(ObjectsSourceConfig):
+    """``data.open_images``: Open Images v6 boxes (the published model's settings by default)."""
+    min_object_area: float = 0.0001
+    category_allow_list: Literal["top_300_classes_plus_coco_compatibility"] | None = \
+        "top_300_classes_plus_coco_compatibility"
+    category_mapping: Literal["open_images_unify_categories_for_coco"] | None = "open_images_unify_categories_for_coco"
+
+
+OBJECT_SOURCES = ("coco", "open_images")
+
+
 @dataclass
 class FFHQConfig:
     root: str = ""          # FFHQ's images1024x1024 folder (<NNNNN>.png, flat or in its 00000/... folders)
@@ -92,7 +129,8 @@ class CelebAHQConfig:
 
 
 @dataclass
-class COCOConfig:
+class CocoStuffConfig:
+    """``data.coco_stuff``: COCO 2017 images with the COCO-Stuff stuff+thing label maps."""
     root: str = ""              # COCO 2017: holds train2017/ and val2017/ (the images)
     stuffthing_root: str = ""   # COCO-Stuff: holds train2017/ and val2017/ label PNGs (stuffthingmaps_trainval2017)
     complete: bool = True       # the official 118,287 + 5,000 images (false: a subset)
@@ -119,29 +157,41 @@ class FolderConfig:
 REQUIRED = {"imagenet": ("imagenet.train_tar", "imagenet.val_tar", "imagenet.validation_synsets"),
             "custom": ("custom.train_list", "custom.test_list"), "ffhq": ("ffhq.root",),
             "celebahq": ("celebahq.root",), "faceshq": ("celebahq.root", "ffhq.root"),
-            "coco": ("coco.root", "coco.stuffthing_root"), "ade20k": ("ade20k.root",), "folder": ("folder.root",)}
+            "coco_stuff": ("coco_stuff.root", "coco_stuff.stuffthing_root"), "ade20k": ("ade20k.root",), "folder": ("folder.root",)}
 
 
 @dataclass
 class DataConfig:
     """Section ``data``: where the images come from (stage acquire). Besides the demo, ImageNet
-    and image lists: FFHQ, CelebA-HQ, FacesHQ (both), COCO 2017 with COCO-Stuff label maps,
-    ADE20k, and any folder of photos (S-FLCKR), read in the layout their downloads have."""
-    source: Literal["demo", "imagenet", "custom", "ffhq", "celebahq", "faceshq", "coco", "ade20k", "folder"] = "demo"
+    and image lists: FFHQ, CelebA-HQ, FacesHQ (both), COCO 2017 with COCO-Stuff label maps
+    (coco_stuff), ADE20k and any folder of photos (S-FLCKR), read in the layout their downloads
+    have; and the annotated-objects datasets of scene synthesis, COCO 2017 with its boxes (coco)
+    and Open Images v6 (open_images), in the original's layout."""
+    source: Literal["demo", "imagenet", "custom", "ffhq", "celebahq", "faceshq", "coco_stuff", "ade20k", "folder",
+                    "coco", "open_images"] = "demo"
     demo: DemoConfig = field(default_factory=DemoConfig)
     imagenet: ImagenetConfig = field(default_factory=ImagenetConfig)
     custom: CustomConfig = field(default_factory=CustomConfig)
     ffhq: FFHQConfig = field(default_factory=FFHQConfig)
     celebahq: CelebAHQConfig = field(default_factory=CelebAHQConfig)
-    coco: COCOConfig = field(default_factory=COCOConfig)
+    coco_stuff: CocoStuffConfig = field(default_factory=CocoStuffConfig)
     ade20k: ADE20kConfig = field(default_factory=ADE20kConfig)
     folder: FolderConfig = field(default_factory=FolderConfig)
+    coco: CocoConfig = field(default_factory=CocoConfig)
+    open_images: OpenImagesConfig = field(default_factory=OpenImagesConfig)
 
     def __post_init__(self):
         for key in REQUIRED.get(self.source, ()):
             section, name = key.split(".")
             check(bool(getattr(getattr(self, section), name)), f"data.{key}",
                   f"required when data.source is {self.source}")
+        if self.source in OBJECT_SOURCES:
+            self.objects.check_source(f"data.{self.source}")
+
+    @property
+    def objects(self) -> ObjectsSourceConfig:
+        """The annotated-objects dataset's settings (data.source coco or open_images)."""
+        return getattr(self, self.source)
 
 
 @dataclass
@@ -204,15 +254,27 @@ class SegmentConfig(AnnotateConfig):
     section = "annotate.segmentation"
 
 
-ANNOTATORS: dict[str, type[AnnotateConfig]] = {"depth": DepthConfig, "segmentation": SegmentConfig}
+@dataclass
+class ObjectsConfig(AnnotateConfig):
+    """``annotate.objects``: the boxes of a scene dataset (data.source coco or open_images) for
+    every extracted image, ``dataset``: as the dataset gives them (acquire kept the original's
+    filters' images). One JSON record per image."""
+    model: Literal["dataset"] = "dataset"
+    section = "annotate.objects"
+
+
+ANNOTATORS: dict[str, type[AnnotateConfig]] = {"depth": DepthConfig, "segmentation": SegmentConfig,
+                                               "objects": ObjectsConfig}
 # labels of the maps an annotator writes, where the network fixes them (DeepLab v2 on COCO-Stuff)
 ANNOTATOR_LABELS = {"deeplabv2_cocostuff": DEEPLAB_COCOSTUFF.n_labels}
 
-# What each conditioning reads besides the images: per-image maps (computed by an
-# annotate stage, or shipped by the data source: section source_maps) and a first stage
-# that turns them into tokens. Coordinates (FacesHQ) are computed from each crop's place.
-CONDITIONINGS = ("depth", "segmentation", "class", "coord", "none")
-MAPS_OF = {"depth": "depth", "segmentation": "segmentation", "class": None, "coord": None, "none": None}
+# What each conditioning reads besides the images: per-image maps (computed by an annotate
+# stage, or shipped by the data source: section source_maps) or boxes (annotate@objects) and,
+# for maps, a first stage that turns them into tokens (boxes become tokens through a
+# conditional builder: tokenize.objects). Coordinates (FacesHQ) are computed from each crop's place.
+CONDITIONINGS = ("depth", "segmentation", "class", "coord", "none", "objects")
+MAPS_OF = {"depth": "depth", "segmentation": "segmentation", "class": None, "coord": None, "none": None,
+           "objects": "objects"}
 
 
 # ----------------------------------------------------------------------------- training
@@ -253,6 +315,7 @@ class DDConfig:
     in_channels: int | None = None
     out_ch: int | None = None
     resolution: int | None = None
+    norm_groups: int = 32           # GroupNorm groups (the original's 32); every width must divide by it
 
 
 @dataclass
@@ -309,7 +372,9 @@ class VQGANConfig(TrainingConfig):
         dd = self.ddconfig
         check(len(dd.ch_mult) >= 1 and all(m >= 1 for m in dd.ch_mult), f"{key}.ddconfig.ch_mult",
               f"must be a non-empty list of positive multipliers, got {dd.ch_mult}")
-        check(dd.ch > 0 and dd.ch % 32 == 0, f"{key}.ddconfig.ch", "must be a positive multiple of 32 (GroupNorm with 32 groups)")
+        check(dd.norm_groups >= 1, f"{key}.ddconfig.norm_groups", "must be >= 1")
+        check(dd.ch > 0 and dd.ch % dd.norm_groups == 0, f"{key}.ddconfig.ch",
+              f"must be a positive multiple of {dd.norm_groups} (ddconfig.norm_groups: GroupNorm's groups)")
         check(dd.z_channels > 0 and dd.num_res_blocks > 0, f"{key}.ddconfig",
               "z_channels and num_res_blocks must be positive")
         check_finite(dd.dropout, f"{key}.ddconfig.dropout", 0, 1)
@@ -344,8 +409,10 @@ class VQGANConfig(TrainingConfig):
         return side, side
 
     def ddconfig_dict(self) -> dict:
-        return {**dataclasses.asdict(self.ddconfig), "in_channels": self.channels, "out_ch": self.channels,
-                "resolution": self.resolution}
+        dd = dataclasses.asdict(self.ddconfig)
+        if dd["norm_groups"] == 32:    # the original's configs have no such key: write one only when needed
+            del dd["norm_groups"]
+        return {**dd, "in_channels": self.channels, "out_ch": self.channels, "resolution": self.resolution}
 
     def model_params(self) -> dict:
         """VQModel / VQSegmentationModel keyword arguments."""
@@ -385,6 +452,27 @@ class PretrainedVQGAN:
 
 
 @dataclass
+class ObjectsTokensConfig:
+    """``tokenize.objects`` (conditioning objects): the conditional builder that turns an
+    image's boxes and crop into its condition tokens, with the original's parameters
+    (tasks/data/objects/builders.py); the number of classes and of objects come from the
+    dataset (data.<source>.max_objects_per_image)."""
+    builder: Literal["objects_bbox", "objects_center_points"] = "objects_bbox"
+    no_tokens: int = 8192                    # coordinate grid int(sqrt(no_tokens))^2; none token no_tokens - 1
+    encode_crop: bool = True                 # boxes in the image's frame + the crop's corners
+    use_group_parameter: bool = True         # encode is_group_of (never set for COCO: its iscrowd is an int)
+    use_additional_parameters: bool = False  # encode is_occluded, is_depiction, is_inside (Open Images)
+    random_crop: Literal["random-1d", "random-2d"] = "random-1d"   # the crop of tokenize.extra_crops
+
+    def __post_init__(self):
+        check(5 <= self.no_tokens <= 65536, "tokenize.objects.no_tokens", "must be in [5, 65536] (uint16 tokens)")
+        sections = math.isqrt(self.no_tokens)
+        check(sections * sections < self.no_tokens, "tokenize.objects.no_tokens",
+              f"{self.no_tokens} is a square: the bottom-right corner's token would be the none token "
+              f"{self.no_tokens - 1}; use e.g. {self.no_tokens + 1} (the original: 8192, a 90 x 90 grid)")
+
+
+@dataclass
 class TokenizeConfig:
     """Section ``tokenize``: how images and their conditioning (the top-level ``conditioning``)
     become tokens."""
@@ -397,6 +485,7 @@ class TokenizeConfig:
     rows_per_part: int = 4096       # images per Parquet part (all their augmentations go with them)
     num_workers: int = 0
     seed: int = 0
+    objects: ObjectsTokensConfig | None = None   # conditioning objects: the conditional builder
 
     def __post_init__(self):
         check(self.extra_crops >= 0, "tokenize.extra_crops", "must be >= 0")
@@ -466,6 +555,9 @@ class SampleConfig:
     seed: int = 0
     resolution: int | None = None      # output side in px (null: the training size; larger: sliding window)
     grid_conditions: int = 8           # rows of grid.png
+    # px of one more sample per condition of the grid's first rows, shown below them: a
+    # sliding-window sample above the training size (null: none)
+    large_resolution: int | None = None
     device: str = "auto"               # auto: CUDA when present (the GPT in bf16 autocast there), else CPU
 
     def __post_init__(self):
@@ -475,6 +567,8 @@ class SampleConfig:
         check(self.classes is None or (len(self.classes) > 0 and min(self.classes) >= 0),
               "sample.classes", "must be a non-empty list of class labels >= 0, or null")
         check(self.resolution is None or self.resolution >= 8, "sample.resolution", "must be >= 8 or null")
+        check(self.large_resolution is None or self.large_resolution >= 8, "sample.large_resolution",
+              "must be >= 8 or null")
 
 
 @dataclass
@@ -515,7 +609,7 @@ SECTIONS = ("data", "extract", "annotate", "source_maps", "vqgan", "tokenize", "
 @dataclass(frozen=True)
 class PipelineConfig:
     """Every section of params.yaml, typed and validated."""
-    conditioning: str                       # depth | segmentation | class | coord | none
+    conditioning: str                       # depth | segmentation | class | coord | none | objects
     sampling: SamplingSettings
     data: DataConfig
     extract: ExtractConfig

@@ -38,7 +38,7 @@ def coco_stuff_images(root: str | Path, stuffthing_root: str | Path, split: str,
     root, maps_root = Path(root), Path(stuffthing_root)
     images = coco_images(root, split)
     check_count(len(images), IMAGES[split], complete, f"COCO {split} images (.jpg)", root / SPLIT_FOLDERS[split],
-                "data.coco")
+                "data.coco_stuff")
     maps = require_folder(maps_root / SPLIT_FOLDERS[split],
                           f"the {SPLIT_FOLDERS[split]}/ folder of COCO-Stuff's stuff+thing label PNGs in "
                           f"{maps_root} (stuffthingmaps_trainval2017.zip unpacked there)")

@@ -20,6 +20,15 @@ from tasks.runtime.errors import StageError
 OPT_IN = "set data.custom.root to a folder that holds them, or data.custom.allow_outside: true"
 
 
+def image_file_problem(st: os.stat_result) -> str | None:
+    """Why a file with status ``st`` cannot be read as an image (a FIFO, a device, too large), or None."""
+    if kind := special_kind(st.st_mode):
+        return f"is {kind}, not a regular file"
+    if st.st_size > MAX_IMAGE_BYTES:
+        return f"has {st.st_size} bytes, more than the limit of {MAX_IMAGE_BYTES}"
+    return None
+
+
 def read_image_list(path: str | Path, root: str | Path | None = None, allow_outside: bool = False) -> list[Path]:
     """Image paths listed in a text file (one per line; relative to the list's folder); all must
     exist, be regular files and, unless ``allow_outside``, lie under ``root`` (default: the list's folder)."""
@@ -42,11 +51,8 @@ def read_image_list(path: str | Path, root: str | Path | None = None, allow_outs
             st = image.stat()
         except FileNotFoundError:
             raise StageError(f"{path}:{n}: image {name!r} not found (looked at {image})") from None
-        if kind := special_kind(st.st_mode):
-            raise StageError(f"{path}:{n}: image {name!r} is {kind}, not a regular file")
-        if st.st_size > MAX_IMAGE_BYTES:
-            raise StageError(f"{path}:{n}: image {name!r} has {st.st_size} bytes, more than the limit of "
-                             f"{MAX_IMAGE_BYTES}")
+        if problem := image_file_problem(st):
+            raise StageError(f"{path}:{n}: image {name!r} {problem}")
         images.append(image)
     if not images:
         raise StageError(f"{path}: lists no images")

@@ -31,5 +31,5 @@ COCO_STUFF = LabelMaps(183, 1, "COCO-Stuff stuff+thing ids + 1, 0 = unlabelled (
 ADE20K = LabelMaps(151, 0, "ADE20k SceneParsing: 0 = unknown, 1..150 the classes (ADEChallengeData2016)")
 
 # data.source -> {map kind: its maps}
-PROVIDED_MAPS: dict[str, dict[str, LabelMaps]] = {"coco": {"segmentation": COCO_STUFF},
-                                                  "ade20k": {"segmentation": ADE20K}}
+PROVIDED_MAPS: dict[str, dict[str, LabelMaps]] = {"coco_stuff": {"segmentation": COCO_STUFF},
+                                                        "ade20k": {"segmentation": ADE20K}}

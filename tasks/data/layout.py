@@ -1,11 +1,14 @@
 """Where every stage's inputs and outputs live (the contracts of shared/design.md).
 
     data/raw/                        acquire: ILSVRC2012-style archives, synsets.json, groundtruth/ (demo),
-                                     segmentation_<split>.tar + maps.json (sources that ship label maps)
+                                     segmentation_<split>.tar + maps.json (sources that ship label maps),
+                                     objects/ (scene datasets: the boxes of the packed images),
+                                     sources.json (file-based sources: packed name -> its file)
     data/dataset/image/<split>/      extract: <synset>/<name>.JPEG, filelist.txt; rejected.jsonl
     data/dataset/depth/<split>/      annotate@depth: <synset>/<name>.png (RGBA-packed float32)
     data/dataset/segmentation/...    annotate@segmentation or source-maps@segmentation: <synset>/<name>.png
                                      (uint8 labels, as the models read them)
+    data/dataset/objects/<split>/    annotate@objects: <synset>/<name>.json (a scene's boxes), categories.json
     data/vqgan/<name>/               train-vqgan@<name>: checkpoints/, configs/ (resume/: while running; a finished run's continuation point)
     data/tokens/<split>/             tokenize: part-NNNNN.parquet, manifest.json
     data/transformer/                train-transformer: checkpoints/, configs/
@@ -78,16 +81,28 @@ class Layout:
             raise ValueError(f"no per-image maps of kind {kind!r} (known: {', '.join(MAP_KINDS)})")
         return self.dataset / kind
 
+    @property
+    def objects(self) -> Path:
+        """A scene dataset's boxes, one record per image (tasks/data/objects/records.py)."""
+        return self.dataset / "objects"
+
     def map_file(self, kind: str, split: str, relpath: str) -> Path:
         """The map of image ``<split>/<relpath>``: ``<kind>/<split>/<synset>/<name>.png``."""
         return (self.maps(kind) / split / relpath).with_suffix(".png")
 
-    def sample_files(self, split: str, relpaths: Iterable[str], maps: str | None = None) -> Iterator[Path]:
-        """The files samples ``relpaths`` of ``split`` are read from: each image and, with ``maps``, its map."""
+    def record_file(self, split: str, relpath: str) -> Path:
+        """The object record of image ``<split>/<relpath>``: ``objects/<split>/<synset>/<name>.json``."""
+        return (self.objects / split / relpath).with_suffix(".json")
+
+    def sample_files(self, split: str, relpaths: Iterable[str], annotations: str | None = None) -> Iterator[Path]:
+        """The files samples ``relpaths`` of ``split`` are read from: each image and, with
+        ``annotations`` (a map kind, or objects), its map or object record."""
         for relpath in relpaths:
             yield self.images / split / relpath
-            if maps is not None:
-                yield self.map_file(maps, split, relpath)
+            if annotations == "objects":
+                yield self.record_file(split, relpath)
+            elif annotations is not None:
+                yield self.map_file(annotations, split, relpath)
 
     def vqgan(self, name: str) -> Path:
         return self.root / "vqgan" / name

@@ -1,7 +1,7 @@
 """A transformer folder ready to sample: loaded once on its device, described for the callers.
 
     model = SamplingModel.open("logs/2021-04-03T19-39-50_cin_transformer")   # or s3://, a checkpoint
-    model.kind, model.training_size, model.window, model.n_classes, model.can_guide
+    model.kind, model.training_size, model.window, model.n_classes, model.can_guide, model.scene
 
 ``device="auto"`` is CUDA when present. On CUDA the GPT runs under bf16 autocast (where
 the GPU supports it; softmax and the top-p cumulative sum stay float32 under autocast),
@@ -11,19 +11,25 @@ change codes or colours.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
+from models.errors import ModelFileError
 from models.folder import ModelFolder
 from models.net2net import Net2NetTransformer
 from models.pretrained import load_pretrained
+from tasks.data.objects.builders import BUILDERS
 from tasks.runtime.devices import resolve_device
 from tasks.runtime.errors import StageError
 
-# what a transformer can be conditioned on, as Net2NetTransformer.cond_stage_key names it
-KINDS = ("none", "class_label", "depth", "segmentation", "coord")
+# what a transformer can be conditioned on, as Net2NetTransformer.cond_stage_key names it;
+# scenes (objects_bbox, objects_center_points): boxes and labels through a conditional builder
+SCENE_KINDS = tuple(BUILDERS)
+KINDS = ("none", "class_label", "depth", "segmentation", "coord", *SCENE_KINDS)
 
 
 @dataclass
@@ -48,7 +54,7 @@ class SamplingModel:
 
     @property
     def kind(self) -> str:
-        """none | class_label | depth | segmentation | coord."""
+        """none | class_label | depth | segmentation | coord | objects_bbox | objects_center_points."""
         return "none" if self.net.be_unconditional else self.net.cond_stage_key
 
     @property
@@ -74,6 +80,26 @@ class SamplingModel:
     def n_labels(self) -> int | None:
         """Segmentation labels the condition VQGAN one-hot encodes; None for others."""
         return getattr(self.net.cond_stage_model, "n_labels", None) if self.kind == "segmentation" else None
+
+    @property
+    def window_centre(self) -> tuple[int, int] | None:
+        """Where a sliding window holds the position it samples: the original's scripts differ,
+        make_scene_samples.py (scenes) one token before sample_conditional.py (None: its)."""
+        return tuple((n - 1) // 2 for n in self.window) if self.kind in SCENE_KINDS else None
+
+    @functools.cached_property
+    def scene(self):
+        """A scene model's SceneConditioning (builder, its parameters, categories), from its
+        project YAML: ours (`objects:`) or a published folder's `data:` section."""
+        from tasks.data.objects.conditioning import SceneConditioning
+
+        if self.kind not in SCENE_KINDS:
+            raise StageError(f"{self.name} is conditioned on {self.kind}, not on boxes")
+        try:
+            return SceneConditioning.of_project(yaml.safe_load(self.folder.config_path.read_text()) or {})
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelFileError(f"{self.folder.config_path}: cannot tell what its {self.kind} tokens mean: {e}"
+                                 ) from None
 
     @property
     def can_guide(self) -> bool:

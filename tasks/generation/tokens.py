@@ -48,7 +48,8 @@ def sample_tokens(model: SamplingModel, c: torch.Tensor | None, batch: int, grid
             stop = min(position + chunk, total)
             if sliding:
                 z = net.sample_indices_sliding(c, grid, model.window, z_init=z, settings=settings,
-                                               generator=generator, callback=callback, start=position, stop=stop)
+                                               generator=generator, callback=callback, start=position, stop=stop,
+                                               centre=model.window_centre)
             else:
                 z[:, :stop] = net.sample_indices(c, z[:, :position], steps=stop - position, settings=settings,
                                                  generator=generator, callback=callback)

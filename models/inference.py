@@ -1,0 +1,201 @@
+"""The GPT for sampling only: the same network as models/gpt.py, its weights frozen once
+for fast token-by-token inference.
+
+Sampling feeds one token per sequence per step, so a step's time is the time to stream
+every weight (and the key/value cache) through the processor once. `Decoder` computes
+what `GPT.forward(idx, cache=...)` computes, with what that costs cut down:
+
+- each block's query/key/value products are one product over the three weights side by
+  side, and every product reads a copy of its weight packed once for the CPU's matrix
+  library (FrozenLinear: MKL's packed sgemm in float32, oneDNN's in bf16);
+- one new token attends over the cache's filled positions read in place (no mask, no
+  concatenation);
+- weights may be bf16 (with a bf16 cache) or int8 where this machine runs them natively
+  (precision_supported); float32 is the default and samples what the model samples.
+
+On CUDA the per-step launches, not the bytes, dominate at small batches: `CudaGraphStep`
+records one step once and replays it. A recorded step cannot change shape, so it attends
+over the whole cache with the positions not yet written masked, the position being a
+tensor on the device (`Decoder.step_static`, which also runs, and is tested, on the CPU).
+
+Layer norms, softmax and the residual stream stay float32 in every precision. The
+Decoder holds a snapshot of the weights: `Decoder.for_model` builds a new one when a
+parameter of the GPT changes (an optimizer step, load_state_dict, .to()).
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.nn import functional as F
+
+from models.gpt import GPT, KVCache
+from models.packed_linear import FrozenLinear, precision_supported
+
+
+def _float32(norm: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    return norm.weight.detach().float(), norm.bias.detach().float()
+
+
+class _Block:
+    """One transformer block's weights, frozen."""
+
+    def __init__(self, block, precision: str):
+        attn = block.attn
+        qkv = [attn.query, attn.key, attn.value]
+        self.qkv = FrozenLinear(torch.cat([m.weight for m in qkv]), torch.cat([m.bias for m in qkv]), precision)
+        self.proj = FrozenLinear(attn.proj.weight, attn.proj.bias, precision)
+        self.fc1 = FrozenLinear(block.mlp[0].weight, block.mlp[0].bias, precision)
+        self.fc2 = FrozenLinear(block.mlp[2].weight, block.mlp[2].bias, precision)
+        self.ln1 = _float32(block.ln1)
+        self.ln2 = _float32(block.ln2)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """q (B, nh, T, hs) over the cached k, v (B, nh, L, hs) -> float32 (B, nh, T, hs), in the
+    cache's dtype; `allowed` (T, L), broadcastable, masks the rest."""
+    return F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=allowed).float()
+
+
+class Decoder:
+    """`GPT` inference with frozen weights at `precision` ("float32", "bfloat16", "int8").
+
+        decoder = Decoder.for_model(gpt)
+        cache = decoder.new_cache(batch_size, max_len)
+        logits = decoder(prefix, cache)          # (B, vocab) for the last position
+        logits = decoder(token, cache)           # one more position, and so on
+
+    A precision this machine does not run natively (precision_supported) is refused here;
+    the sampler falls back to float32 before asking.
+    """
+
+    def __init__(self, gpt: GPT, precision: str = "float32"):
+        device = gpt.pos_emb.device
+        if not precision_supported(precision, device.type):
+            raise ValueError(f"{precision} weights do not run natively on this {device.type}")
+        self.config, self.precision, self.device = gpt.config, precision, device
+        self.n_head, self.n_embd = gpt.config.n_head, gpt.config.n_embd
+        self.mask = gpt.blocks[0].attn.mask[0, 0] > 0  # (block_size, block_size): where attention may look
+        self.tok_emb = gpt.tok_emb.weight.detach().float()
+        self.pos_emb = gpt.pos_emb.detach()[0].float()
+        self.blocks = [_Block(block, precision) for block in gpt.blocks]
+        self.ln_f = _float32(gpt.ln_f)
+        self.head = FrozenLinear(gpt.head.weight, None, precision)
+
+    _built: weakref.WeakKeyDictionary[GPT, dict[str, tuple[tuple, Decoder]]] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def for_model(cls, gpt: GPT, precision: str = "float32") -> Decoder:
+        """The Decoder of `gpt` at `precision`, built once and rebuilt when a parameter changes."""
+        weights = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in gpt.parameters())
+        built = cls._built.setdefault(gpt, {})
+        if precision not in built or built[precision][0] != weights:
+            built[precision] = weights, cls(gpt, precision)
+        return built[precision][1]
+
+    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty key/value cache of `max_len` positions (block_size by default) for
+        `batch_size` sequences: bf16 with bf16 weights (half the bytes a step reads), else
+        float32; zeroed, since step_static reads the unwritten positions too (masked, but
+        NaN * 0 is NaN). The products get ready for steps of batch_size rows."""
+        dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
+        cache = KVCache(self.config, batch_size, max_len or self.config.block_size, device=self.device, dtype=dtype)
+        cache.kv.zero_()
+        for linear in self._linears():
+            linear.pack_for(batch_size)  # the steps' products have batch_size rows
+        return cache
+
+    def _linears(self) -> list[FrozenLinear]:
+        return [m for b in self.blocks for m in (b.qkv, b.proj, b.fc1, b.fc2)] + [self.head]
+
+    def _layer_norm(self, x: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return F.layer_norm(x, (self.n_embd,), *params)
+
+    def _blocks(self, x: torch.Tensor, cache: KVCache, attention) -> torch.Tensor:
+        """x (B*T, C) through every block; attention(q, k, v, layer, kv) -> (B, nh, T, hs)
+        writes the new keys/values into the layer's cache and attends."""
+        B, nh, C = cache.kv.shape[2], self.n_head, self.n_embd
+        T = x.shape[0] // B
+        for i, block in enumerate(self.blocks):
+            qkv = block.qkv(self._layer_norm(x, block.ln1)).view(B, T, 3, nh, C // nh)
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, nh, T, hs)
+            y = attention(q, k, v, block, cache.kv[i])
+            x = block.proj(y.transpose(1, 2).reshape(B * T, C), residual=x)
+            x = block.fc2(block.fc1(self._layer_norm(x, block.ln2), gelu=True), residual=x)
+        return x
+
+    def __call__(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """idx (B, T) continues the sequences in `cache` -> logits (B, vocab) of its last position."""
+        B, T = idx.shape
+        pos = cache.pos
+        if pos + T > cache.max_len:
+            raise ValueError(f"cannot decode {pos + T} positions: the cache holds {cache.max_len}")
+
+        def attention(q, k, v, block, kv):
+            kv[0, :, :, pos:pos + T] = k
+            kv[1, :, :, pos:pos + T] = v
+            # one new token sees every cached position: no mask (as GPT.forward)
+            allowed = None if T == 1 else self.mask[pos:pos + T, :pos + T]
+            return attend(q, kv[0, :, :, :pos + T], kv[1, :, :, :pos + T], allowed)
+
+        x = (F.embedding(idx, self.tok_emb) + self.pos_emb[pos:pos + T]).view(B * T, self.n_embd)
+        x = self._blocks(x, cache, attention)
+        cache.pos += T
+        last = x.view(B, T, self.n_embd)[:, -1]
+        return self.head(self._layer_norm(last, self.ln_f))
+
+    def step_static(self, token: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """One token per sequence, token (B, 1), at position `pos` (a 0-dim long tensor on the
+        device) -> logits (B, vocab). Every shape is fixed and nothing reads `pos` on the host,
+        so a CUDA graph can record it: the whole cache is read with positions > pos masked.
+        cache.pos is left to the caller."""
+        B = token.shape[0]
+        at = pos.view(1)
+        positions = torch.arange(cache.max_len, device=pos.device)
+
+        def attention(q, k, v, block, kv):
+            kv[0].index_copy_(2, at, k.to(kv.dtype))
+            kv[1].index_copy_(2, at, v.to(kv.dtype))
+            return attend(q, kv[0], kv[1], (positions <= pos).view(1, -1))
+
+        x = F.embedding(token[:, 0], self.tok_emb) + self.pos_emb.index_select(0, at)
+        x = self._blocks(x, cache, attention)
+        return self.head(self._layer_norm(x, self.ln_f))
+
+
+class CudaGraphStep:
+    """`Decoder.step_static` recorded once as a CUDA graph for one cache, replayed per token:
+    one launch instead of the ~15 kernels per layer the step issues.
+
+        step = CudaGraphStep(decoder, cache)
+        logits = step(token)   # writes position cache.pos and advances it
+
+    The returned logits live in the graph's own buffer, overwritten by the next call.
+    """
+
+    def __init__(self, decoder: Decoder, cache: KVCache, warmup: int = 3):
+        device = cache.kv.device
+        self.cache = cache
+        self.token = torch.zeros(cache.kv.shape[2], 1, dtype=torch.long, device=device)
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.pos.fill_(cache.pos)
+        # warm up on a side stream (allocator, cuBLAS handles) before recording, as torch's docs do;
+        # each call rewrites the cache at the same (unfilled) position, which the real step then overwrites
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                decoder.step_static(self.token, self.pos, cache)
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = decoder.step_static(self.token, self.pos, cache)
+
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        if self.cache.pos >= self.cache.max_len:
+            raise ValueError(f"cannot decode {self.cache.pos + 1} positions: the cache holds {self.cache.max_len}")
+        self.token.copy_(token)
+        self.pos.fill_(self.cache.pos)
+        self.graph.replay()
+        self.cache.pos += 1
+        return self.logits
