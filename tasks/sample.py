@@ -77,10 +77,10 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
     import json
     import shutil
 
-    from tasks.data.datasets import ImageNetDataset, spread_indices
+    from tasks.data.datasets import spread_indices
     from tasks.data.files import write_json
     from tasks.data.images import make_grid, to_rgb_arrays
-    from tasks.generation.model import SCENE_KINDS, SamplingModel
+    from tasks.generation.model import SamplingModel
     from tasks.generation.output import save_png
     from tasks.generation.tokens import sample_batches
     from tasks.runtime.progress import progress
@@ -98,14 +98,7 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
                          f"dropout (transformer.label_dropout > 0); {model.folder.root} was not")
     kind = model.kind
 
-    if kind in SCENE_KINDS:
-        from tasks.data.objects.dataset import ObjectsDataset
-
-        dataset = ObjectsDataset(layout.images, layout.objects, "validation", resolution, layout.synsets_json)
-    else:
-        maps = {f"{kind}_root": layout.maps(kind)} if kind in ("depth", "segmentation") else {}
-        dataset = ImageNetDataset(layout.images, "validation", size=resolution, synsets_json=layout.synsets_json,
-                                  **maps)
+    dataset = validation_dataset(kind, layout, resolution)
     try:
         indices = spread_indices(dataset.class_labels, cfg.conditions, cfg.classes)
     except ValueError as e:
@@ -141,7 +134,7 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
     picture = make_grid(rows, tile=max(resolution, 96), lead=n_lead, gap=4)
     large = None
     if cfg.large_resolution:
-        large = _large_samples(cfg, sampling, model, layout, maps, indices[:min(2, shown)], tmp, picture.shape[1])
+        large = _large_samples(cfg, sampling, model, layout, indices[:min(2, shown)], tmp, picture.shape[1])
         picture = _stacked(picture, large.pop("picture"))
     save_png(tmp / "grid.png", picture)
     summary = {"conditioning": kind, "resolution": resolution, "training_size": size,
@@ -161,13 +154,24 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
     return summary
 
 
-def _large_samples(cfg: SampleConfig, sampling: SamplingSettings, model, layout: Layout, maps: dict,
-                   indices: list[int], tmp: Path, width: int) -> dict:
+def validation_dataset(kind: str, layout: Layout, px: int):
+    """The validation split at ``px`` with what a ``kind`` model is conditioned on (maps or boxes)."""
+    from tasks.generation.model import SCENE_KINDS
+
+    if kind in SCENE_KINDS:
+        from tasks.data.objects.dataset import ObjectsDataset
+        return ObjectsDataset(layout.images, layout.objects, "validation", px, layout.synsets_json)
+    from tasks.data.datasets import ImageNetDataset
+    maps = {f"{kind}_root": layout.maps(kind)} if kind in ("depth", "segmentation") else {}
+    return ImageNetDataset(layout.images, "validation", size=px, synsets_json=layout.synsets_json, **maps)
+
+
+def _large_samples(cfg: SampleConfig, sampling: SamplingSettings, model, layout: Layout, indices: list[int],
+                   tmp: Path, width: int) -> dict:
     """One sample at ``cfg.large_resolution`` for each of ``indices`` (what the paper is named
     for: a sliding window over a latent grid larger than the training one), written to
     ``large/NNNNN.png`` (not under images/: evaluate scores training-size samples) and drawn as
     labelled rows of condition | real | sample, twice as large as their pixels."""
-    from tasks.data.datasets import ImageNetDataset
     from tasks.data.images import make_grid, to_rgb_arrays
     from tasks.generation.output import save_png
     from tasks.generation.tokens import sample_batches
@@ -178,8 +182,8 @@ def _large_samples(cfg: SampleConfig, sampling: SamplingSettings, model, layout:
         grid = model.grid(px, px)
     except StageError as e:
         raise StageError(f"sample.large_resolution: {e} ({model.folder.root})") from None
-    dataset = ImageNetDataset(layout.images, "validation", size=px, synsets_json=layout.synsets_json, **maps)
-    conditions = ValidationConditions(model, dataset, indices)
+    dataset = validation_dataset(model.kind, layout, px)
+    conditions = ValidationConditions(model, dataset, indices, (px, px))
     rows = []
     with progress(total=len(indices) * grid[0] * grid[1], desc=f"sample {px}px sliding window", unit="tok") as bar:
         for jobs, pictures in sample_batches(model, conditions, 1, cfg.batch_size, grid, sampling,
