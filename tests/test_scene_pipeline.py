@@ -35,7 +35,7 @@ def with_scenes(params: dict, source: str = "coco") -> dict:
         objects = {"builder": "objects_center_points", "no_tokens": 8192, "use_additional_parameters": True,
                    "random_crop": "random-2d"}
     params["tokenize"] = {**params["tokenize"], "extra_crops": 1, "objects": objects}
-    params["sample"] = {**params["sample"], "resolution": 32}
+    params["sample"] = {**params["sample"], "resolution": 32, "large_resolution": 48}
     params["evaluate"] = {**params["evaluate"], "resolution": 32}
     return params
 
@@ -140,6 +140,9 @@ def test_a_coco_scene_pipeline_trains_and_samples_from_a_fresh_clone(tmp_path):
     # sample: validation layouts at twice the training size (sliding window), the drawing first in the grid
     samples = json.loads((repo / "data/samples/samples.json").read_text())
     assert samples["conditioning"] == "objects_bbox" and samples["sliding_window"] and samples["resolution"] == 32
+    large = samples["large"]     # sample.large_resolution: validation boxes too, below the grid's rows
+    assert large["resolution"] == 48 and all(Image.open(repo / "data/samples" / f).size == (48, 48)
+                                             for f in large["images"])
     assert all(Image.open(repo / "data/samples" / i["file"]).size == (32, 32) for i in samples["images"])
     assert json.loads((repo / "metrics/samples.json").read_text())["num_samples"] == 4
 
