@@ -94,7 +94,7 @@ def run(kind: str, layout: Layout = DATA, workers: int = 1) -> dict:
     conventions_file = layout.raw / MAPS_JSON
     if not conventions_file.is_file():
         raise SourceMapsError(f"{conventions_file}: not found; the data source ships no label maps "
-                              f"(COCO and ADE20k do: data.source coco or ade20k, then `taming acquire`)")
+                              f"(COCO-Stuff and ADE20k do: data.source coco_stuff or ade20k, then `taming acquire`)")
     conventions = json.loads(conventions_file.read_text())
     if kind not in conventions:
         raise SourceMapsError(f"{conventions_file}: the data source ships no {kind} maps "
