@@ -55,6 +55,8 @@ SMOKE = yaml.safe_load((REPO_ROOT / "profiles" / "smoke.yaml").read_text())
     (lambda p: p["data"]["coco"].update(root=""), r"data.coco.root: required"),
     (lambda p: p["data"]["coco"].update(min_objects_per_image=40), r"data.coco.min_objects_per_image: must be in"),
     (lambda p: p.update(conditioning="class", annotate={}), r"tokenize.objects: only read with conditioning objects"),
+    (lambda p: p["tokenize"].update(rescale=32), r"tokenize.rescale: not read with conditioning objects"),
+    (lambda p: p.update(source_maps={"segmentation": {}}), r"source_maps.segmentation: data.source coco ships no maps"),
 ])
 def test_the_scene_route_is_checked_before_any_work(change, message):
     params = with_scenes(SMOKE)
