@@ -5,7 +5,8 @@ model), watch the picture appear while its tokens are sampled, download it.
     make app        # streamlit run app/sampling_app.py --server.address 127.0.0.1 -- --model data/transformer
 
 Options after `--`: --model (default data/transformer, what `make demo` trains),
---examples (a folder of example maps; default data/dataset/<depth|segmentation>/validation),
+--examples (a folder of example maps; default data/dataset/<depth|segmentation>/validation, or
+for a segmentation model without them the shipped set of its labels: examples/<coco|ade20k|sflckr>),
 --synsets (class names; default data/raw/synsets.json), --device (auto: CUDA when present).
 Everything the app samples goes through tasks/generation, the code `taming sample-model`
 and the `sample` stage run.
@@ -53,6 +54,14 @@ def example_maps(folder: Path, limit: int = 200) -> list[Path]:
     return sorted(folder.rglob("*.png"))[:limit] if folder.is_dir() else []
 
 
+def default_examples(model: SamplingModel) -> str:
+    """The pipeline's validation maps when there are some, else the example set shipped in
+    examples/ whose label maps the model reads (COCO-Stuff, ADE20k, S-FLCKR)."""
+    pipeline = Path(f"data/dataset/{model.kind}/validation")
+    shipped = cond.shipped_examples(model.n_labels) if model.kind == "segmentation" else None
+    return str(shipped if shipped is not None and not example_maps(pipeline) else pipeline)
+
+
 def enlarge(picture: np.ndarray, side: int = DISPLAY) -> np.ndarray:
     """Scale up by a whole factor (nearest) so the shorter side reaches about `side`."""
     factor = max(1, side // min(picture.shape[:2]))
@@ -77,6 +86,10 @@ def choose_condition(model: SamplingModel, args: argparse.Namespace, hw: tuple[i
     if model.kind == "none":
         st.caption("An unconditional model: no conditioning.")
         return cond.no_condition(model)
+    if model.kind == "coord":
+        st.caption("Conditioned on coordinates: every window of the output knows where it lies in the whole "
+                   "picture, so an output above the training size is sampled as one large picture.")
+        return cond.coord_condition(model, hw)
     if model.kind == "class_label":
         names = cond.class_names(model.n_classes, args.synsets)
         label = st.selectbox("Class (type to search)", range(model.n_classes), key="class",
@@ -96,8 +109,7 @@ def choose_condition(model: SamplingModel, args: argparse.Namespace, hw: tuple[i
     sources = ["example map", "upload a map", "upload a photo"]
     source = st.radio("Conditioning", sources, key="source", horizontal=True)
     if source == "example map":
-        folder = Path(st.text_input("Example maps folder", args.examples or f"data/dataset/{model.kind}/validation",
-                                    key="examples"))
+        folder = Path(st.text_input("Example maps folder", args.examples or default_examples(model), key="examples"))
         maps = example_maps(folder)
         if not maps:
             st.warning(f"no PNG maps under {folder}")

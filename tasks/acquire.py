@@ -17,15 +17,23 @@ so ``extract`` always runs the same (real) path:
 - ``imagenet``: the official files you already have, local paths or ``s3://``
   URIs, checked against the official sizes *before* any copy (nothing is ever
   downloaded from the internet). Local files are hard-linked when possible.
-- ``custom``: the original project's "train on your own images" route: two text
-  files listing image paths (train, test), one per line, relative paths taken
-  from the list file's folder; every image must lie under ``data.custom.root``
-  (default: the list's folder) unless ``allow_outside`` (tasks/data/image_lists.py).
-  The images are packed unchanged as one class ``custom``;
-  ``custom_sources.json`` maps each packed name to its source path.
+- file-based sources, read in the layout their downloads have (tasks/data/faces.py,
+  coco.py, ade20k.py, sources.py) and packed unchanged, one class per dataset:
+  ``custom`` (the original's "train on your own images": two text files listing image
+  paths, relative to the list's folder; every image must lie under ``data.custom.root``,
+  default the list's folder, unless ``allow_outside``: tasks/data/image_lists.py), ``ffhq``, ``celebahq`` (its .npy arrays as
+  lossless PNGs), ``faceshq`` (CelebA-HQ class 0 + FFHQ class 1), ``coco_stuff`` (COCO 2017,
+  with the COCO-Stuff stuff+thing maps), ``ade20k`` and ``folder`` (any folder of photos,
+  split at random: S-FLCKR). ``sources.json`` maps each packed name to its file. Sources
+  that ship label maps also get ``segmentation_{train,validation}.tar`` (``<stem>.png``,
+  the bytes as shipped) and ``maps.json`` (their label convention), which the
+  ``source-maps`` stage turns into data/dataset/segmentation.
 - ``coco``, ``open_images``: a scene dataset in the original's layout (a local folder),
-  loaded and filtered as the original loads it; its images are packed in pseudo-synsets
-  and their boxes written to ``objects/`` (tasks/data/objects/source.py).
+  loaded and filtered as the original loads it; its images are packed in pseudo-synsets,
+  their boxes written to ``objects/`` (tasks/data/objects/source.py) and ``sources.json``
+  maps each packed name to its file, as for the sources above.
+
+Packing streams: one image in memory at a time (per worker), whatever the class's size.
 """
 from __future__ import annotations
 
@@ -34,17 +42,21 @@ import io
 import itertools
 import os
 import shutil
+from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from tasks.config.schema import CustomConfig, DataConfig, DemoConfig, ImagenetConfig
+from tasks.config.schema import OBJECT_SOURCES, DataConfig, DemoConfig, ImagenetConfig
 from tasks.data import scenes
-from tasks.data.archives import tar_bytes, write_tar
+from tasks.data.archives import write_nested_tar, write_tar
 from tasks.data.files import atomic_path, write_json, write_text
 from tasks.data.formats import save_depth_png, save_label_png
 from tasks.data.image_lists import read_image_list
-from tasks.data.layout import DATA, SYNSETS_JSON, TRAIN_TAR, VAL_SYNSETS, VAL_TAR
+from tasks.data.label_maps import PROVIDED_MAPS
+from tasks.data.layout import DATA, MAPS_JSON, SOURCES_JSON, SYNSETS_JSON, TRAIN_TAR, VAL_SYNSETS, VAL_TAR, maps_tar
+from tasks.data.sources import SourceImage, read_source_file
 from tasks.runtime.errors import StageError
 from tasks.runtime.parallel import ordered_map
 from tasks.runtime.progress import progress
@@ -91,7 +103,7 @@ def acquire_demo(cfg: DemoConfig, out: Path, workers: int = 1) -> dict:
         images = zip((job[4] for job in jobs), progress(map_(_demo_image, jobs), total=len(jobs), desc="demo scenes",
                                                     unit="img"))
         by_synset = itertools.groupby(itertools.islice(images, len(train)), key=lambda m: m[0].split("_")[0])
-        write_tar(out / TRAIN_TAR, ((f"{synset}.tar", tar_bytes(members)) for synset, members in by_synset))
+        write_nested_tar(out / TRAIN_TAR, ((f"{synset}.tar", members) for synset, members in by_synset))
         write_tar(out / VAL_TAR, images)
     write_text(out / VAL_SYNSETS, "".join(f"{job[4]} {kinds[job[2]].synset}\n" for job in val))
     synsets = {kind.synset: {"index": k, "human": kind.name} for k, kind in enumerate(kinds)}
@@ -176,28 +188,93 @@ def acquire_imagenet(cfg: ImagenetConfig, out: Path) -> dict:
     return {"source": "imagenet", "classes": len(synsets), **{f"{k} bytes": v for k, v in sizes.items()}}
 
 
-# ----------------------------------------------------------------------------- custom
+# ----------------------------------------------------------------------------- file-based sources
 
-def acquire_custom(cfg: CustomConfig, out: Path) -> dict:
-    train, test = (read_image_list(listing, cfg.root or None, cfg.allow_outside)
-                   for listing in (cfg.train_list, cfg.test_list))
-    train_names = [f"custom_{i + 1:08d}.JPEG" for i in range(len(train))]
-    test_names = [f"custom_test_{i + 1:08d}.JPEG" for i in range(len(test))]
-    # Bytes are packed unchanged (PNGs too): extract and the datasets decode by content.
-    members = progress(zip(train_names, train), total=len(train), desc="pack train", unit="img")
-    write_tar(out / TRAIN_TAR, [("custom.tar", tar_bytes((n, p.read_bytes()) for n, p in members))])
-    members = progress(zip(test_names, test), total=len(test), desc="pack test", unit="img")
-    write_tar(out / VAL_TAR, ((n, p.read_bytes()) for n, p in members))
-    write_text(out / VAL_SYNSETS, "".join(f"{n} custom\n" for n in test_names))
-    write_json(out / SYNSETS_JSON, {"custom": {"index": 0, "human": "custom"}})
-    write_json(out / "custom_sources.json", {n: str(p) for n, p in zip(train_names + test_names, train + test)})
-    return {"source": "custom", "train": len(train), "validation": len(test), "classes": 1}
+PACK_CHUNK = 256   # images read (converted) ahead of the tar writer: memory stays bounded
+
+
+def _image_bytes(item: SourceImage) -> bytes:
+    """The bytes packed for an image: the file as it is; a CelebA-HQ array as a lossless PNG."""
+    if item.path.suffix == ".npy":
+        from tasks.data.faces import npy_png_bytes
+        return npy_png_bytes(item.path)
+    return read_source_file(item.path)
+
+
+def _packed(items: list[SourceImage], workers: int, desc: str):
+    """(member name, bytes) of ``items`` in order, read by ``workers`` processes a chunk at a time."""
+    with ordered_map(workers) as map_, progress(total=len(items), desc=desc, unit="img") as bar:
+        for start in range(0, len(items), PACK_CHUNK):
+            chunk = items[start:start + PACK_CHUNK]
+            for item, data in zip(chunk, map_(_image_bytes, chunk)):
+                bar.update(1)
+                yield item.name, data
+
+
+def pack_images(out: Path, splits: dict[str, list[SourceImage]], classes: list[tuple[str, str]],
+                workers: int = 1, source: str = "custom") -> dict:
+    """Pack a source's images as ILSVRC2012-style archives: ``classes`` [(synset, human name)] in
+    class-label order; images keep their bytes under their member names. Label maps the
+    images carry go to ``<kind>_<split>.tar`` as ``<stem>.png``, with maps.json."""
+    train, val = splits["train"], splits["validation"]
+    for split, items in splits.items():
+        name, count = Counter(item.name for item in items).most_common(1)[0] if items else ("", 0)
+        if count > 1:
+            raise AcquireError(f"{source} {split}: {count} images would all be named {name}")
+    synsets = [synset for synset, _ in classes]
+    groups = [(f"{synset}.tar", _packed([i for i in train if i.synset == synset], workers, f"pack train {synset}"))
+              for synset in synsets]
+    write_nested_tar(out / TRAIN_TAR, groups)
+    write_tar(out / VAL_TAR, _packed(val, workers, "pack validation"))
+    write_text(out / VAL_SYNSETS, "".join(f"{item.name} {item.synset}\n" for item in val))
+    write_json(out / SYNSETS_JSON, {synset: {"index": i, "human": human} for i, (synset, human) in enumerate(classes)})
+    write_json(out / SOURCES_JSON, {item.name: str(item.path) for item in train + val})
+    maps = PROVIDED_MAPS.get(source, {})
+    for kind in maps:
+        for split, items in splits.items():   # the maps as shipped; stage source-maps checks and converts them
+            write_tar(out / maps_tar(kind, split), ((f"{i.stem}.png", read_source_file(i.labels))
+                                                    for i in progress(items, desc=f"pack {kind} {split}", unit="map")))
+    write_json(out / MAPS_JSON, {kind: asdict(m) for kind, m in maps.items()})
+    return {"source": source, "train": len(train), "validation": len(val), "classes": len(classes)}
+
+
+def source_images(cfg: DataConfig) -> tuple[dict[str, list[SourceImage]], list[tuple[str, str]]]:
+    """The images of a file-based source per split, and its classes [(synset, human name)]."""
+    from tasks.data import ade20k, coco, faces
+    from tasks.data.sources import folder_images
+
+    splits = ("train", "validation")
+    if cfg.source == "custom":
+        c = cfg.custom
+        lists = {split: read_image_list(listing, c.root or None, c.allow_outside)
+                 for split, listing in (("train", c.train_list), ("validation", c.test_list))}
+        prefix = {"train": "custom", "validation": "custom_test"}
+        return {split: [SourceImage("custom", f"{prefix[split]}_{n + 1:08d}.JPEG", path)
+                        for n, path in enumerate(paths)] for split, paths in lists.items()}, [("custom", "custom")]
+    if cfg.source in ("ffhq", "celebahq", "faceshq"):
+        # FacesHQ: CelebA-HQ first (class 0), then FFHQ (class 1), as the original's FacesHQTrain
+        parts = {"celebahq": (faces.celebahq_images, cfg.celebahq, "CelebA-HQ"), "ffhq": (faces.ffhq_images, cfg.ffhq, "FFHQ")}
+        names = ["celebahq", "ffhq"] if cfg.source == "faceshq" else [cfg.source]
+        images = {split: [item for name in names
+                          for item in parts[name][0](parts[name][1].root, split, parts[name][1].complete)]
+                  for split in splits}
+        return images, [(name, parts[name][2]) for name in names]
+    if cfg.source == "coco_stuff":
+        c = cfg.coco_stuff
+        return {split: coco.coco_stuff_images(c.root, c.stuffthing_root, split, c.complete)
+                for split in splits}, [("coco", "COCO 2017")]
+    if cfg.source == "ade20k":
+        return {split: ade20k.ade20k_images(cfg.ade20k.root, split, cfg.ade20k.complete)
+                for split in splits}, [("ade20k", "ADE20k")]
+    f = cfg.folder
+    return folder_images(Path(f.root), "photos", f.validation_fraction, f.seed), [("photos", "photos")]
 
 
 # ----------------------------------------------------------------------------- stage
 
 def run(cfg: DataConfig, out_dir: str | Path = DATA.raw, workers: int = 1) -> dict:
-    """Acquire ``cfg.source`` into ``out_dir``; ``workers`` processes render the demo (same bytes for any number)."""
+    """Acquire ``cfg.source`` into ``out_dir``; ``workers`` processes render the demo or read (convert) a
+    source's images (the same bytes for any number)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.source == "demo":
@@ -206,11 +283,12 @@ def run(cfg: DataConfig, out_dir: str | Path = DATA.raw, workers: int = 1) -> di
         summary = acquire_demo(cfg.demo, out, workers)
     elif cfg.source == "imagenet":
         summary = acquire_imagenet(cfg.imagenet, out)
-    elif cfg.source == "custom":
-        summary = acquire_custom(cfg.custom, out)
-    else:
+    elif cfg.source in OBJECT_SOURCES:
         from tasks.data.objects.source import acquire_objects
         summary = acquire_objects(cfg, out)
+    else:
+        images, classes = source_images(cfg)    # the whole layout is checked before anything is written
+        summary = pack_images(out, images, classes, workers, cfg.source)
     print("acquire: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
     return summary
 
@@ -218,7 +296,8 @@ def run(cfg: DataConfig, out_dir: str | Path = DATA.raw, workers: int = 1) -> di
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=str(DATA.raw), help="output folder (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                        help="processes rendering the demo (default: all cores); the output does not depend on it")
+                        help="processes rendering the demo or reading a source's images (default: all cores); "
+                             "the output does not depend on it")
 
 
 def main(config, args: argparse.Namespace) -> None:

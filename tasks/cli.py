@@ -32,6 +32,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "acquire": ("tasks.acquire", "get ILSVRC2012-style archives: generate the demo set, or check ImageNet / custom lists"),
     "extract": ("tasks.extract", "safely extract the archives into data/dataset/image/{train,validation}/<synset>/"),
     "annotate": ("tasks.annotate", "per-image maps: MiDaS depth (RGBA-packed float32) or DeepLab v2 COCO-Stuff labels"),
+    "source-maps": ("tasks.source_maps", "the label maps a data source ships (COCO-Stuff, ADE20k), as the models read them"),
     "train-vqgan": ("tasks.train_vqgan", "train a VQGAN first stage (image, depth or segmentation) with Lightning"),
     "tokenize": ("tasks.tokenize_images", "encode images and conditioning once with the frozen VQGANs into Parquet shards"),
     "train-transformer": ("tasks.train_transformer", "train the conditional transformer from Parquet tokens"),
@@ -48,7 +49,7 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 # The stages of dvc.yaml: they read params.yaml, validated as a whole first.
-PIPELINE_STAGES = ("acquire", "extract", "annotate", "train-vqgan", "tokenize", "train-transformer",
+PIPELINE_STAGES = ("acquire", "extract", "annotate", "source-maps", "train-vqgan", "tokenize", "train-transformer",
                    "sample", "fid-reference", "evaluate", "evaluate-vqgan")
 
 

@@ -159,7 +159,8 @@ def _done(split_dir: Path, synset: str) -> dict | None:
 def _extract_synset(job: tuple[Path, int, int, str, Path]) -> dict | str:
     """Extract one synset tar (at ``offset``, ``size`` bytes into the outer tar): its manifest,
     or why the synset tar is unreadable. Runs in a worker; reads the synset tar in place,
-    one member (at most MAX_IMAGE_BYTES) at a time."""
+    one member (at most MAX_IMAGE_BYTES) at a time (a one-class source such as FFHQ is a single
+    synset tar of 89 GB)."""
     archive, offset, size, member_name, split_dir = job
     where = f"{TRAIN_TAR}/{member_name}"
     part = _Synset(split_dir, member_name[:-len(".tar")])

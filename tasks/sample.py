@@ -4,7 +4,8 @@ Conditionings come from the validation split: for D-RIN a validation image's
 depth map (encoded by the transformer's depth VQGAN), for a segmentation model
 its label map, for a class-conditional model its class label, for a scene model
 the boxes of its centre crop (drawn as the grid's first column); an unconditional
-model needs none. Each conditioning gets ``per_condition`` samples, drawn with the
+model needs none, a coordinate-conditioned one (FacesHQ) the output's coordinates.
+Each conditioning gets ``per_condition`` samples, drawn with the
 top-level ``top_k`` / ``top_p`` / ``temperature`` / ``guidance_scale`` (the only
 stage that reads them, so ``dvc exp run -S top_k=250`` reruns just ``sample`` and
 ``evaluate``). A ``resolution`` above the training size samples the larger latent
@@ -34,8 +35,8 @@ from tasks.runtime.errors import StageError
 class ValidationConditions:
     """The chosen validation items as conditions, loaded and encoded when a batch needs them."""
 
-    def __init__(self, model, dataset, indices: list[int]):
-        self.model, self.dataset, self.indices = model, dataset, indices
+    def __init__(self, model, dataset, indices: list[int], hw: tuple[int, int]):
+        self.model, self.dataset, self.indices, self.hw = model, dataset, indices, hw
         self._cached = functools.lru_cache(maxsize=64)(self._load)  # a condition's samples may span batches
 
     def __len__(self) -> int:
@@ -47,7 +48,7 @@ class ValidationConditions:
     def _load(self, i: int):
         import torch
 
-        from tasks.generation.conditions import Condition, encode_maps, render_map
+        from tasks.generation.conditions import Condition, coord_condition, encode_maps, render_map
         from tasks.generation.model import SCENE_KINDS
 
         item, kind, model = self.dataset[self.indices[i]], self.model.kind, self.model
@@ -62,6 +63,9 @@ class ValidationConditions:
             return scene_condition(model, name, objects, size, item["crop_bbox"] or FULL_CROP, label)
         if kind == "none":
             return Condition(name, None, class_label=label)
+        if kind == "coord":
+            coord = coord_condition(model, self.hw, name)
+            return Condition(name, coord.tokens, coord.picture, label)
         if kind == "class_label":
             return Condition(name, torch.tensor([[label]], device=model.device), class_label=label)
         array = item["depth"][0].numpy() if kind == "depth" else item["segmentation"].numpy().astype("uint8")
@@ -73,10 +77,10 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
     import json
     import shutil
 
-    from tasks.data.datasets import ImageNetDataset, spread_indices
+    from tasks.data.datasets import spread_indices
     from tasks.data.files import write_json
     from tasks.data.images import make_grid, to_rgb_arrays
-    from tasks.generation.model import SCENE_KINDS, SamplingModel
+    from tasks.generation.model import SamplingModel
     from tasks.generation.output import save_png
     from tasks.generation.tokens import sample_batches
     from tasks.runtime.progress import progress
@@ -94,19 +98,12 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
                          f"dropout (transformer.label_dropout > 0); {model.folder.root} was not")
     kind = model.kind
 
-    if kind in SCENE_KINDS:
-        from tasks.data.objects.dataset import ObjectsDataset
-
-        dataset = ObjectsDataset(layout.images, layout.objects, "validation", resolution, layout.synsets_json)
-    else:
-        maps = {f"{kind}_root": layout.maps(kind)} if kind in ("depth", "segmentation") else {}
-        dataset = ImageNetDataset(layout.images, "validation", size=resolution, synsets_json=layout.synsets_json,
-                                  **maps)
+    dataset = validation_dataset(kind, layout, resolution)
     try:
         indices = spread_indices(dataset.class_labels, cfg.conditions, cfg.classes)
     except ValueError as e:
         raise StageError(f"sample.classes: {e}") from None
-    conditions = ValidationConditions(model, dataset, indices)
+    conditions = ValidationConditions(model, dataset, indices, (resolution, resolution))
 
     # Everything goes to a fresh folder that replaces `out` when complete: a run that
     # is interrupted leaves the previous samples intact, and no stale image survives.
@@ -137,7 +134,7 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
     picture = make_grid(rows, tile=max(resolution, 96), lead=n_lead, gap=4)
     large = None
     if cfg.large_resolution:
-        large = _large_samples(cfg, sampling, model, layout, maps, indices[:min(2, shown)], tmp, picture.shape[1])
+        large = _large_samples(cfg, sampling, model, layout, indices[:min(2, shown)], tmp, picture.shape[1])
         picture = _stacked(picture, large.pop("picture"))
     save_png(tmp / "grid.png", picture)
     summary = {"conditioning": kind, "resolution": resolution, "training_size": size,
@@ -157,13 +154,24 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
     return summary
 
 
-def _large_samples(cfg: SampleConfig, sampling: SamplingSettings, model, layout: Layout, maps: dict,
-                   indices: list[int], tmp: Path, width: int) -> dict:
+def validation_dataset(kind: str, layout: Layout, px: int):
+    """The validation split at ``px`` with what a ``kind`` model is conditioned on (maps or boxes)."""
+    from tasks.generation.model import SCENE_KINDS
+
+    if kind in SCENE_KINDS:
+        from tasks.data.objects.dataset import ObjectsDataset
+        return ObjectsDataset(layout.images, layout.objects, "validation", px, layout.synsets_json)
+    from tasks.data.datasets import ImageNetDataset
+    maps = {f"{kind}_root": layout.maps(kind)} if kind in ("depth", "segmentation") else {}
+    return ImageNetDataset(layout.images, "validation", size=px, synsets_json=layout.synsets_json, **maps)
+
+
+def _large_samples(cfg: SampleConfig, sampling: SamplingSettings, model, layout: Layout, indices: list[int],
+                   tmp: Path, width: int) -> dict:
     """One sample at ``cfg.large_resolution`` for each of ``indices`` (what the paper is named
     for: a sliding window over a latent grid larger than the training one), written to
     ``large/NNNNN.png`` (not under images/: evaluate scores training-size samples) and drawn as
     labelled rows of condition | real | sample, twice as large as their pixels."""
-    from tasks.data.datasets import ImageNetDataset
     from tasks.data.images import make_grid, to_rgb_arrays
     from tasks.generation.output import save_png
     from tasks.generation.tokens import sample_batches
@@ -174,8 +182,8 @@ def _large_samples(cfg: SampleConfig, sampling: SamplingSettings, model, layout:
         grid = model.grid(px, px)
     except StageError as e:
         raise StageError(f"sample.large_resolution: {e} ({model.folder.root})") from None
-    dataset = ImageNetDataset(layout.images, "validation", size=px, synsets_json=layout.synsets_json, **maps)
-    conditions = ValidationConditions(model, dataset, indices)
+    dataset = validation_dataset(model.kind, layout, px)
+    conditions = ValidationConditions(model, dataset, indices, (px, px))
     rows = []
     with progress(total=len(indices) * grid[0] * grid[1], desc=f"sample {px}px sliding window", unit="tok") as bar:
         for jobs, pictures in sample_batches(model, conditions, 1, cfg.batch_size, grid, sampling,

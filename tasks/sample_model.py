@@ -13,8 +13,10 @@ What each sample is conditioned on follows the model: classes (`--classes`, defa
 map files (`--maps`: depth as the pipeline's RGBA float32 PNG or an 8/16-bit grey PNG;
 segmentation label PNGs), photos annotated on the fly (`--photos`), boxes and labels
 (`--boxes`: layout files, or the pipeline's per-image records; scene models), or nothing
-(unconditional). A scene's drawing is written beside its samples (`<condition>/boxes.png`). `-n` samples are drawn for each condition and written as
-`<outdir>/<condition>/<n>.png` (`<outdir>/<n>.png` unconditional), batch by batch, with
+(unconditional; a coordinate-conditioned model gets the output's coordinates). A scene's
+drawing is written beside its samples (`<condition>/boxes.png`). `-n` samples are drawn for
+each condition and written as `<outdir>/<condition>/<n>.png` (`<outdir>/<n>.png`
+unconditional or coordinates), batch by batch, with
 `samples.json` (the settings) and, with `--npz`, `samples.npz` (`arr_0` the pictures,
 `arr_1` the class labels). `--resolution` above the training size (square or not)
 samples with a sliding window; `--complete` keeps the top of an image and samples the
@@ -47,12 +49,14 @@ def conditions_for(model, args: argparse.Namespace, hw: tuple[int, int]) -> list
     given = [name for name, value in (("--classes", args.classes), ("--maps", args.maps), ("--photos", args.photos),
                                       ("--boxes", args.boxes)) if value]
     wants = {"class_label": "--classes", "depth": "--maps or --photos", "segmentation": "--maps or --photos",
-             "none": "nothing"}.get(model.kind, "--boxes")
+             "coord": "nothing (the output's coordinates)", "none": "nothing"}.get(model.kind, "--boxes")
     if any(flag not in wants for flag in given):
         raise StageError(f"{model.name} is conditioned on {model.kind.replace('_label', '')}: give it {wants}, "
                          f"not {', '.join(given)}")
     if model.kind == "none":
         return [cond.no_condition(model)]
+    if model.kind == "coord":
+        return [cond.coord_condition(model, hw)]
     if model.kind == "class_label":
         return [cond.class_condition(model, c) for c in _classes(args.classes or "all", model.n_classes)]
     if wants == "--boxes":

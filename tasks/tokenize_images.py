@@ -4,19 +4,28 @@ Writes ``data/tokens/{train,validation}/part-NNNNN.parquet`` (tasks/data/token_s
 one row per (image, augmentation). Augmentation 0 is the centre crop the
 validation split also uses; training adds its mirror image (``hflip``, aug 1)
 and ``extra_crops`` seeded random crops (aug 2, 3, ...), each with the same
-crop/flip applied to the conditioning map. Scenes (conditioning objects): the image is
-cropped as the original's dataset crops it (centre; ``tokenize.objects.random_crop`` for
-the extra crops) and its boxes, the crop and the flip become the condition tokens through
-the conditional builder (tasks/data/objects/), objects in a seeded random order per row.
+crop/flip applied to the conditioning map. With ``rescale``, training crops are cut
+from images scaled to that shorter side (the original's COCO: 296 px for 256 px crops;
+FacesHQ: crops of a larger face, whose coordinates say where they lie).
+
+Conditioning ``coord`` (FacesHQ): each crop's coordinates in its rescaled image, area-
+downsampled to the token grid and quantised to ``coord_n_embed`` levels (the original's
+CoordStage); a mirrored crop keeps its coordinates.
+
+Scenes (conditioning objects): the image is cropped as the original's dataset crops it
+(centre; ``tokenize.objects.random_crop`` for the extra crops) and its boxes, the crop and
+the flip become the condition tokens through the conditional builder (tasks/data/objects/),
+objects in a seeded random order per row.
 
 Images are cut into parts of ``rows_per_part`` images in file-list order; a part
 is the unit of work: ``--shard I --num-shards N`` takes parts I, I+N, ... (so
 machines or Prefect tasks can split the work), every part is written
 atomically, and a rerun skips a part only if its metadata matches exactly: the
 VQGAN checkpoints' hashes, the crop size, every setting that shapes the rows
-(hflip, extra_crops, seed, rows_per_part, a scene's random_crop; token_store.RowSettings),
+(hflip, extra_crops, seed, rows_per_part, rescale, a scene's random_crop; token_store.RowSettings),
 the builder and categories of a scene's condition tokens, and which images it holds with
-which augmentations and a signature of their files, maps or object records (token_store.PartInfo). Anything else is re-made; parts beyond the current count are
+which augmentations and a signature of their files, maps or object records
+(token_store.PartInfo). Anything else is re-made; parts beyond the current count are
 removed. The run that finds every part of a split current (the last shard to
 finish) writes ``manifest.json`` with each part's rows and SHA-256, which training
 verifies. A run holds the lock of its (split, shard) (tasks/runtime/locks.py).
@@ -53,7 +62,7 @@ class Augmented:
         with torch.random.fork_rng():
             torch.manual_seed(int(np.random.SeedSequence([self.seed, i, aug]).generate_state(1)[0]))
             sample = self.centre[i] if aug < 2 else self.random[i]
-            if aug == 1:
+            if aug == 1:   # coordinates stay: the mirror image lies where its crop lies
                 for key in ("image", "depth", "segmentation"):
                     if key in sample:
                         sample[key] = torch.flip(sample[key], dims=[-1])
@@ -91,6 +100,20 @@ class Encoder:
             return self.model.encode(x)[2].cpu().numpy()
 
 
+class Coordinates:
+    """Coordinate tokens (the original's CoordStage): a crop's coordinate map, area-downsampled
+    to the image's token grid and quantised to 0..n_embed-1."""
+
+    def __init__(self, n_embed: int, image: Encoder):
+        from models.conditioning import CoordStage
+        from tasks.data.token_store import Codes
+        self.stage = CoordStage(n_embed, image.folder.downsampling)
+        self.codes = Codes(kind="coord", vocab_size=n_embed, grid=image.folder.grid)
+
+    def encode(self, batch: dict):
+        return self.stage.encode(batch["coord"].float())[2].numpy()
+
+
 def scene_conditioning(cfg: ObjectsTokensConfig, layout: Layout):
     """The builder of tokenize.objects over the scene dataset's categories and object limit."""
     from tasks.data.objects.conditioning import SceneConditioning
@@ -108,7 +131,7 @@ def scene_conditioning(cfg: ObjectsTokensConfig, layout: Layout):
 
 def run(cfg: TokenizeConfig, conditioning: str, splits=SPLITS, shard: int = 0, num_shards: int = 1,
         layout: Layout = DATA) -> dict:
-    """Tokens of the images and of their ``conditioning`` (depth, segmentation, class, none, objects)."""
+    """Tokens of the images and of their ``conditioning`` (depth, segmentation, class, coord, none, objects)."""
     if not 0 <= shard < num_shards:
         raise ConfigError(f"--shard {shard}: must be in [0, --num-shards {num_shards})")
     # One run per (split, shard), refused before any work. Shards with overlapping parts (another
@@ -139,14 +162,20 @@ def _run(cfg: TokenizeConfig, conditioning: str, splits, shard: int, num_shards:
 
     device = resolve_device()
     image = Encoder(layout.vqgan(cfg.image_model), "image", device)
+    if cfg.rescale is not None and cfg.rescale < image.resolution:
+        raise ConfigError(f"tokenize.rescale: {cfg.rescale} px is less than the {image.resolution} px crops of "
+                          f"{image.folder.root}")
     classes = ClassTable.read(layout.synsets_json)
-    cond_vqgan = None
+    cond_encoder = None
     if conditioning in ("depth", "segmentation"):
-        cond_vqgan = Encoder(layout.vqgan(conditioning), conditioning, device)
-        if cond_vqgan.resolution != image.resolution:
-            raise ConfigError(f"conditioning: the {conditioning} VQGAN is trained at {cond_vqgan.resolution} px, "
+        cond_encoder = Encoder(layout.vqgan(conditioning), conditioning, device)
+        if cond_encoder.resolution != image.resolution:
+            raise ConfigError(f"conditioning: the {conditioning} VQGAN is trained at {cond_encoder.resolution} px, "
                               f"the image VQGAN at {image.resolution} px; they must match")
-        cond_codes = cond_vqgan.codes()
+        cond_codes = cond_encoder.codes()
+    elif conditioning == "coord":
+        cond_encoder = Coordinates(cfg.coord_n_embed, image)
+        cond_codes = cond_encoder.codes
     elif conditioning == "class":
         cond_codes = Codes(kind="class", vocab_size=classes.n_classes, grid=(1, 1))
     elif conditioning == "objects":
@@ -158,12 +187,13 @@ def _run(cfg: TokenizeConfig, conditioning: str, splits, shard: int, num_shards:
         cond_codes = Codes(kind="none", vocab_size=1, grid=(1, 1))
     meta = TokenMeta(image=image.codes(), cond=cond_codes, size=image.resolution,
                      rows=RowSettings(hflip=cfg.hflip, extra_crops=cfg.extra_crops, seed=cfg.seed,
-                                      rows_per_part=cfg.rows_per_part,
+                                      rows_per_part=cfg.rows_per_part, rescale=cfg.rescale,
                                       random_crop=cfg.objects.random_crop if conditioning == "objects" else None))
 
     counts = {}
     for split in splits:
         condition = None
+        map_kind = conditioning if conditioning in ("depth", "segmentation") else None
         if conditioning == "objects":   # boxes through the builder, crops as the original's
             from tasks.data.objects.dataset import ObjectsDataset, ObjectsTokens
 
@@ -172,11 +202,12 @@ def _run(cfg: TokenizeConfig, conditioning: str, splits, shard: int, num_shards:
             random = ObjectsDataset(layout.images, layout.objects, crop_method=cfg.objects.random_crop, **common)
             condition = ObjectsTokens(builder)
         else:
-            maps = {f"{conditioning}_root": layout.maps(conditioning)} if cond_vqgan is not None else {}
-            common = dict(split=split, size=image.resolution, synsets_json=layout.synsets_json, **maps)
+            maps = {f"{conditioning}_root": layout.maps(conditioning)} if map_kind else {}
+            common = dict(split=split, size=image.resolution, synsets_json=layout.synsets_json,
+                          rescale=cfg.rescale if split == "train" else None, coord=conditioning == "coord", **maps)
             centre = ImageNetDataset(layout.images, **common)
             random = ImageNetDataset(layout.images, random_crop=True, **common)
-        annotations = conditioning if cond_vqgan is not None or conditioning == "objects" else None
+        annotations = "objects" if conditioning == "objects" else map_kind
         parts = part_infos(centre, cfg, split, layout, annotations)
         split_dir = layout.tokens / split
         mine = parts[shard::num_shards]
@@ -195,8 +226,8 @@ def _run(cfg: TokenizeConfig, conditioning: str, splits, shard: int, num_shards:
                 columns["class_label"].append(labels)
                 columns["aug"].append(batch["aug"].numpy())
                 columns["image_tokens"].append(image.encode(batch))
-                if cond_vqgan is not None:
-                    columns["cond_tokens"].append(cond_vqgan.encode(batch))
+                if cond_encoder is not None:
+                    columns["cond_tokens"].append(cond_encoder.encode(batch))
                 elif condition is not None:
                     columns["cond_tokens"].append(batch["cond_tokens"].numpy())
                 elif conditioning == "class":

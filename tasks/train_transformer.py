@@ -78,6 +78,10 @@ def project_yaml(cfg: TransformerConfig, meta: TokenMeta, vocab: Vocabulary) -> 
     elif cond.kind == "class":
         cond_key, cond_config = "class_label", {"target": "taming.modules.util.Labelator",
                                                 "params": {"n_classes": cond.vocab_size}}
+    elif cond.kind == "coord":   # the original FacesHQ's: positions on the image's token grid
+        cond_key, cond_config = "coord", {"target": "taming.modules.misc.coord.CoordStage",
+                                          "params": {"n_embed": cond.vocab_size,
+                                                     "down_factor": meta.size // cond.grid[0]}}
     elif cond.builder is not None:   # a scene: the builder's tokens pass through, as in the original's configs
         cond_key, cond_config = cond.kind, {"target": "taming.models.dummy_cond_stage.DummyCondStage",
                                             "params": {"conditional_key": cond.kind}}

@@ -49,11 +49,12 @@ def project_yaml(cfg: VQGANConfig) -> str:
     return yaml.safe_dump(doc, sort_keys=False)
 
 
-def dataset(layout: Layout, model: str, split: str, resolution: int, train: bool):
-    """The ImageNet-style split with the maps a ``model`` VQGAN needs (random crops to train)."""
+def dataset(layout: Layout, model: str, split: str, resolution: int, train: bool, rescale: int | None = None):
+    """The ImageNet-style split with the maps a ``model`` VQGAN needs (random crops to train,
+    cut from images scaled to ``rescale``)."""
     from tasks.data.datasets import ImageNetDataset
     maps = {f"{model}_root": layout.maps(model)} if model != "image" else {}
-    return ImageNetDataset(layout.images, split, size=resolution, random_crop=train,
+    return ImageNetDataset(layout.images, split, size=resolution, random_crop=train, rescale=rescale,
                            synsets_json=layout.synsets_json, **maps)
 
 
@@ -80,7 +81,7 @@ def run(cfg: VQGANConfig, layout: Layout = DATA) -> Path:
 
     out, logs = layout.vqgan(cfg.model), layout.logs(f"vqgan/{cfg.model}")
     desc = f"train-vqgan {cfg.model}"
-    train_set = dataset(layout, cfg.model, "train", cfg.resolution, True)
+    train_set = dataset(layout, cfg.model, "train", cfg.resolution, True, cfg.rescale)
     val_set = dataset(layout, cfg.model, "validation", cfg.resolution, False)
     with exclusive(out):
         resume = resume_checkpoint(out, logs, cfg, inputs(layout, cfg.model, {"train": train_set, "validation": val_set}),

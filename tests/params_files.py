@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-MAPS = {"depth": "depth", "segmentation": "segmentation", "class": None, "none": None}
+MAPS = {"depth": "depth", "segmentation": "segmentation", "class": None, "coord": None, "none": None}
 
 
 def write_params(path: Path, base: str = "params.yaml", **sections) -> Path:

@@ -145,7 +145,7 @@ def test_custom_lists_are_packed_unchanged_as_one_class(tmp_path):
     with tarfile.open(raw / TRAIN_TAR) as outer:
         inner = tarfile.open(fileobj=outer.extractfile("custom.tar"))
         assert inner.extractfile("custom_00000001.JPEG").read() == (images / "im0.png").read_bytes()
-    sources = json.loads((raw / "custom_sources.json").read_text())
+    sources = json.loads((raw / "sources.json").read_text())
     assert sources["custom_test_00000001.JPEG"] == str(images / "im2.png")
     m = extract.run(ExtractConfig(), raw, tmp_path / "im", tmp_path / "m.json")
     assert m["train"]["extracted"] == 2 and m["validation"]["extracted"] == 1

@@ -51,6 +51,20 @@ def class_model(tmp_path_factory, drin):
     return str(folder)
 
 
+@pytest.fixture(scope="module")
+def coord_model(tmp_path_factory, drin):
+    """The D-RIN weights re-read as a coordinate-conditioned model, FacesHQ's kind (CoordStage on
+    the 8 x 8 token grid; the GPT's 64 condition positions now hold coordinates)."""
+    folder = tmp_path_factory.mktemp("coord") / "coord_model"
+    shutil.copytree(drin, folder)
+    config_path = next((folder / "configs").glob("*.yaml"))
+    config = yaml.safe_load(config_path.read_text())
+    config["model"]["params"].update(cond_stage_key="coord", cond_stage_config={
+        "target": "taming.modules.misc.coord.CoordStage", "params": {"n_embed": 64, "down_factor": 4}})
+    config_path.write_text(yaml.safe_dump(config))
+    return str(folder)
+
+
 @pytest.fixture(autouse=True)
 def elsewhere(tmp_path, monkeypatch):
     """Run where the app's default model (data/transformer) does not exist, whatever this checkout holds."""
@@ -106,6 +120,20 @@ def test_app_classes_are_searchable_and_sampled(class_model):
     at.button(key="sample").click().run()
     assert not at.error and result(at).shape == (32, 32, 3)
     assert at.session_state["result_name"] == "cls_model-2-seed0.png"
+
+
+def test_app_samples_a_coordinate_model_larger_than_its_training_size(coord_model):
+    at = app_test()
+    at.run()
+    at.sidebar.text_input(key="model").set_value(coord_model).run()
+    assert not at.error and "conditioned on coord" in at.sidebar.caption[0].value
+    assert "Conditioned on coordinates" in " ".join(c.value for c in at.caption)
+    at.button(key="sample").click().run()
+    assert not at.error and result(at).shape == (32, 32, 3)
+    at.sidebar.number_input(key="width").set_value(64).run()
+    at.sidebar.number_input(key="height").set_value(48).run()
+    at.button(key="sample").click().run()
+    assert not at.error and result(at).shape == (48, 64, 3)
 
 
 def test_app_names_a_bad_setting(drin, examples):

@@ -7,7 +7,7 @@ import pytest
 
 from tasks.cli import STAGES, main
 
-REQUIRED = ["acquire", "extract", "annotate", "train-vqgan", "tokenize", "train-transformer", "sample",
+REQUIRED = ["acquire", "extract", "annotate", "source-maps", "train-vqgan", "tokenize", "train-transformer", "sample",
             "fid-reference", "evaluate", "evaluate-vqgan", "weights", "publish"]
 
 

@@ -96,6 +96,30 @@ def test_shorter_side_rescale_then_centre_crop(tree):
     assert upscaled.shape == (40, 40, 3)
 
 
+def test_crops_of_a_larger_image_carry_their_coordinates_and_mirrors_keep_them(tree):
+    """rescale: crops cut from an image scaled to a larger shorter side (the original's size >
+    crop_size); coord: where each crop lies in it, as the original FacesHQ's coordinates."""
+    torch.manual_seed(0)
+    ds = make(tree, size=12, rescale=24, random_crop=True, flip=True, coord=True)    # 24x32 kept, 12x12 crops
+    seen_flips = set()
+    for _ in range(12):
+        s = ds[0]
+        cols = ((s["image"][0] + 1) * 127.5).round().long() // 8
+        rows = ((s["image"][1] + 1) * 127.5).round().long() // 8
+        flipped = bool(cols[0, 0] > cols[0, -1])
+        seen_flips.add(flipped)
+        top, left = int(rows.min()), int(cols.min())
+        r, c = np.mgrid[top:top + 12, left:left + 12]
+        assert s["coord"].shape == (1, 12, 12) and s["coord"].dtype == torch.float32
+        assert torch.allclose(s["coord"][0], torch.from_numpy((r * W + c) / (H * W)).float())   # never mirrored
+        assert torch.equal(s["segmentation"], cols)
+    assert seen_flips == {False, True}
+    centre = make(tree, size=H, coord=True)[0]["coord"][0]       # the whole height: 0 at the top-left pixel
+    assert float(centre[0, 0]) == pytest.approx(4 / (H * W)) and float(centre.max()) < 1
+    with pytest.raises(ValueError, match="rescale 8 is smaller than the crop size 12"):
+        make(tree, size=12, rescale=8)
+
+
 def test_sub_indices_keep_the_class_labels_of_synsets_json(tree):
     """One definition of class labels: a subset, or a split missing a class, shifts nothing."""
     ds = make(tree, sub_indices="2")

@@ -113,6 +113,22 @@ def test_good_archives_give_synset_trees_and_sorted_filelists(tmp_path):
     assert tree(tmp_path / "parallel") == tree(out)
 
 
+def test_a_synset_tar_is_read_in_place_and_never_past_its_end(tmp_path):
+    """Synset tars are read where they lie in the train tar (a one-class source is one huge
+    synset tar); one without its end-of-archive blocks must not run into the next synset."""
+    raw = good_raw(tmp_path / "raw")
+    unterminated = tar_of([(f"{SYNSETS[0]}_{i}.JPEG", image_bytes(i)) for i in range(2)])
+    body = len(unterminated.rstrip(b"\0"))
+    body += -body % 512                                         # the members, without the zero blocks after them
+    outer = [(f"{SYNSETS[0]}.tar", unterminated[:body]),
+             (f"{SYNSETS[1]}.tar", tar_of([(f"{SYNSETS[1]}_0.JPEG", image_bytes(7))]))]
+    (raw / TRAIN_TAR).write_bytes(tar_of(outer))
+    metrics = run(tmp_path, raw)
+    assert (tmp_path / "out/train/filelist.txt").read_text().split() == [
+        f"{SYNSETS[0]}/{SYNSETS[0]}_0.JPEG", f"{SYNSETS[0]}/{SYNSETS[0]}_1.JPEG", f"{SYNSETS[1]}/{SYNSETS[1]}_0.JPEG"]
+    assert metrics["train"]["rejected"] == 0 and metrics["train"]["members"] == 3
+
+
 def test_unsafe_members_are_refused_and_nothing_lands_outside_the_target(tmp_path):
     s = SYNSETS[0]
     evil_inner = [

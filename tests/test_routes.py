@@ -19,6 +19,7 @@ from models.checkpoint import read_state_dict
 from tasks.config.params import validate
 from tasks.config.schema import PretrainedVQGAN
 from tasks.config.typed import ConfigError
+from tasks.data import coco
 
 RAN = re.compile(r"Running stage '([^']+)'")
 PROFILES = sorted(str(p.relative_to(REPO_ROOT)) for p in (REPO_ROOT / "profiles").glob("*.yaml"))
@@ -45,7 +46,7 @@ COMMON = {"acquire", "extract", "train-vqgan@image", "tokenize", "train-transfor
     ("profiles/drin-paper.yaml", {"annotate@depth", "train-vqgan@depth"}),   # no segmentation stage
     ("profiles/cin-paper.yaml", set()),                                       # no annotation stage
     ("profiles/uncond-folder.yaml", set()),
-    ("profiles/seg-photos.yaml", {"annotate@segmentation", "train-vqgan@segmentation"}),
+    ("profiles/sflckr.yaml", {"annotate@segmentation", "train-vqgan@segmentation"}),
     ("profiles/coco-scenes.yaml", {"annotate@objects"}),                     # boxes need no first stage
     ("profiles/open-images-scenes.yaml", {"annotate@objects"}),
 ])
@@ -55,11 +56,39 @@ def test_dvc_dag_of_each_profile_holds_only_what_it_needs(tmp_path, profile, rou
 
 def test_every_profile_is_covered_and_valid():
     covered = {"params.yaml", "profiles/smoke.yaml", "profiles/drin-paper.yaml", "profiles/cin-paper.yaml",
-               "profiles/uncond-folder.yaml", "profiles/seg-photos.yaml", "profiles/coco-scenes.yaml",
+               "profiles/uncond-folder.yaml", "profiles/sflckr.yaml", "profiles/ffhq.yaml", "profiles/celebahq.yaml",
+               "profiles/faceshq.yaml", "profiles/coco-stuff.yaml", "profiles/ade20k.yaml", "profiles/coco-scenes.yaml",
                "profiles/open-images-scenes.yaml"}
     assert set(PROFILES) | {"params.yaml"} == covered
     for profile in covered:
         validate(REPO_ROOT / profile)
+
+
+def test_the_dataset_profiles_carry_the_published_settings_and_the_papers_fid_split():
+    profile = {name: validate(REPO_ROOT / f"profiles/{name}.yaml")
+               for name in ("ffhq", "celebahq", "faceshq", "coco-stuff", "ade20k", "sflckr")}
+    for name in ("ffhq", "celebahq"):      # unconditional; FID 9.6 / 10.2 against the train split
+        p = profile[name]
+        assert (p.conditioning, p.data.source, p.evaluate.reference) == ("none", name, "train")
+        assert (p.transformer.n_layer, p.transformer.n_head, p.transformer.n_embd) == (24, 16, 1664)
+        assert (p.sampling.top_k, p.sample.conditions * p.sample.per_condition) == (250, 50000)
+    faces = profile["faceshq"]             # coordinates: CoordStage(1024, 16), crops of larger faces
+    assert (faces.conditioning, faces.data.source, faces.tokenize.coord_n_embed) == ("coord", "faceshq", 1024)
+    image = faces.vqgan["image"]
+    assert (image.resolution, image.downsampling, image.n_embed) == (256, 16, 1024)
+    assert faces.tokenize.rescale > image.resolution and faces.sample.resolution == faces.tokenize.rescale
+    assert (faces.transformer.n_layer, faces.transformer.n_head, faces.transformer.n_embd) == (24, 16, 1024)
+    for name, labels, fid_samples in (("coco-stuff", 183, 5000), ("ade20k", 151, 2000)):   # FID vs val, one per map
+        p = profile[name]
+        assert p.annotate == {} and p.source_maps["segmentation"].n_labels == labels
+        assert p.vqgan["segmentation"].n_classes == labels and p.evaluate.reference == "validation"
+        assert p.sample.conditions * p.sample.per_condition == fid_samples
+    coco_sizes = (coco.TRAIN_RESCALE, coco.CROP)      # the original's coco_cond_stage.yaml: 296 -> 256
+    assert all((p.rescale, p.resolution) == coco_sizes for p in profile["coco-stuff"].vqgan.values())
+    assert profile["coco-stuff"].tokenize.rescale == coco.TRAIN_RESCALE
+    sflckr = profile["sflckr"]
+    assert sflckr.data.source == "folder" and sflckr.annotate["segmentation"].model == "deeplabv2_cocostuff"
+    assert sflckr.vqgan["segmentation"].n_classes == 182
 
 
 def test_the_paper_profiles_carry_the_papers_settings():

@@ -281,6 +281,10 @@ def test_acquire_packs_only_regular_images_within_the_size_limit(tmp_path):
     summary = acquire_objects(cfg, raw)
     assert json.loads((raw / "objects" / "missing.json").read_text())["train"] == [victim.name]
     assert summary["train"] == 9 and summary["train_missing_images"] == 1 and summary["validation"] == 22
+    sources = json.loads((raw / "sources.json").read_text())   # as every file-based source: name -> its file
+    assert len(sources) == 9 + 22 and victim.name.replace(".jpg", ".JPEG") not in sources
+    for name, path in sources.items():
+        assert Path(path).parent.parent == root and Path(path).stem + ".JPEG" == name
 
 
 def test_the_json_stream_bounds_what_it_holds(tmp_path):

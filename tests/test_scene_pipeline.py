@@ -35,7 +35,7 @@ def with_scenes(params: dict, source: str = "coco") -> dict:
         objects = {"builder": "objects_center_points", "no_tokens": 8192, "use_additional_parameters": True,
                    "random_crop": "random-2d"}
     params["tokenize"] = {**params["tokenize"], "extra_crops": 1, "objects": objects}
-    params["sample"] = {**params["sample"], "resolution": 32}
+    params["sample"] = {**params["sample"], "resolution": 32, "large_resolution": 48}
     params["evaluate"] = {**params["evaluate"], "resolution": 32}
     return params
 
@@ -55,6 +55,8 @@ SMOKE = yaml.safe_load((REPO_ROOT / "profiles" / "smoke.yaml").read_text())
     (lambda p: p["data"]["coco"].update(root=""), r"data.coco.root: required"),
     (lambda p: p["data"]["coco"].update(min_objects_per_image=40), r"data.coco.min_objects_per_image: must be in"),
     (lambda p: p.update(conditioning="class", annotate={}), r"tokenize.objects: only read with conditioning objects"),
+    (lambda p: p["tokenize"].update(rescale=32), r"tokenize.rescale: not read with conditioning objects"),
+    (lambda p: p.update(source_maps={"segmentation": {}}), r"source_maps.segmentation: data.source coco ships no maps"),
 ])
 def test_the_scene_route_is_checked_before_any_work(change, message):
     params = with_scenes(SMOKE)
@@ -140,6 +142,9 @@ def test_a_coco_scene_pipeline_trains_and_samples_from_a_fresh_clone(tmp_path):
     # sample: validation layouts at twice the training size (sliding window), the drawing first in the grid
     samples = json.loads((repo / "data/samples/samples.json").read_text())
     assert samples["conditioning"] == "objects_bbox" and samples["sliding_window"] and samples["resolution"] == 32
+    large = samples["large"]     # sample.large_resolution: validation boxes too, below the grid's rows
+    assert large["resolution"] == 48 and all(Image.open(repo / "data/samples" / f).size == (48, 48)
+                                             for f in large["images"])
     assert all(Image.open(repo / "data/samples" / i["file"]).size == (32, 32) for i in samples["images"])
     assert json.loads((repo / "metrics/samples.json").read_text())["num_samples"] == 4
 

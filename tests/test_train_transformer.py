@@ -113,6 +113,10 @@ def test_changed_settings_remake_the_parts_without_duplicates_or_leftovers(repo)
     image = Path("data/dataset/image/train") / first
     image.write_bytes(image.read_bytes())
     assert tokenize.run(_tokenize(hflip=False, rows_per_part=4, seed=1), "depth", splits=("train",))["train"]["written"] == 1
+    # training crops cut from a larger rescale are other rows: every part re-made
+    assert tokenize.run(_tokenize(hflip=False, rows_per_part=4, seed=1, rescale=40), "depth",
+                        splits=("train",))["train"]["written"] == 2
+    assert TokenDataset("data/tokens/train").meta.rows.rescale == 40
 
 
 def test_a_sharded_split_gets_its_manifest_from_the_last_shard(repo):

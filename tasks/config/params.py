@@ -8,8 +8,9 @@ own; a bad value anywhere stops the first stage with a message naming the key
 ``conditioning: depth needs vqgan.depth``). Cheap: no torch import.
 
 The top-level ``conditioning`` decides the graph: which per-image maps are computed
-(``annotate``) and which first stages exist (``vqgan``); dvc.yaml makes one stage per
-entry of those sections, so they must hold exactly what the conditioning reads.
+(``annotate``) or taken from the data source (``source_maps``) and which first stages
+exist (``vqgan``); dvc.yaml makes one stage per entry of those sections, so they must hold
+exactly what the conditioning reads.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Sequence
 
 from models.sampling_settings import SamplingSettings
 from tasks.config.schema import (
+    ANNOTATOR_LABELS,
     ANNOTATORS,
     CONDITIONINGS,
     MAPS_OF,
@@ -38,6 +40,7 @@ from tasks.config.schema import (
     VQGANConfig,
 )
 from tasks.config.typed import ConfigError, build, load_params
+from tasks.data.label_maps import PROVIDED_MAPS, LabelMaps
 
 # DVC's run-cache leaves these keys out when it hashes a stage's params, at any depth
 # (treeverse/dvc#10296): a parameter so named could change without rerunning its stage.
@@ -65,12 +68,15 @@ def from_dict(params: dict) -> PipelineConfig:
     conditioning = params.get("conditioning", "depth")
     if conditioning not in CONDITIONINGS:
         raise ConfigError(f"conditioning: {conditioning!r} is not one of {', '.join(CONDITIONINGS)}")
+    data_source = section("data").get("source", "demo")
     config = PipelineConfig(
         conditioning=conditioning,
         sampling=build(SamplingSettings, {k: params[k] for k in SAMPLING_KEYS if k in params}),
         data=build(DataConfig, section("data"), "data"),
         extract=build(ExtractConfig, section("extract"), "extract"),
         annotate={kind: annotate_config(kind, value) for kind, value in section("annotate").items()},
+        source_maps={kind: source_maps_config(kind, value, data_source)
+                     for kind, value in section("source_maps").items()},
         vqgan={name: vqgan_config(name, value) for name, value in section("vqgan").items()},
         tokenize=build(TokenizeConfig, section("tokenize"), "tokenize"),
         transformer=build(TransformerConfig, section("transformer"), "transformer"),
@@ -90,6 +96,19 @@ def annotate_config(kind: str, section: object) -> AnnotateConfig:
     return build(ANNOTATORS[kind], section, key)
 
 
+def source_maps_config(kind: str, section: object, source: str) -> LabelMaps:
+    """``source_maps.<kind>: {}``: use the maps the data source ships (their label convention)."""
+    key = f"source_maps.{kind}"
+    if section not in (None, {}):
+        raise ConfigError(f"{key}: takes no settings (the maps are the data source's); write {{}}")
+    provided = PROVIDED_MAPS.get(source, {})
+    if kind not in provided:
+        ships = f"ships {', '.join(provided)} maps" if provided else "ships no maps"
+        raise ConfigError(f"{key}: data.source {source} {ships}; compute them with annotate.{kind} instead "
+                          f"(sources with maps: {', '.join(f'{s} ({k})' for s, m in PROVIDED_MAPS.items() for k in m)})")
+    return provided[kind]
+
+
 def vqgan_config(name: str, section: object) -> VQGANConfig | PretrainedVQGAN:
     """A first stage to train (its settings), or a model folder to use ({folder: ...})."""
     key = f"vqgan.{name}"
@@ -107,12 +126,25 @@ def check_consistency(config: PipelineConfig) -> None:
     conditioning, tokenize, vqgans = config.conditioning, config.tokenize, config.vqgan
     maps = MAPS_OF[conditioning]
     wanted = {maps} if maps else set()
-    if set(config.annotate) != wanted:
-        extra, missing = set(config.annotate) - wanted, wanted - set(config.annotate)
-        raise ConfigError(
-            f"annotate: conditioning {conditioning} reads {'the ' + maps + ' maps' if maps else 'no per-image maps'}; "
-            + (f"annotate.{', annotate.'.join(sorted(extra))} would be computed for nothing: remove it"
-               if extra else f"add annotate.{', annotate.'.join(sorted(missing))} (the model that computes them)"))
+    both = set(config.annotate) & set(config.source_maps)
+    if both:
+        kind = sorted(both)[0]
+        raise ConfigError(f"source_maps.{kind}: the {kind} maps come from data.source {config.data.source} or "
+                          f"from annotate.{kind}, not both: remove one")
+    given = set(config.annotate) | set(config.source_maps)
+    if given != wanted:
+        extra, missing = sorted(given - wanted), sorted(wanted - given)
+        provided = PROVIDED_MAPS.get(config.data.source, {})
+        if extra:
+            unused = ", ".join(f"source_maps.{k} would be imported" if k in config.source_maps
+                               else f"annotate.{k} would be computed" for k in extra)
+            fix = f"{unused} for nothing: remove it"
+        else:
+            fix = f"add annotate.{', annotate.'.join(missing)} (the model that computes them)" + "".join(
+                f" or source_maps.{k}: {{}} (data.source {config.data.source} ships them)"
+                for k in missing if k in provided)
+        raise ConfigError(f"annotate: conditioning {conditioning} reads "
+                          f"{'the ' + maps + ' maps' if maps else 'no per-image maps'}; {fix}")
     check_objects(config)
     if tokenize.image_model not in vqgans:
         raise ConfigError(f"tokenize.image_model: {tokenize.image_model!r} is not a configured VQGAN "
@@ -124,9 +156,17 @@ def check_consistency(config: PipelineConfig) -> None:
             f"vqgan: conditioning {conditioning} uses the first stage(s) {', '.join(sorted(wanted))}; "
             + (f"vqgan.{', vqgan.'.join(sorted(extra))}: nothing reads it: remove it" if extra
                else f"add vqgan.{', vqgan.'.join(sorted(missing))} (settings to train it, or {{folder: ...}})"))
+    check_label_count(config)
     image = vqgans[tokenize.image_model]
     if not isinstance(image, VQGANConfig):
         return  # a model folder: its sizes are checked when train-vqgan verifies it
+    if conditioning == "coord" and tokenize.coord_n_embed > image.n_embed:
+        raise ConfigError(f"tokenize.coord_n_embed: {tokenize.coord_n_embed} coordinate levels, more than the image "
+                          f"codebook's {image.n_embed} entries: image and coordinate tokens share the GPT's vocabulary, "
+                          f"which would then let it sample tokens no image code has (the original: 1024 for both)")
+    if tokenize.rescale is not None and tokenize.rescale < image.resolution:
+        raise ConfigError(f"tokenize.rescale: {tokenize.rescale} px is less than the crops' {image.resolution} px "
+                          f"(vqgan.{tokenize.image_model}.resolution)")
     if maps in vqgans and isinstance(vqgans[maps], VQGANConfig) and vqgans[maps].resolution != image.resolution:
         raise ConfigError(f"vqgan.{maps}.resolution: {vqgans[maps].resolution} px, but the image VQGAN "
                           f"is trained at {image.resolution} px; the conditioning is cut like the image")
@@ -144,6 +184,24 @@ def check_consistency(config: PipelineConfig) -> None:
                           f"(vqgan.{tokenize.image_model}.n_embed); null keeps them all")
 
 
+def check_label_count(config: PipelineConfig) -> None:
+    """A segmentation VQGAN one-hots exactly the labels its maps hold: 182 from DeepLab v2,
+    183 from COCO-Stuff (shifted), 151 from ADE20k."""
+    vqgan = config.vqgan.get("segmentation")
+    if not isinstance(vqgan, VQGANConfig):
+        return
+    if "segmentation" in config.source_maps:
+        labels = config.source_maps["segmentation"]
+        n, where = labels.n_labels, f"data.source {config.data.source}'s maps ({labels.description})"
+    elif "segmentation" in config.annotate and config.annotate["segmentation"].model in ANNOTATOR_LABELS:
+        model = config.annotate["segmentation"].model
+        n, where = ANNOTATOR_LABELS[model], f"annotate.segmentation's {model}"
+    else:
+        return
+    if vqgan.n_classes != n:
+        raise ConfigError(f"vqgan.segmentation.n_classes: {vqgan.n_classes}, but {where} have {n} labels")
+
+
 def check_objects(config: PipelineConfig) -> None:
     """Scene synthesis (conditioning objects) reads a scene dataset's boxes through a builder."""
     if config.conditioning == "objects":
@@ -153,6 +211,9 @@ def check_objects(config: PipelineConfig) -> None:
         if config.tokenize.objects is None:
             raise ConfigError("tokenize.objects: conditioning objects needs the conditional builder's settings "
                               "(e.g. {builder: objects_bbox, no_tokens: 8192})")
+        if config.tokenize.rescale is not None:
+            raise ConfigError("tokenize.rescale: not read with conditioning objects (a scene is cropped as the "
+                              "original's dataset crops it: tokenize.objects.random_crop): remove it")
     elif config.tokenize.objects is not None:
         raise ConfigError(f"tokenize.objects: only read with conditioning objects (this is {config.conditioning}): "
                           f"remove it")

@@ -17,6 +17,7 @@ from models.sampling_settings import SamplingSettings
 from tasks.config.typed import check
 from tasks.data.classes import str_to_indices
 from tasks.data.scenes import KINDS
+from tasks.data.label_maps import DEEPLAB_COCOSTUFF, LabelMaps
 
 SPLITS = ("train", "validation")
 
@@ -116,22 +117,74 @@ OBJECT_SOURCES = ("coco", "open_images")
 
 
 @dataclass
+class FFHQConfig:
+    root: str = ""          # FFHQ's images1024x1024 folder (<NNNNN>.png, flat or in its 00000/... folders)
+    complete: bool = True   # every image the original's split lists name must be there (false: a subset)
+
+
+@dataclass
+class CelebAHQConfig:
+    root: str = ""          # the folder of imgHQ<NNNNN>.npy files the PGGAN instructions produce
+    complete: bool = True
+
+
+@dataclass
+class CocoStuffConfig:
+    """``data.coco_stuff``: COCO 2017 images with the COCO-Stuff stuff+thing label maps."""
+    root: str = ""              # COCO 2017: holds train2017/ and val2017/ (the images)
+    stuffthing_root: str = ""   # COCO-Stuff: holds train2017/ and val2017/ label PNGs (stuffthingmaps_trainval2017)
+    complete: bool = True       # the official 118,287 + 5,000 images (false: a subset)
+
+
+@dataclass
+class ADE20kConfig:
+    root: str = ""          # ADEChallengeData2016: images/ and annotations/ ({training,validation}/)
+    complete: bool = True   # the official 20,210 + 2,000 images (false: a subset)
+
+
+@dataclass
+class FolderConfig:
+    root: str = ""                      # any folder of photos (.jpg/.jpeg/.png, subfolders too): S-FLCKR
+    validation_fraction: float = 0.1    # the paper's S-FLCKR split: 10,764 of 107,625 photos, at random
+    seed: int = 0                       # the random split (a seeded hash of each photo's path)
+
+    def __post_init__(self):
+        check_finite(self.validation_fraction, "data.folder.validation_fraction", 0, 1)
+        check(0 < self.validation_fraction < 1, "data.folder.validation_fraction", "must be in (0, 1)")
+
+
+# data.source -> the settings it needs (besides the section): where its files are
+REQUIRED = {"imagenet": ("imagenet.train_tar", "imagenet.val_tar", "imagenet.validation_synsets"),
+            "custom": ("custom.train_list", "custom.test_list"), "ffhq": ("ffhq.root",),
+            "celebahq": ("celebahq.root",), "faceshq": ("celebahq.root", "ffhq.root"),
+            "coco_stuff": ("coco_stuff.root", "coco_stuff.stuffthing_root"), "ade20k": ("ade20k.root",), "folder": ("folder.root",)}
+
+
+@dataclass
 class DataConfig:
-    """Section ``data``: where the images come from (stage acquire)."""
-    source: Literal["demo", "imagenet", "custom", "coco", "open_images"] = "demo"
+    """Section ``data``: where the images come from (stage acquire). Besides the demo, ImageNet
+    and image lists: FFHQ, CelebA-HQ, FacesHQ (both), COCO 2017 with COCO-Stuff label maps
+    (coco_stuff), ADE20k and any folder of photos (S-FLCKR), read in the layout their downloads
+    have; and the annotated-objects datasets of scene synthesis, COCO 2017 with its boxes (coco)
+    and Open Images v6 (open_images), in the original's layout."""
+    source: Literal["demo", "imagenet", "custom", "ffhq", "celebahq", "faceshq", "coco_stuff", "ade20k", "folder",
+                    "coco", "open_images"] = "demo"
     demo: DemoConfig = field(default_factory=DemoConfig)
     imagenet: ImagenetConfig = field(default_factory=ImagenetConfig)
     custom: CustomConfig = field(default_factory=CustomConfig)
+    ffhq: FFHQConfig = field(default_factory=FFHQConfig)
+    celebahq: CelebAHQConfig = field(default_factory=CelebAHQConfig)
+    coco_stuff: CocoStuffConfig = field(default_factory=CocoStuffConfig)
+    ade20k: ADE20kConfig = field(default_factory=ADE20kConfig)
+    folder: FolderConfig = field(default_factory=FolderConfig)
     coco: CocoConfig = field(default_factory=CocoConfig)
     open_images: OpenImagesConfig = field(default_factory=OpenImagesConfig)
 
     def __post_init__(self):
-        if self.source == "imagenet":
-            for key in ("train_tar", "val_tar", "validation_synsets"):
-                check(bool(getattr(self.imagenet, key)), f"data.imagenet.{key}", "required when data.source is imagenet")
-        if self.source == "custom":
-            for key in ("train_list", "test_list"):
-                check(bool(getattr(self.custom, key)), f"data.custom.{key}", "required when data.source is custom")
+        for key in REQUIRED.get(self.source, ()):
+            section, name = key.split(".")
+            check(bool(getattr(getattr(self, section), name)), f"data.{key}",
+                  f"required when data.source is {self.source}")
         if self.source in OBJECT_SOURCES:
             self.objects.check_source(f"data.{self.source}")
 
@@ -212,12 +265,16 @@ class ObjectsConfig(AnnotateConfig):
 
 ANNOTATORS: dict[str, type[AnnotateConfig]] = {"depth": DepthConfig, "segmentation": SegmentConfig,
                                                "objects": ObjectsConfig}
+# labels of the maps an annotator writes, where the network fixes them (DeepLab v2 on COCO-Stuff)
+ANNOTATOR_LABELS = {"deeplabv2_cocostuff": DEEPLAB_COCOSTUFF.n_labels}
 
-# What each conditioning reads besides the images: per-image maps or boxes (computed by an
-# annotate stage) and, for maps, a first stage that turns them into tokens (boxes become
-# tokens through a conditional builder: tokenize.objects).
-CONDITIONINGS = ("depth", "segmentation", "class", "none", "objects")
-MAPS_OF = {"depth": "depth", "segmentation": "segmentation", "class": None, "none": None, "objects": "objects"}
+# What each conditioning reads besides the images: per-image maps (computed by an annotate
+# stage, or shipped by the data source: section source_maps) or boxes (annotate@objects) and,
+# for maps, a first stage that turns them into tokens (boxes become tokens through a
+# conditional builder: tokenize.objects). Coordinates (FacesHQ) are computed from each crop's place.
+CONDITIONINGS = ("depth", "segmentation", "class", "coord", "none", "objects")
+MAPS_OF = {"depth": "depth", "segmentation": "segmentation", "class": None, "coord": None, "none": None,
+           "objects": "objects"}
 
 
 # ----------------------------------------------------------------------------- training
@@ -300,13 +357,16 @@ class VQGANConfig(TrainingConfig):
     ddconfig: DDConfig = field(default_factory=DDConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    n_classes: int = 182            # segmentation: one-hot channels (COCO-Stuff labels)
+    n_classes: int = 182            # segmentation: one-hot channels (the maps' labels: 182 DeepLab, 183 COCO-Stuff, 151 ADE20k)
+    rescale: int | None = None      # train crops are cut from images scaled to this shorter side (COCO: 296); null: resolution
     num_workers: int = 0
 
     def __post_init__(self):
         key = f"vqgan.{self.model}"
         self._check_training(key)
         check_positive(self, key, "n_embed", "embed_dim", "resolution", "n_classes")
+        check(self.rescale is None or self.rescale >= self.resolution, f"{key}.rescale",
+              f"{self.rescale} must be >= resolution {self.resolution} (crops are cut from the rescaled image) or null")
         check(self.n_embed <= 65536, f"{key}.n_embed", "must be <= 65536 (tokens are stored as uint16)")
         check(self.num_workers >= 0, f"{key}.num_workers", "must be >= 0")
         dd = self.ddconfig
@@ -419,6 +479,8 @@ class TokenizeConfig:
     image_model: str = "image"      # VQGAN folder data/vqgan/<image_model> for image tokens
     hflip: bool = True              # train: add the mirror image of each crop (aug 1)
     extra_crops: int = 0            # train: add this many seeded random crops (aug 2..)
+    rescale: int | None = None      # train: crops come from images scaled to this shorter side; null: the crop size
+    coord_n_embed: int = 1024       # conditioning coord: positions quantised to 0..n-1 (the original's CoordStage n_embed)
     batch_size: int = 64
     rows_per_part: int = 4096       # images per Parquet part (all their augmentations go with them)
     num_workers: int = 0
@@ -429,6 +491,8 @@ class TokenizeConfig:
         check(self.extra_crops >= 0, "tokenize.extra_crops", "must be >= 0")
         check_positive(self, "tokenize", "batch_size", "rows_per_part")
         check(self.num_workers >= 0, "tokenize.num_workers", "must be >= 0")
+        check(self.rescale is None or self.rescale > 0, "tokenize.rescale", "must be positive or null")
+        check(2 <= self.coord_n_embed <= 65536, "tokenize.coord_n_embed", "must be in 2..65536 (uint16 tokens)")
 
     def augmentations(self, split: str) -> list[int]:
         if split != "train":
@@ -539,17 +603,18 @@ class EvaluateConfig:
 
 # ----------------------------------------------------------------------------- the whole file
 
-SECTIONS = ("data", "extract", "annotate", "vqgan", "tokenize", "transformer", "sample", "evaluate")
+SECTIONS = ("data", "extract", "annotate", "source_maps", "vqgan", "tokenize", "transformer", "sample", "evaluate")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     """Every section of params.yaml, typed and validated."""
-    conditioning: str                       # depth | segmentation | class | none | objects
+    conditioning: str                       # depth | segmentation | class | coord | none | objects
     sampling: SamplingSettings
     data: DataConfig
     extract: ExtractConfig
-    annotate: dict[str, AnnotateConfig]     # the per-image maps the conditioning reads
+    annotate: dict[str, AnnotateConfig]     # the per-image maps the conditioning reads, computed by a network
+    source_maps: dict[str, LabelMaps]       # ... or shipped by the data source (its label convention)
     vqgan: dict[str, VQGANConfig | PretrainedVQGAN]   # first stages: the image's and the conditioning's
     tokenize: TokenizeConfig
     transformer: TransformerConfig

@@ -52,6 +52,27 @@ def write_tar(path: str | Path, members: Iterable[tuple[str, bytes]]) -> None:
                 add_bytes(tar, name, data)
 
 
+def write_nested_tar(path: str | Path, groups: Iterable[tuple[str, Iterable[tuple[str, bytes]]]]) -> None:
+    """Write a tar of tars atomically, as ILSVRC2012_img_train.tar: one ``<name>`` member per
+    group, itself a tar of the group's ``(name, data)`` members. Streamed: each inner tar is
+    written in place and its header patched with the size once it is known, so memory holds
+    one member at a time whatever the size of a group (FFHQ as one class: 89 GB)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for name, members in groups:
+            start = f.tell()
+            f.write(_info(name, 0).tobuf(tarfile.USTAR_FORMAT))     # placeholder until the size is known
+            with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as inner:
+                for member, data in members:
+                    add_bytes(inner, member, data)
+            end = f.tell()
+            f.seek(start)
+            f.write(_info(name, end - start - tarfile.BLOCKSIZE).tobuf(tarfile.USTAR_FORMAT))
+            f.seek(end)
+            f.write(tarfile.NUL * (-(end - start) % tarfile.BLOCKSIZE))
+        f.write(tarfile.NUL * 2 * tarfile.BLOCKSIZE)                 # end of archive, padded as tarfile pads
+        f.write(tarfile.NUL * (-f.tell() % tarfile.RECORDSIZE))
+
+
 def is_plain_name(name: str) -> bool:
     """A single path component that cannot escape its folder or hide (no '/', '..', leading
     dot), short enough for any filesystem."""

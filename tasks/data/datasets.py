@@ -7,16 +7,20 @@ Every dataset returns the same sample dict (the cross-team contract):
                     float32 map min-max normalised per image over the *whole* image, then resized
                     and cropped like the image (as the original D-RIN ImageNetTrainWithDepth)
     "segmentation"  int64 tensor (H, W) of label ids          only with segmentation_root
+    "coord"         float32 tensor (1, H, W) in [0, 1)        only with coord: each pixel's place in
+                    the rescaled image, (row * width + column) / (height * width), cropped with
+                    the image but never flipped (the original FacesHQ's ``coord``)
     "class_label"   int: the synset's index in synsets.json (tasks/data/classes.py), on every split
     "synset"        str, e.g. "n09000003"
     "human_label"   str, e.g. "cylinder" (the synset itself where no name is known)
     "relpath"       str, "<synset>/<name>.JPEG" (file lists: the path as listed)
 
-Preprocessing is the original's: rescale so the *shorter* side is ``size``
-(bilinear; nearest for label maps), then a ``size`` x ``size`` crop, random in
-training and central otherwise, plus an optional horizontal flip; the *same*
-crop and flip apply to the image and its conditioning maps. ``size=None``
-keeps images as they are. Any decodable image is converted to RGB when read
+Preprocessing is the original's: rescale so the *shorter* side is ``rescale``
+(default ``size``; bilinear, nearest for label maps), then a ``size`` x ``size`` crop,
+random in training and central otherwise, plus an optional horizontal flip; the
+*same* crop and flip apply to the image and its conditioning maps. A ``rescale``
+above ``size`` cuts crops out of a larger image (the original's ``size`` and
+``crop_size``: COCO 296 and 256). ``size=None`` keeps images as they are. Any decodable image is converted to RGB when read
 (greyscale, CMYK, PNG bytes under a .JPEG name: see tasks/extract.py).
 
 ``vqgan_input`` turns a batch of samples into what a VQGAN of a kind encodes.
@@ -58,10 +62,15 @@ def normalised_depth(path: str | Path) -> np.ndarray:
 
 
 class Preprocess:
-    """Shorter-side rescale to ``size``, then one crop (and flip) shared by the image and its maps."""
+    """Shorter-side rescale to ``rescale`` (default ``size``), then one ``size`` crop (and flip)
+    shared by the image and its maps; with ``coord``, the crop's coordinates as map "coord"."""
 
-    def __init__(self, size: int | None = None, random_crop: bool = False, flip: bool = False):
-        self.size, self.random_crop, self.flip = size, random_crop, flip
+    def __init__(self, size: int | None = None, random_crop: bool = False, flip: bool = False,
+                 rescale: int | None = None, coord: bool = False):
+        if size is not None and rescale is not None and rescale < size:
+            raise ValueError(f"rescale {rescale} is smaller than the crop size {size}")
+        self.size, self.random_crop, self.flip, self.coord = size, random_crop, flip, coord
+        self.rescale = rescale if size is not None and rescale is not None else size
 
     def __call__(self, image: np.ndarray, maps: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """``maps``: float32 maps (resized bilinearly) or uint8 label maps (nearest), all image-sized."""
@@ -70,9 +79,9 @@ class Preprocess:
             if m.shape[:2] != (h, w):
                 raise ValueError(f"{name} map is {m.shape[:2]}, image is {(h, w)}")
         if self.size is None:
-            return image, maps
-        scale = self.size / min(h, w)
-        nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
+            return image, {**maps, **({"coord": coordinates(h, w, 0, 0, h, w)} if self.coord else {})}
+        scale = self.rescale / min(h, w)
+        nh, nw = max(self.rescale, round(h * scale)), max(self.rescale, round(w * scale))
         if (nh, nw) != (h, w):
             image = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
             maps = {k: _resize(m, (nw, nh)) for k, m in maps.items()}
@@ -87,7 +96,20 @@ class Preprocess:
             a = a[top:top + self.size, left:left + self.size]
             return a[:, ::-1] if flip else a
 
-        return crop(image), {k: crop(m) for k, m in maps.items()}
+        maps = {k: crop(m) for k, m in maps.items()}
+        if self.coord:   # where the crop lies; a mirrored crop stays where it is
+            maps["coord"] = coordinates(nh, nw, top, left, self.size, self.size)
+        return crop(image), maps
+
+
+def coordinates(height: int, width: int, top: int = 0, left: int = 0, rows: int | None = None,
+                cols: int | None = None) -> np.ndarray:
+    """(rows, cols) float32: each pixel's place in a height x width picture, (row * width + column)
+    / (height * width), for the window at (top, left); the original FacesHQ's coordinates."""
+    rows, cols = rows or height, cols or width
+    r = np.arange(top, top + rows, dtype=np.float64)[:, None]
+    c = np.arange(left, left + cols, dtype=np.float64)[None, :]
+    return ((r * width + c) / (height * width)).astype(np.float32)
 
 
 def _resize(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -107,12 +129,15 @@ class ImageNetDataset(Dataset):
     tasks/data/formats.py) and ``<segmentation_root>/<split>/<synset>/<name>.png`` (uint8 labels).
     ``synsets_json`` (acquire's synsets.json) gives the class labels and human names;
     ``sub_indices`` ("32-123, 256", the original's syntax) selects classes by label.
+    ``rescale``: the shorter side crops are cut from (default ``size``); ``coord``: add each
+    crop's coordinates in the rescaled image (conditioning coord).
     """
 
     def __init__(self, root: str | Path = DATA.images, split: str = "train", size: int | None = None,
                  random_crop: bool = False, flip: bool = False, sub_indices: str | None = None,
                  synsets_json: str | Path = DATA.synsets_json,
-                 depth_root: str | Path | None = None, segmentation_root: str | Path | None = None):
+                 depth_root: str | Path | None = None, segmentation_root: str | Path | None = None,
+                 rescale: int | None = None, coord: bool = False):
         self.root, self.split = Path(root), split
         listing = self.root / split / "filelist.txt"
         if not listing.is_file():
@@ -128,7 +153,7 @@ class ImageNetDataset(Dataset):
         self.human_labels = [self.classes.name(s) for s in self.synsets]
         self.depth_root = Path(depth_root) if depth_root else None
         self.segmentation_root = Path(segmentation_root) if segmentation_root else None
-        self.preprocess = Preprocess(size, random_crop, flip)
+        self.preprocess = Preprocess(size, random_crop, flip, rescale, coord)
 
     def __len__(self) -> int:
         return len(self.relpaths)
@@ -149,6 +174,8 @@ class ImageNetDataset(Dataset):
             sample["depth"] = torch.from_numpy(np.array(maps["depth"]))[None]
         if "segmentation" in maps:
             sample["segmentation"] = torch.from_numpy(np.array(maps["segmentation"])).long()
+        if "coord" in maps:
+            sample["coord"] = torch.from_numpy(maps["coord"])[None]
         return {**sample, "class_label": self.class_labels[i], "synset": self.synsets[i],
                 "human_label": self.human_labels[i], "relpath": self.relpaths[i]}
 

@@ -1,10 +1,13 @@
 """Where every stage's inputs and outputs live (the contracts of shared/design.md).
 
     data/raw/                        acquire: ILSVRC2012-style archives, synsets.json, groundtruth/ (demo),
-                                     objects/ (scene datasets: the boxes of the packed images)
+                                     segmentation_<split>.tar + maps.json (sources that ship label maps),
+                                     objects/ (scene datasets: the boxes of the packed images),
+                                     sources.json (file-based sources: packed name -> its file)
     data/dataset/image/<split>/      extract: <synset>/<name>.JPEG, filelist.txt; rejected.jsonl
     data/dataset/depth/<split>/      annotate@depth: <synset>/<name>.png (RGBA-packed float32)
-    data/dataset/segmentation/...    annotate@segmentation: <synset>/<name>.png (uint8 labels)
+    data/dataset/segmentation/...    annotate@segmentation or source-maps@segmentation: <synset>/<name>.png
+                                     (uint8 labels, as the models read them)
     data/dataset/objects/<split>/    annotate@objects: <synset>/<name>.json (a scene's boxes), categories.json
     data/vqgan/<name>/               train-vqgan@<name>: checkpoints/, configs/ (resume/: while running; a finished run's continuation point)
     data/tokens/<split>/             tokenize: part-NNNNN.parquet, manifest.json
@@ -35,8 +38,15 @@ TRAIN_TAR = "ILSVRC2012_img_train.tar"
 VAL_TAR = "ILSVRC2012_img_val.tar"
 VAL_SYNSETS = "validation_synset.txt"
 SYNSETS_JSON = "synsets.json"
+SOURCES_JSON = "sources.json"   # packed member name -> the file it came from (file-based sources)
+MAPS_JSON = "maps.json"         # the label maps a source ships: {kind: their label convention}
 FILELIST = "filelist.txt"
 METRICS = Path("metrics")
+
+
+def maps_tar(kind: str, split: str) -> str:
+    """acquire's tar of a source's own maps of one split: ``<stem>.png`` members, as shipped."""
+    return f"{kind}_{split}.tar"
 
 
 @dataclass(frozen=True)

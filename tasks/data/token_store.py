@@ -42,7 +42,7 @@ FORMAT_VERSION = 2        # 2: row settings and part info in the metadata, manif
 PART_GLOB = "part-*.parquet"
 MANIFEST = "manifest.json"
 COLUMNS = ["id", "class_label", "aug", "image_tokens", "cond_tokens"]
-COND_KINDS = ("depth", "segmentation", "class", "none", "objects_bbox", "objects_center_points")
+COND_KINDS = ("depth", "segmentation", "class", "coord", "none", "objects_bbox", "objects_center_points")
 
 
 class TokenStoreError(StageError, ValueError):
@@ -56,8 +56,8 @@ def part_name(index: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class Codes:
     """Where one token column comes from."""
-    kind: str                 # image | depth | segmentation (a VQGAN) | class | none | objects_bbox | ...
-    vocab_size: int           # codebook size, number of classes, 1 (the SOS token), a builder's no_tokens
+    kind: str                 # image | depth | segmentation (a VQGAN) | class | coord | none | objects_bbox | ...
+    vocab_size: int           # codebook size, number of classes, coordinate levels, 1 (the SOS token), a builder's no_tokens
     grid: tuple[int, int]     # token grid (h, w); (1, 1) for class and none; (1, length) for a builder
     sha256: str | None = None  # SHA-256 of the VQGAN checkpoint (None without a VQGAN)
     folder: str | None = None  # the VQGAN folder, e.g. data/vqgan/depth (objects: data/dataset/objects)
@@ -76,6 +76,7 @@ class RowSettings:
     extra_crops: int          # train rows include this many seeded random crops
     seed: int                 # of the random crops
     rows_per_part: int        # images per part (with all their augmentations)
+    rescale: int | None = None  # train crops are cut from images scaled to this shorter side (None: the crop size)
     random_crop: str | None = None   # scenes: the extra crops' method (tokenize.objects.random_crop)
 
 

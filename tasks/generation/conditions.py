@@ -2,6 +2,7 @@
 
 * a class label (class-conditional models; names: `class_names`);
 * nothing (unconditional models);
+* the output's own coordinates (coordinate-conditioned models, the paper's FacesHQ);
 * a map file on the output grid: a depth map (the pipeline's RGBA float32 PNG, or an
   8/16-bit grey PNG, larger = nearer) or a segmentation label PNG (uint8 ids);
 * a photo, annotated on the fly (tasks/generation/photos.py);
@@ -23,9 +24,10 @@ from PIL import Image
 
 from models.permuter import Identity
 from tasks.data.classes import ClassTable
-from tasks.data.datasets import normalise_depth
+from tasks.data.datasets import coordinates, normalise_depth
 from tasks.data.formats import rgba_to_depth
 from tasks.data.images import GREY_FULL_SCALE, grey_fraction, labels_to_rgb, open_image
+from tasks.data.label_maps import ADE20K, COCO_STUFF, DEEPLAB_COCOSTUFF
 from tasks.generation.model import SamplingModel
 from tasks.runtime.errors import StageError
 
@@ -105,6 +107,19 @@ def no_condition(model: SamplingModel) -> Condition:
     return Condition("", None)
 
 
+def coord_condition(model: SamplingModel, hw: tuple[int, int], name: str = "") -> Condition:
+    """A coordinate-conditioned model's condition for an output of (height, width): its own
+    coordinates, (row * width + column) / (height * width), as the coordinate tokens. On an
+    output larger than the training crops every window sees where it lies in the whole."""
+    if model.kind != "coord":
+        raise StageError(f"{model.name} is conditioned on {model.kind}, not on coordinates")
+    coord = coordinates(*hw)
+    with torch.inference_mode():
+        tokens = model.net.encode_to_c(torch.from_numpy(coord)[None, None].to(model.device))[1]
+    grey = (coord * 255).round().astype(np.uint8)
+    return Condition(name, tokens, np.repeat(grey[..., None], 3, axis=2))
+
+
 # ----------------------------------------------------------------------------- maps
 
 def read_depth(source: str | Path | bytes, where: str | None = None) -> np.ndarray:
@@ -172,6 +187,20 @@ def prepare_map(model: SamplingModel, array: np.ndarray, hw: tuple[int, int]) ->
     if model.kind == "depth":
         return fit(normalise_depth(array.astype(np.float32)), hw)
     return fit(array.astype(np.uint8), hw)
+
+
+# The original's example sets shipped in examples/ (label maps as the models read them) and
+# the labels of their maps: COCO-Stuff (shifted), ADE20k, S-FLCKR's DeepLab v2 COCO-Stuff.
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE_LABELS = {"coco": COCO_STUFF.n_labels, "ade20k": ADE20K.n_labels, "sflckr": DEEPLAB_COCOSTUFF.n_labels}
+
+
+def shipped_examples(n_labels: int | None) -> Path | None:
+    """The shipped label maps (examples/<set>/segmentations) a segmentation model of n_labels reads."""
+    for name, labels in EXAMPLE_LABELS.items():
+        if labels == n_labels and (EXAMPLES / name / "segmentations").is_dir():
+            return EXAMPLES / name / "segmentations"
+    return None
 
 
 def map_condition(model: SamplingModel, path: str | Path, hw: tuple[int, int]) -> Condition:

@@ -29,7 +29,7 @@ from tasks.runtime.errors import StageError
 # what a transformer can be conditioned on, as Net2NetTransformer.cond_stage_key names it;
 # scenes (objects_bbox, objects_center_points): boxes and labels through a conditional builder
 SCENE_KINDS = tuple(BUILDERS)
-KINDS = ("none", "class_label", "depth", "segmentation", *SCENE_KINDS)
+KINDS = ("none", "class_label", "depth", "segmentation", "coord", *SCENE_KINDS)
 
 
 @dataclass
@@ -54,7 +54,7 @@ class SamplingModel:
 
     @property
     def kind(self) -> str:
-        """none | class_label | depth | segmentation | objects_bbox | objects_center_points."""
+        """none | class_label | depth | segmentation | coord | objects_bbox | objects_center_points."""
         return "none" if self.net.be_unconditional else self.net.cond_stage_key
 
     @property

@@ -10,6 +10,8 @@ holds one synset in memory at a time). Beside the archives, in ``data/raw/object
                                     "relpath" <synset>/<stem>.JPEG (records.py)
     categories.json                 the category table, the source and its settings
     missing.json                    images the annotations name but the folder lacks (skipped)
+
+and ``sources.json``: each packed name -> the file it came from (as for every file-based source).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from tasks.config.schema import DataConfig
 from tasks.data.archives import name_problem, tar_bytes, write_tar
 from tasks.data.files import atomic_path, write_json, write_text
 from tasks.data.image_lists import image_file_problem
-from tasks.data.layout import SYNSETS_JSON, TRAIN_TAR, VAL_SYNSETS, VAL_TAR
+from tasks.data.layout import SOURCES_JSON, SYNSETS_JSON, TRAIN_TAR, VAL_SYNSETS, VAL_TAR
 from tasks.data.objects.loaded import AnnotatedObjects
 from tasks.data.objects.records import CATEGORIES_FILE, to_record
 from tasks.runtime.errors import StageError
@@ -74,7 +76,7 @@ def _packed(data: AnnotatedObjects, source: str, missing: list[str]):
 
 def acquire_objects(cfg: DataConfig, out: Path) -> dict:
     source, objects = cfg.source, out / "objects"
-    summary, tables, missing, synsets = {"source": source}, {}, {}, set()
+    summary, tables, missing, synsets, files = {"source": source}, {}, {}, set(), {}
     for split in ("train", "validation"):
         data = load_split(cfg, split)
         tables[split] = data.categories
@@ -84,6 +86,7 @@ def acquire_objects(cfg: DataConfig, out: Path) -> dict:
             raise StageError(f"{cfg.objects.root}: no {split} image passes data.{source}'s filters and exists "
                              f"({len(data)} pass, {len(missing[split])} of them missing)")
         synsets.update(s for s, _, _ in members)
+        files.update((name, str(data.image_path(n))) for _, name, n in members)
         with atomic_path(objects / f"{split}.jsonl") as tmp, open(tmp, "w") as f:
             for synset, name, n in members:
                 record = to_record(data.images[n], data.annotations(n), data.categories)
@@ -108,5 +111,6 @@ def acquire_objects(cfg: DataConfig, out: Path) -> dict:
     settings = {"source": source, **dataclasses.asdict(cfg.objects)}
     write_json(objects / CATEGORIES_FILE, {"settings": settings, "categories": tables["train"].to_json()})
     write_json(objects / "missing.json", missing)
+    write_json(out / SOURCES_JSON, files)
     summary["categories"] = len(tables["train"])
     return summary
