@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "installing into $(VENV), a line per package (full log: $(VENV)/install.log)"
 	@SECONDS=0; $(BIN)/python -m pip install --progress-bar off -c constraints.txt -e '.[test]' 2>&1 \
 	  | tee $(VENV)/install.log | grep --line-buffered -E '^(Collecting|Installing collected|Successfully)' \
-	  | cut -c1-110 | sed -u 's/^/  /'; rc=$${PIPESTATUS[0]}; \
+	  | sed -u 's/^\(.\{108\}\).*/\1/; s/^/  /'; rc=$${PIPESTATUS[0]}; \
 	  if [ $$rc -ne 0 ]; then grep -v '^WARNING: Location' $(VENV)/install.log | tail -40; exit 1; fi; \
 	  echo "installed in $$SECONDS s: $$(du -sh $(VENV) | cut -f1) in $(VENV)"
 	@touch $@

@@ -33,7 +33,7 @@ def run(cfg: EvaluateConfig, first_stages: list[str], layout: Layout = DATA, met
     from tasks.data.datasets import ImageNetDataset, spread_indices, vqgan_input
     from tasks.data.files import write_json
     from tasks.data.images import to_uint8
-    from tasks.evaluation.fidelity import codebook_usage, distances, extractor_info, inception, psnr_ssim
+    from tasks.evaluation.fidelity import codebook_usage, colourfulness, distances, extractor_info, inception, psnr_ssim
     from tasks.evaluation.summary import SUMMARY_DIR, vqgan_summary
     from tasks.runtime.devices import resolve_device
     from tasks.runtime.progress import progress
@@ -69,12 +69,17 @@ def run(cfg: EvaluateConfig, first_stages: list[str], layout: Layout = DATA, met
                 psnr, ssim = psnr_ssim(xrec, x)
                 scores[name].setdefault("psnr", []).append(psnr.cpu())
                 scores[name].setdefault("ssim", []).append(ssim.cpu())
+                if name == "image":
+                    scores[name].setdefault("colourfulness", []).append(colourfulness(xrec).cpu())
+                    scores[name].setdefault("colourfulness_input", []).append(colourfulness(x).cpu())
                 if name == "image" and rfid.any():
                     originals.append(net(to_uint8(x[rfid]))[0].double().cpu())
                     reconstructed.append(net(to_uint8(xrec[rfid]))[0].double().cpu())
 
     reconstruction = {name: {**{k: float(torch.cat(v).mean()) for k, v in s.items()}, "images": len(dataset)}
                       for name, s in scores.items()}
+    image = reconstruction["image"]
+    image["colourfulness_ratio"] = image["colourfulness"] / max(image["colourfulness_input"], 1e-12)
     kid = dict(kid_subsets=cfg.kid_subsets, kid_subset_size=cfg.kid_subset_size, seed=cfg.seed)
     reconstruction["image"].update(distances(torch.cat(reconstructed), torch.cat(originals), pretrained,
                                              prefix="r", **kid), **extractor_info(pretrained))

@@ -18,6 +18,7 @@ from tasks.data.layout import Layout
 from tasks.evaluation.fidelity import (
     SeededInceptionV3,
     codebook_usage,
+    colourfulness,
     distances,
     frechet_distance,
     inception,
@@ -92,6 +93,9 @@ def test_reconstruction_and_codebook(evaluated):
         assert 1 <= c["codes_used"] <= c["codebook_size"] and c["usage"] == c["codes_used"] / c["codebook_size"]
         assert 1 <= c["perplexity"] <= c["codes_used"] + 1e-9
     assert summary["codebook"]["image"]["codebook_size"] == 64 and summary["codebook"]["depth"]["codebook_size"] == 16
+    image = summary["reconstruction"]["image"]
+    assert image["colourfulness_ratio"] == pytest.approx(image["colourfulness"] / image["colourfulness_input"])
+    assert image["colourfulness_input"] > 0.05 and "colourfulness" not in summary["reconstruction"]["depth"]
 
 
 def test_evaluate_reuses_the_reference_and_refuses_mismatches(evaluated, tmp_path):
@@ -145,6 +149,14 @@ def test_random_inception_is_fixed_and_offline(monkeypatch, tmp_path):
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     features = net(x)[0]
     assert features.shape == (2, 2048) and features.std() > 1e-3    # He init keeps the signal alive
+
+
+def test_colourfulness_is_the_distance_from_grey():
+    grey = torch.rand(2, 1, 8, 8).expand(2, 3, 8, 8) * 2 - 1
+    assert torch.allclose(colourfulness(grey), torch.zeros(2), atol=1e-7)
+    red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)   # (1, 0, 0): grey 1/3
+    assert colourfulness(red).item() == pytest.approx((2 / 3 + 1 / 3 + 1 / 3) / 3)
+    assert colourfulness(red * 0.5).item() == pytest.approx(colourfulness(red).item() / 2)   # halfway to grey
 
 
 def test_psnr_ssim_and_usage_values():

@@ -428,7 +428,8 @@ def test_train_drin_on_the_smoke_profile_of_the_real_pipeline(prefect_server, se
     published = artifacts(run)
     assert [(row["file"], row["metric"]) for row in published["train-drin-metrics"]] == [
         ("metrics/summary/samples.json", "fd_random_inception.samples"),
-        *[("metrics/summary/vqgan.json", key) for key in ("fd_random_inception.reconstruction", "psnr.depth",
+        *[("metrics/summary/vqgan.json", key) for key in ("colourfulness_ratio.image",
+                                                          "fd_random_inception.reconstruction", "psnr.depth",
                                                           "psnr.image", "ssim.depth", "ssim.image", "usage.depth",
                                                           "usage.image")]]
     assert {"file": "metrics/summary/vqgan.json", "metric": "usage.image", "value": vqgan["usage"]["image"]} \

@@ -69,7 +69,8 @@ def test_smoke_pipeline_repro_noop_sweep_metrics_plots(smoke_repo):
     metrics = json.loads(run_dvc(repo, "metrics", "show", "--json").stdout)[""]["data"]
     assert list(metrics) == ["metrics/summary/samples.json", "metrics/summary/vqgan.json"]
     assert set(metrics["metrics/summary/samples.json"]["data"]) == {"fd_random_inception"}
-    assert set(metrics["metrics/summary/vqgan.json"]["data"]) == {"fd_random_inception", "psnr", "ssim", "usage"}
+    assert set(metrics["metrics/summary/vqgan.json"]["data"]) == {"colourfulness_ratio", "fd_random_inception", "psnr",
+                                                                        "ssim", "usage"}
     assert "codes_used" in run_dvc(repo, "metrics", "show", "metrics/codebook.json").stdout
     run_dvc(repo, "plots", "show", "-o", "plots_html")
     html = (repo / "plots_html" / "index.html").read_text()

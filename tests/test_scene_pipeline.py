@@ -76,14 +76,14 @@ def test_a_coco_scene_pipeline_trains_and_samples_from_a_fresh_clone(tmp_path):
     import pyarrow.parquet as pq
     from PIL import Image
 
+    from tasks.config.schema import ObjectsTokensConfig
+    from tasks.data.layout import Layout
     from tasks.data.objects.coco import load_coco
     from tasks.data.objects.crops import crop_box
     from tasks.data.objects.dataset import read_categories
     from tasks.data.objects.records import record_annotations
     from tasks.data.token_store import TokenDataset
     from tasks.tokenize_images import scene_conditioning
-    from tasks.config.schema import ObjectsTokensConfig
-    from tasks.data.layout import Layout
 
     repo = make_smoke_repo(tmp_path / "repo")
     (repo / "params.yaml").write_text(yaml.safe_dump(with_scenes(yaml.safe_load((repo / "params.yaml").read_text())),

@@ -17,8 +17,15 @@ from source_fixtures import EXAMPLES, example_pairs, make_ade20k, make_celebahq,
 
 from tasks import acquire, cli, extract, source_maps
 from tasks.config.params import from_dict
-from tasks.config.schema import ADE20kConfig, CelebAHQConfig, CocoStuffConfig, DataConfig, ExtractConfig, FFHQConfig, \
-    FolderConfig
+from tasks.config.schema import (
+    ADE20kConfig,
+    CelebAHQConfig,
+    CocoStuffConfig,
+    DataConfig,
+    ExtractConfig,
+    FFHQConfig,
+    FolderConfig,
+)
 from tasks.config.typed import ConfigError
 from tasks.data.faces import read_npy_picture, split_names
 from tasks.data.formats import load_label_png

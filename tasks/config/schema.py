@@ -16,8 +16,8 @@ from typing import Literal
 from models.sampling_settings import SamplingSettings
 from tasks.config.typed import check
 from tasks.data.classes import str_to_indices
-from tasks.data.scenes import KINDS
 from tasks.data.label_maps import DEEPLAB_COCOSTUFF, LabelMaps
+from tasks.data.scenes import KINDS
 
 SPLITS = ("train", "validation")
 

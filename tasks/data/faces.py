@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 from models.files import open_regular
-
 from tasks.data.sources import SourceError, SourceImage, member_name, require_folder
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"

@@ -176,6 +176,14 @@ def psnr_ssim(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return 10 * torch.log10(1 / mse), ssim
 
 
+def colourfulness(x: torch.Tensor) -> torch.Tensor:
+    """Per-image mean |pixel - its grey| (grey: the mean of its R, G, B), in [0, 1] units, of
+    RGB images in [-1, 1]: 0 for a grey image. The ratio of reconstructions' to inputs' says
+    whether a first stage keeps colour (a VQGAN that loses it reconstructs grey scenes)."""
+    x01 = (x.clamp(-1, 1) + 1) / 2
+    return (x01 - x01.mean(1, keepdim=True)).abs().flatten(1).mean(1)
+
+
 def codebook_usage(counts: torch.Tensor) -> dict:
     """Used entries, their fraction, and the perplexity exp(H) of the code distribution."""
     p = counts.double() / counts.sum()

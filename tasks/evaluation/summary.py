@@ -6,6 +6,7 @@ Each evaluating stage writes, beside its full-precision files, a summary under
 
     metrics/summary/samples.json   {"fd_random_inception": {"samples": 0.99}}
     metrics/summary/vqgan.json     {"fd_random_inception": {"reconstruction": 1.9},
+                                    "colourfulness_ratio": {"image": 0.9},   # reconstructions' / inputs'
                                     "psnr": {"image": 22.4, "depth": 27.1}, "ssim": {...}, "usage": {...}}
 
 (``fid`` instead of ``fd_random_inception`` with the real Inception weights.)
@@ -36,5 +37,6 @@ def vqgan_summary(reconstruction: dict, codebook: dict) -> dict:
     scores = {key: {name: short(r[key]) for name, r in reconstruction.items() if key in r}
               for key in ("psnr", "ssim", "pixel_accuracy")}   # pixel accuracy: a segmentation VQGAN's
     return {fd: {"reconstruction": short(reconstruction["image"][f"r{fd}"])},
+            "colourfulness_ratio": {"image": short(reconstruction["image"]["colourfulness_ratio"])},
             **{key: values for key, values in scores.items() if values},
             "usage": {name: short(c["usage"]) for name, c in codebook.items()}}
