@@ -2,21 +2,9 @@
 The sampling Decoder built from it is tested in test_inference.py."""
 import pytest
 import torch
+from tiny_gpt import tiny_gpt
 
-from models.gpt import GPT, GPTConfig
-
-
-def tiny_gpt(**overrides) -> GPT:
-    torch.manual_seed(0)
-    config = dict(vocab_size=37, block_size=24, n_layer=2, n_head=4, n_embd=32)
-    config.update(overrides)
-    gpt = GPT(GPTConfig(**config)).eval()
-    with torch.no_grad():  # non-trivial positions and layer norms, so a position mix-up shows
-        gpt.pos_emb.normal_(std=0.5)
-        for name, p in gpt.named_parameters():
-            if "ln" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    return gpt
+from models.gpt import GPTConfig
 
 
 def test_state_dict_uses_the_original_names():

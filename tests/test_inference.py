@@ -3,25 +3,12 @@ every position, through its own cache, in the eager and the static (CUDA-graph) 
 precisions stay close to float32; the frozen weights follow the model's."""
 import pytest
 import torch
+from tiny_gpt import tiny_gpt
 
-from models.gpt import GPT, GPTConfig
 from models.inference import Decoder
 from models.packed_linear import PRECISIONS, precision_supported
 
 NATIVE = [p for p in PRECISIONS if precision_supported(p)]
-
-
-def tiny_gpt(**overrides) -> GPT:
-    torch.manual_seed(0)
-    config = dict(vocab_size=37, block_size=24, n_layer=2, n_head=4, n_embd=32)
-    config.update(overrides)
-    gpt = GPT(GPTConfig(**config)).eval()
-    with torch.no_grad():  # non-trivial positions and layer norms, so a position mix-up shows
-        gpt.pos_emb.normal_(std=0.5)
-        for name, p in gpt.named_parameters():
-            if "ln" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.1)
-    return gpt
 
 
 def decode_every_position(decoder: Decoder, idx: torch.Tensor, first: int) -> torch.Tensor:
