@@ -21,7 +21,7 @@ def write_params(path: Path, base: str = "params.yaml", **sections) -> Path:
 def with_conditioning(params: dict, conditioning: str, annotator: dict | None = None) -> dict:
     """``params`` switched to another conditioning, consistently: `annotate` and `vqgan` hold
     exactly what it reads. A new conditioning VQGAN copies the settings of the existing one
-    (a segmentation VQGAN: one-hot over 12 labels, the demo scenes' ids); ``annotator``
+    (a segmentation VQGAN: one-hot over 12 labels, the demo scenes' ids, or DeepLab's 182); ``annotator``
     overrides the new annotate entry (default: the existing one's settings, model groundtruth)."""
     params = copy.deepcopy(params)
     old = params.get("conditioning", "depth")
@@ -35,7 +35,8 @@ def with_conditioning(params: dict, conditioning: str, annotator: dict | None = 
     if maps:
         vqgan[maps] = copy.deepcopy(template_vqgan)
         vqgan[maps].pop("n_classes", None)
-        if maps == "segmentation":
-            vqgan[maps]["n_classes"] = 12
+        if maps == "segmentation":   # DeepLab's COCO-Stuff labels, else the demo scenes' ids
+            model = params["annotate"][maps]["model"]
+            vqgan[maps]["n_classes"] = 182 if model == "deeplabv2_cocostuff" else 12
     params["vqgan"] = vqgan
     return params
