@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.data.sources import SourceError, SourceImage, check_count, files_with_suffix, member_name, require_folder
+from tasks.data.sources import SourceError, SourceImage, check_count, files_with_suffix, require_folder, with_label_maps
 
 SPLIT_FOLDERS = {"train": "training", "validation": "validation"}
 IMAGES = {"train": 20_210, "validation": 2_000}
@@ -27,9 +27,4 @@ def ade20k_images(root: str | Path, split: str, complete: bool = True, synset: s
     check_count(len(images), IMAGES[split], complete, f"ADE20k {split} images (.jpg)", root / "images" / folder,
                 "data.ade20k")
     annotations = require_folder(root / "annotations" / folder, expected)
-    items = [SourceImage(synset, member_name(p.stem, p), p, annotations / f"{p.stem}.png") for p in images]
-    missing = [item.labels for item in items if not item.labels.is_file()]
-    if missing:
-        raise SourceError(f"{annotations}: {len(missing)} of {len(items)} ADE20k {split} images have no annotation "
-                          f"(e.g. {missing[0]}); expected <name>.png beside every <name>.jpg of {images[0].parent}")
-    return items
+    return with_label_maps(images, annotations, synset, f"ADE20k {split} images have no annotation")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.data.sources import SourceError, SourceImage, check_count, files_with_suffix, member_name, require_folder
+from tasks.data.sources import SourceImage, check_count, files_with_suffix, require_folder, with_label_maps
 
 SPLIT_FOLDERS = {"train": "train2017", "validation": "val2017"}
 IMAGES = {"train": 118_287, "validation": 5_000}   # COCO 2017, and the stuff+thing maps of each
@@ -42,9 +42,4 @@ def coco_stuff_images(root: str | Path, stuffthing_root: str | Path, split: str,
     maps = require_folder(maps_root / SPLIT_FOLDERS[split],
                           f"the {SPLIT_FOLDERS[split]}/ folder of COCO-Stuff's stuff+thing label PNGs in "
                           f"{maps_root} (stuffthingmaps_trainval2017.zip unpacked there)")
-    items = [SourceImage(synset, member_name(p.stem, p), p, maps / f"{p.stem}.png") for p in images]
-    missing = [item.labels for item in items if not item.labels.is_file()]
-    if missing:
-        raise SourceError(f"{maps}: {len(missing)} of {len(items)} COCO {split} images have no label map "
-                          f"(e.g. {missing[0]}); expected <id>.png beside every <id>.jpg of {images[0].parent}")
-    return items
+    return with_label_maps(images, maps, synset, f"COCO {split} images have no label map")

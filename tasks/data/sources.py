@@ -74,6 +74,18 @@ def read_source_file(path: Path) -> bytes:
         raise SourceError(f"{path}: cannot read it: {e.strerror or e}") from None
 
 
+def with_label_maps(images: list[Path], maps: Path, synset: str, what: str) -> list[SourceImage]:
+    """Each image with its label map <stem>.png in ``maps``; a SourceError names the maps
+    folder, how many are missing and the first one when any image has none. ``what`` says
+    whose maps they are in the message ("ADE20k train images have no annotation")."""
+    items = [SourceImage(synset, member_name(p.stem, p), p, maps / f"{p.stem}.png") for p in images]
+    missing = [item.labels for item in items if not item.labels.is_file()]
+    if missing:
+        raise SourceError(f"{maps}: {len(missing)} of {len(items)} {what} (e.g. {missing[0]}); expected "
+                          f"<name>.png beside every <name>{images[0].suffix} of {images[0].parent}")
+    return items
+
+
 def check_count(found: int, official: int, complete: bool, what: str, where: Path, key: str) -> None:
     """A complete source has the official number of files: a partial download fails here."""
     if complete and found != official:
