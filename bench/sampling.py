@@ -5,7 +5,9 @@ The issue's setting (issue 19): GPT 8 layers x 512 wide x 8 heads, vocab 1024, 2
 tokens after one class token, top-k 100, top-p 0.95, same weights for every sampler.
 
 - product: models.sampling.generate (Decoder with a key/value cache, models/inference.py),
-  at float32 and at each lower precision this CPU runs natively;
+  at float32 and at each lower precision this CPU runs natively; float32 products go through
+  MKL on Intel CPUs and oneDNN elsewhere (models.packed_linear.float32_library), and the
+  library not chosen runs too ("float32 <library> (not default)"), to check the choice;
 - original: `sample_with_past` of the original (taming/modules/transformer/mingpt.py), written
   here over the same weights: every step concatenates the past keys/values of all layers
   (`forward_with_past`), attends with minGPT's attention and filters with transformers'
@@ -48,7 +50,15 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.gpt import GPT, GPTConfig  # noqa: E402
-from models.packed_linear import PRECISIONS, precision_supported  # noqa: E402
+from models.inference import cache_dtype  # noqa: E402
+from models.packed_linear import (  # noqa: E402
+    PRECISIONS,
+    cpu_vendor,
+    float32_library,
+    mkl_packed_linear_available,
+    packing_supported,
+    precision_supported,
+)
 from models.sampling import generate, generate_without_cache  # noqa: E402
 from models.sampling_settings import SamplingSettings  # noqa: E402
 
@@ -136,7 +146,8 @@ def cpu_header() -> list[str]:
             f"quantized engine {torch.backends.quantized.engine}; {torch.get_num_threads()} threads"
             + (f" ({threading})" if threading else ""),
             f"ISA-limiting environment: {limits}",
-            f"precisions run natively: {native}"]
+            f"precisions run natively: {native}; float32 products through {float32_library()} "
+            f"(vendor {cpu_vendor() or 'unknown'})"]
 
 
 def load() -> str:
@@ -183,7 +194,7 @@ def step_bytes(gpt: GPT, batch: int, pos: int, precision: str) -> int:
     keys/values of positions [0, pos] of every layer."""
     weights = sum(m.weight.numel() for m in gpt.modules() if isinstance(m, torch.nn.Linear))
     c = gpt.config
-    cache = 2 if precision == "bfloat16" else 4  # the Decoder keeps a bf16 cache with bf16 weights
+    cache = cache_dtype(precision, "cpu").itemsize
     return weights * BYTES[precision] + 2 * c.n_layer * batch * c.n_embd * (pos + 1) * cache
 
 
@@ -220,6 +231,9 @@ def run(args) -> None:
     steps = args.grid * args.grid
     gpt = demo_gpt(steps)
     precisions = [p for p in PRECISIONS if precision_supported(p)]
+    available = [name for name, ok in (("mkl", mkl_packed_linear_available()),
+                                       ("onednn", packing_supported(torch.float32))) if ok]
+    other_libraries = [name for name in available if name != float32_library()]
     print("\n".join(cpu_header()))
     print(f"GPT 8 layers x 512, 8 heads, vocab 1024, {sum(p.numel() for p in gpt.parameters()) / 1e6:.1f}M params; "
           f"{steps} tokens after a class token; top-k {TOP_K}, top-p {TOP_P}")
@@ -232,13 +246,17 @@ def run(args) -> None:
         mean_bytes = {p: sum(step_bytes(gpt, batch, pos, p) for pos in range(steps)) / steps for p in precisions}
         bandwidth = {p: 0.0 for p in precisions}
         runs: dict[str, list[float]] = {}
-        for precision in precisions:  # warm-up: builds each Decoder once, as a sampling job would
-            generate(gpt, prefix, 4, SETTINGS, precision=precision)
+        # the product at each precision, and float32 through the library this CPU does not default to
+        products = {f"product {p}": (p, None) for p in precisions}
+        products.update({f"float32 {library} (not default)": ("float32", library) for library in other_libraries})
+        for precision, library in products.values():  # warm-up: builds each Decoder once, as a sampling job would
+            generate(gpt, prefix, 4, SETTINGS, precision=precision, library=library)
         for repeat in range(args.repeats):  # alternate, so load changes hit every sampler and the bound alike
             for precision in precisions:
                 bandwidth[precision] = max(bandwidth[precision], read_bandwidth(int(mean_bytes[precision])))
-                runs.setdefault(f"product {precision}", []).append(
-                    tokens_per_second(generate, gpt, prefix, steps, repeat, precision=precision))
+            for name, (precision, library) in products.items():
+                runs.setdefault(name, []).append(
+                    tokens_per_second(generate, gpt, prefix, steps, repeat, precision=precision, library=library))
             if batch <= args.original_up_to:
                 runs.setdefault("original sample_with_past", []).append(
                     tokens_per_second(original_sample_with_past, gpt, prefix, steps, repeat))
@@ -252,8 +270,7 @@ def run(args) -> None:
         print(f"\nbatch {batch}: load {load()}")
         print(f"  {'sampler':<30} {'tokens/s':>9}  {'x original':>10}  {'of bound':>8}  runs")
         for name, rates in runs.items():
-            precision = name.split()[-1]
-            share = f"{max(rates) / bound[precision]:8.0%}" if name.startswith("product") else f"{'':8}"
+            share = f"{max(rates) / bound[products[name][0]]:8.0%}" if name in products else f"{'':8}"
             print(f"  {name:<30} {max(rates):9.0f}  {times(max(rates))}  {share}  "
                   f"{', '.join(f'{r:.0f}' for r in rates)}")
         for precision in precisions:

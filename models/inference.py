@@ -7,11 +7,13 @@ what `GPT.forward(idx, cache=...)` computes, with what that costs cut down:
 
 - each block's query/key/value products are one product over the three weights side by
   side, and every product reads a copy of its weight packed once for the CPU's matrix
-  library (FrozenLinear: MKL's packed sgemm in float32, oneDNN's in bf16);
+  library (FrozenLinear: in float32 MKL's packed sgemm on Intel CPUs, oneDNN's elsewhere;
+  oneDNN's in bf16);
 - one new token attends over the cache's filled positions read in place (no mask, no
   concatenation);
-- weights may be bf16 (with a bf16 cache) or int8 where this machine runs them natively
-  (precision_supported); float32 is the default and samples what the model samples.
+- weights may be bf16 or int8 where this machine runs them natively (precision_supported);
+  float32 is the default and samples what the model samples. The cache is bf16 beside bf16
+  weights only where attention over it is fast (cache_dtype).
 
 On CUDA the per-step launches, not the bytes, dominate at small batches: `CudaGraphStep`
 records one step once and replays it. A recorded step cannot change shape, so it attends
@@ -24,13 +26,14 @@ parameter of the GPT changes (an optimizer step, load_state_dict, .to()).
 """
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
 from torch.nn import functional as F
 
 from models.gpt import GPT, KVCache
-from models.packed_linear import FrozenLinear, precision_supported
+from models.packed_linear import FrozenLinear, cpu_has_amx, precision_supported
 
 
 def _float32(norm: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,15 +43,27 @@ def _float32(norm: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
 class _Block:
     """One transformer block's weights, frozen."""
 
-    def __init__(self, block, precision: str):
+    def __init__(self, block, precision: str, library: str | None):
         attn = block.attn
         qkv = [attn.query, attn.key, attn.value]
-        self.qkv = FrozenLinear(torch.cat([m.weight for m in qkv]), torch.cat([m.bias for m in qkv]), precision)
-        self.proj = FrozenLinear(attn.proj.weight, attn.proj.bias, precision)
-        self.fc1 = FrozenLinear(block.mlp[0].weight, block.mlp[0].bias, precision)
-        self.fc2 = FrozenLinear(block.mlp[2].weight, block.mlp[2].bias, precision)
+        frozen = functools.partial(FrozenLinear, precision=precision, library=library)
+        self.qkv = frozen(torch.cat([m.weight for m in qkv]), torch.cat([m.bias for m in qkv]))
+        self.proj = frozen(attn.proj.weight, attn.proj.bias)
+        self.fc1 = frozen(block.mlp[0].weight, block.mlp[0].bias)
+        self.fc2 = frozen(block.mlp[2].weight, block.mlp[2].bias)
         self.ln1 = _float32(block.ln1)
         self.ln2 = _float32(block.ln2)
+
+
+def cache_dtype(precision: str, device_type: str) -> torch.dtype:
+    """The dtype of the key/value cache beside weights at `precision`. A bf16 cache halves
+    the bytes attention reads, but on a CPU without AMX, attention of one query over a bf16
+    cache takes 2-3x as long as over float32 (PyTorch's CPU flash kernel; Zen 4 with
+    AVX512-BF16), so there the cache stays float32: bf16 weights sample 1.3-1.5x faster
+    with it (bench/sampling.py)."""
+    if precision == "bfloat16" and (device_type != "cpu" or cpu_has_amx()):
+        return torch.bfloat16
+    return torch.float32
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor | None = None) -> torch.Tensor:
@@ -66,10 +81,11 @@ class Decoder:
         logits = decoder(token, cache)           # one more position, and so on
 
     A precision this machine does not run natively (precision_supported) is refused here;
-    the sampler falls back to float32 before asking.
+    the sampler falls back to float32 before asking. `library` chooses the CPU library of
+    float32 products ("mkl", "onednn", "plain"; default: packed_linear.float32_library).
     """
 
-    def __init__(self, gpt: GPT, precision: str = "float32"):
+    def __init__(self, gpt: GPT, precision: str = "float32", library: str | None = None):
         device = gpt.pos_emb.device
         if not precision_supported(precision, device.type):
             raise ValueError(f"{precision} weights do not run natively on this {device.type}")
@@ -78,27 +94,27 @@ class Decoder:
         self.mask = gpt.blocks[0].attn.mask[0, 0] > 0  # (block_size, block_size): where attention may look
         self.tok_emb = gpt.tok_emb.weight.detach().float()
         self.pos_emb = gpt.pos_emb.detach()[0].float()
-        self.blocks = [_Block(block, precision) for block in gpt.blocks]
+        self.blocks = [_Block(block, precision, library) for block in gpt.blocks]
         self.ln_f = _float32(gpt.ln_f)
-        self.head = FrozenLinear(gpt.head.weight, None, precision)
+        self.head = FrozenLinear(gpt.head.weight, None, precision, library)
 
-    _built: weakref.WeakKeyDictionary[GPT, dict[str, tuple[tuple, Decoder]]] = weakref.WeakKeyDictionary()
+    _built: weakref.WeakKeyDictionary[GPT, dict[tuple, tuple[tuple, Decoder]]] = weakref.WeakKeyDictionary()
 
     @classmethod
-    def for_model(cls, gpt: GPT, precision: str = "float32") -> Decoder:
+    def for_model(cls, gpt: GPT, precision: str = "float32", library: str | None = None) -> Decoder:
         """The Decoder of `gpt` at `precision`, built once and rebuilt when a parameter changes."""
         weights = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in gpt.parameters())
-        built = cls._built.setdefault(gpt, {})
-        if precision not in built or built[precision][0] != weights:
-            built[precision] = weights, cls(gpt, precision)
-        return built[precision][1]
+        built, key = cls._built.setdefault(gpt, {}), (precision, library)
+        if key not in built or built[key][0] != weights:
+            built[key] = weights, cls(gpt, precision, library)
+        return built[key][1]
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty key/value cache of `max_len` positions (block_size by default) for
-        `batch_size` sequences: bf16 with bf16 weights (half the bytes a step reads), else
-        float32; zeroed, since step_static reads the unwritten positions too (masked, but
+        `batch_size` sequences in cache_dtype (bf16 with bf16 weights on GPUs and AMX CPUs,
+        else float32); zeroed, since step_static reads the unwritten positions too (masked, but
         NaN * 0 is NaN). The products get ready for steps of batch_size rows."""
-        dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
+        dtype = cache_dtype(self.precision, self.device.type)
         cache = KVCache(self.config, batch_size, max_len or self.config.block_size, device=self.device, dtype=dtype)
         cache.kv.zero_()
         for linear in self._linears():
@@ -149,7 +165,6 @@ class Decoder:
         device) -> logits (B, vocab). Every shape is fixed and nothing reads `pos` on the host,
         so a CUDA graph can record it: the whole cache is read with positions > pos masked.
         cache.pos is left to the caller."""
-        B = token.shape[0]
         at = pos.view(1)
         positions = torch.arange(cache.max_len, device=pos.device)
 

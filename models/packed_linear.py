@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 import warnings
 import weakref
 from typing import Iterator
@@ -143,14 +144,59 @@ def mkl_packed_linear_available() -> bool:
         and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
 
 
+FLOAT32_LIBRARIES = ("mkl", "onednn", "plain")
+
+
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (Linux); empty elsewhere."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string ("GenuineIntel", "AuthenticAMD", ...), "" where it cannot be read."""
+    if vendor := _cpuinfo().get("vendor_id"):
+        return vendor
+    processor = platform.processor()  # Windows: "Intel64 Family 6 ..., GenuineIntel"
+    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in processor), "")
+
+
+def cpu_has_amx() -> bool:
+    """Whether the CPU has AMX tiles (Intel Sapphire Rapids and later), as Linux reports it."""
+    return "amx_tile" in _cpuinfo().get("flags", "").split()
+
+
+@functools.cache
+def float32_library() -> str:
+    """The library that multiplies float32 weights fastest at sampling's few rows on this CPU:
+    MKL's packed sgemm on Intel (as fast as oneDNN with AVX-512, ~20 % faster with AVX2, a
+    third of the cost per call), oneDNN elsewhere: on AMD, MKL runs a generic kernel on one
+    thread and oneDNN's packed product is 2x faster (Zen 4, AVX-512 and AVX2 alike;
+    bench/sampling.py prints both). A fixed rule, not a timing, so that a seed samples the
+    same tokens on every run on one machine."""
+    if mkl_packed_linear_available() and cpu_vendor() == "GenuineIntel":
+        return "mkl"
+    return "onednn" if packing_supported(torch.float32) else "plain"
+
+
 class FrozenLinear:
     """One Linear's weight and bias, prepared once for inference at ``precision``; calls take
     and return float32 (rows, in) -> (rows, out), with GELU and a residual optionally added.
 
-    - float32 on the CPU: MKL's packed sgemm, the weight reordered once for the row count
-      the sampler steps with (pack_for); other row counts (a prompt) use the plain weight.
-      At batch 8 it streams weights as fast as oneDNN's packed product on AVX-512 and ~20 %
-      faster on AVX2, at a third of the cost per call (bench/sampling.py, README);
+    - float32 on the CPU: the library `float32_library` picks for this CPU, or `library`.
+      MKL's packed sgemm reorders the weight once for the row count the sampler steps with
+      (pack_for), other row counts (a prompt) using the plain weight; oneDNN's packed copy
+      serves any row count (bench/sampling.py, README);
     - bfloat16 on the CPU: oneDNN's packed product, GELU fused (float32 out);
     - int8 (CPU): quantised per output channel for the quantized engine, the activations
       quantised per call (7-bit, which AVX2 without VNNI cannot overflow);
@@ -160,7 +206,10 @@ class FrozenLinear:
     shared): when the weight changes, make a new one, as models/inference.py does.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str = "float32"):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, precision: str = "float32",
+                 library: str | None = None):
+        if library is not None and library not in FLOAT32_LIBRARIES:
+            raise ValueError(f"library must be one of {FLOAT32_LIBRARIES}, got {library!r}")
         weight, bias = weight.detach(), None if bias is None else bias.detach()
         on_cpu = weight.device.type == "cpu"
         if precision == "int8":
@@ -173,9 +222,14 @@ class FrozenLinear:
         self.dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
         self.weight = weight.to(self.dtype).contiguous()
         self.bias = None if bias is None else bias.to(self.dtype)
-        if on_cpu and self.dtype == torch.float32 and mkl_packed_linear_available():
+        if on_cpu and self.dtype == torch.float32:
+            library = library or float32_library()
+            if library == "mkl" and not mkl_packed_linear_available() or \
+                    library == "onednn" and not packing_supported(torch.float32):
+                raise ValueError(f"this torch build has no packed float32 product in {library}")
+        if on_cpu and self.dtype == torch.float32 and library == "mkl":
             self.kind, self.rows, self.packed = "mkl", None, None
-        elif on_cpu and packing_supported(self.dtype):
+        elif on_cpu and packing_supported(self.dtype) and library != "plain":
             self.kind = "onednn"
             self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight)
         else:

@@ -83,7 +83,7 @@ def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> tor
 def generate(gpt: GPT, prefix: torch.Tensor, steps: int, settings: SamplingSettings = DEFAULT,
              generator: torch.Generator | None = None, uncond_prefix: torch.Tensor | None = None,
              callback=None, precision: str | None = None, cuda_graph: bool = True,
-             vocab: int | None = None) -> torch.Tensor:
+             vocab: int | None = None, library: str | None = None) -> torch.Tensor:
     """Continue `prefix` (B, P) by `steps` tokens through a key/value cache -> (B, steps).
 
     uncond_prefix (B, P): the prefix with the condition replaced by null tokens, for
@@ -94,7 +94,8 @@ def generate(gpt: GPT, prefix: torch.Tensor, steps: int, settings: SamplingSetti
     stream fewer bytes per step where this machine runs them natively, and fall back to
     float32 (with a warning) where it does not. On CUDA each step replays a recorded CUDA
     graph unless cuda_graph=False. vocab: draw only tokens below it (image tokens, when the
-    GPT's vocabulary also holds condition tokens).
+    GPT's vocabulary also holds condition tokens). library: the CPU library of float32
+    products (default: this CPU's faster one, models.packed_linear.float32_library).
     """
     B, P = prefix.shape
     if steps < 1:
@@ -110,7 +111,7 @@ def generate(gpt: GPT, prefix: torch.Tensor, steps: int, settings: SamplingSetti
         prefix = torch.cat((prefix, uncond_prefix))
     if precision is None:
         precision = "bfloat16" if gpt.pos_emb.dtype == torch.bfloat16 else "float32"
-    decoder = Decoder.for_model(gpt, native_precision(precision, gpt.pos_emb.device.type))
+    decoder = Decoder.for_model(gpt, native_precision(precision, gpt.pos_emb.device.type), library)
     cache = decoder.new_cache(prefix.shape[0], P + steps - 1)  # the last token is never fed back
     logits = decoder(prefix, cache)
     step = functools.partial(decoder, cache=cache)

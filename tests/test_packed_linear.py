@@ -15,6 +15,9 @@ from models.gpt import GPT, GPTConfig
 from models.packed_linear import (
     PRECISIONS,
     FrozenLinear,
+    cpu_vendor,
+    float32_library,
+    mkl_packed_linear_available,
     onednn_linear_available,
     packed_linears,
     packing_supported,
@@ -93,12 +96,25 @@ def test_bf16_packs_only_where_the_cpu_runs_it():
     assert packing_supported(torch.bfloat16) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+FLOAT32_LIBRARIES_HERE = ["plain", "onednn"] + (["mkl"] if mkl_packed_linear_available() else [])
+
+
+def test_float32_products_use_mkl_on_intel_and_onednn_elsewhere():
+    # MKL runs a generic one-thread kernel on AMD CPUs (half oneDNN's speed on Zen 4, bench/sampling.py)
+    assert float32_library() == ("mkl" if cpu_vendor() == "GenuineIntel" else "onednn")
+    assert FrozenLinear(torch.randn(4, 4), None).kind == float32_library()
+    with pytest.raises(ValueError, match="library must be one of"):
+        FrozenLinear(torch.randn(4, 4), None, library="openblas")
+
+
+@pytest.mark.parametrize("library", FLOAT32_LIBRARIES_HERE)
 @pytest.mark.parametrize("bias", [True, False])
-def test_frozen_float32_linear_equals_nn_linear_with_gelu_and_residual(bias):
+def test_frozen_float32_linear_equals_nn_linear_with_gelu_and_residual(bias, library):
     torch.manual_seed(0)
     layer = nn.Linear(48, 80, bias=bias)
     x, residual = torch.randn(8, 48), torch.randn(8, 80)
-    frozen = FrozenLinear(layer.weight, layer.bias)
+    frozen = FrozenLinear(layer.weight, layer.bias, library=library)
+    assert frozen.kind == library
     with torch.no_grad():
         expected = layer(x)
         torch.testing.assert_close(frozen(x), expected, rtol=1e-5, atol=1e-6)
