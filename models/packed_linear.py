@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.sampling_settings import PRECISIONS
+
 
 @functools.cache
 def onednn_linear_available() -> bool:
@@ -102,7 +104,6 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module
 
 # ---- Frozen weights for the sampling step (models/inference.py) --------------------------------
 
-PRECISIONS = ("float32", "bfloat16", "int8")
 
 
 @functools.cache

@@ -89,8 +89,8 @@ def generate(gpt: GPT, prefix: torch.Tensor, steps: int, settings: SamplingSetti
     uncond_prefix (B, P): the prefix with the condition replaced by null tokens, for
     classifier-free guidance with settings.guidance_scale; both run as one batch of 2B.
     `callback(step)` is called before each step (progress bars). The GPT runs as a
-    Decoder (models/inference.py) with weights at `precision` (default: the model's own,
-    float32 or bfloat16): "float32" samples what the model samples; "bfloat16" or "int8"
+    Decoder (models/inference.py) with weights at `precision` (default: settings.precision,
+    else the model's own, float32 or bfloat16): "float32" samples what the model samples; "bfloat16" or "int8"
     stream fewer bytes per step where this machine runs them natively, and fall back to
     float32 (with a warning) where it does not. On CUDA each step replays a recorded CUDA
     graph unless cuda_graph=False. vocab: draw only tokens below it (image tokens, when the
@@ -109,6 +109,7 @@ def generate(gpt: GPT, prefix: torch.Tensor, steps: int, settings: SamplingSetti
         if uncond_prefix.shape != prefix.shape:
             raise ValueError(f"uncond_prefix {tuple(uncond_prefix.shape)} must match prefix {tuple(prefix.shape)}")
         prefix = torch.cat((prefix, uncond_prefix))
+    precision = precision or settings.precision
     if precision is None:
         precision = "bfloat16" if gpt.pos_emb.dtype == torch.bfloat16 else "float32"
     decoder = Decoder.for_model(gpt, native_precision(precision, gpt.pos_emb.device.type), library)

@@ -8,18 +8,24 @@ from __future__ import annotations
 import dataclasses
 import math
 
+PRECISIONS = ("float32", "bfloat16", "int8")  # weights of the sampling Decoder (models/inference.py)
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
     """top_k: keep the k most likely tokens (None: all). top_p: keep the smallest set of
     tokens holding this probability mass (None or 1: all). temperature: divides the
     logits. guidance_scale: classifier-free guidance against the null condition (1: off;
-    needs a model trained with condition dropout). greedy: argmax, no randomness."""
+    needs a model trained with condition dropout). greedy: argmax, no randomness.
+    precision: the weights' precision while sampling ("float32", "bfloat16", "int8"; None:
+    the model's own): lower ones stream fewer bytes a step where the machine runs them
+    natively and fall back to float32, with a warning, where it does not."""
     top_k: int | None = None
     top_p: float | None = None
     temperature: float = 1.0
     guidance_scale: float = 1.0
     greedy: bool = False
+    precision: str | None = None
 
     def __post_init__(self):
         problems = []
@@ -34,6 +40,8 @@ class SamplingSettings:
                                             f"got {self.temperature!r}"))
         if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0):
             problems.append(("guidance_scale", f"must be a finite number >= 0 (1: off), got {self.guidance_scale!r}"))
+        if self.precision is not None and self.precision not in PRECISIONS:
+            problems.append(("precision", f"must be one of {', '.join(PRECISIONS)} or null, got {self.precision!r}"))
         if problems:
             key, message = problems[0]
             raise InvalidSampling(key, message)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from models.sampling_settings import SamplingSettings
@@ -86,6 +86,8 @@ def run(cfg: SampleConfig, sampling: SamplingSettings, transformer: str | Path =
     from tasks.runtime.progress import progress
 
     layout, out = Layout(Path(data_dir)), Path(out)
+    if cfg.precision is not None:
+        sampling = replace(sampling, precision=cfg.precision)
     model = SamplingModel.open(transformer, cfg.device)
     size = model.training_size
     resolution = cfg.resolution or size

@@ -77,6 +77,7 @@ def test_load_params_with_overrides(tmp_path):
     ("top_k=5000", "top_k"),
     ("top_k=2.5", "top_k"),
     ("sample.resolution=33", "sample.resolution"),
+    ("sample.precision=fp8", "sample.precision"),
     ("vqgan.depth.resolution=64", "vqgan.depth.resolution"),
 ])
 def test_out_of_range_values_are_refused_up_front(override, key):

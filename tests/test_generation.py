@@ -19,6 +19,7 @@ from reference_weights import fill_reference
 from scene_data import make_scene_data
 
 from models import midas
+from models.packed_linear import precision_supported
 from models.sampling import generate_sliding_window
 from models.sampling_settings import SamplingSettings as S
 from tasks import cli
@@ -259,6 +260,10 @@ def test_unconditional_samples_and_a_landscape(tmp_path, trained):
     assert taming(trained / "models/none", "-n", 1, "--resolution", "64x32", "-o", tmp_path / "wide") == 0
     assert Image.open(tmp_path / "wide" / "000000.png").size == (64, 32)
     assert taming(trained / "models/none", "--classes", "1", "-o", tmp_path / "no") == 1
+    low = next((p for p in ("int8", "bfloat16") if precision_supported(p)), "float32")
+    assert taming(trained / "models/none", "-n", 2, "--precision", low, "-o", tmp_path / "low") == 0
+    assert json.loads((tmp_path / "low" / "samples.json").read_text())["precision"] == low
+    assert len(pictures(tmp_path / "low")) == 2
 
 
 def test_segmentation_maps(tmp_path, trained, capsys):

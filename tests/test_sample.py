@@ -10,6 +10,7 @@ import pytest
 from params_files import write_params
 from PIL import Image
 
+from models.packed_linear import precision_supported
 from models.sampling_settings import SamplingSettings as SamplingParams
 from tasks.config.params import validate
 from tasks.config.schema import SampleConfig
@@ -70,6 +71,16 @@ def test_samples_grid_and_manifest(tmp_path, drin):
     again = sorted((tmp_path / "samples" / "images").glob("*.png"))
     assert [p.name for p in again] == [p.name for p in images]
     assert np.array_equal(np.asarray(Image.open(again[3])), np.asarray(Image.open(images[3])))
+
+
+def test_the_weights_precision_is_a_sample_setting_and_recorded(tmp_path, drin):
+    data = make_validation_data(tmp_path / "data")
+    low = next((p for p in ("int8", "bfloat16") if precision_supported(p)), "float32")
+    cfg = SampleConfig(conditions=2, per_condition=1, batch_size=2, grid_conditions=1, precision=low)
+    summary = run(cfg, SamplingParams(top_k=10), drin, data, tmp_path / "s")
+    manifest = json.loads((tmp_path / "s" / "samples.json").read_text())
+    assert summary["samples"] == 2 and manifest["precision"] == low and manifest["settings"]["precision"] == low
+    assert len(list((tmp_path / "s" / "images").glob("*.png"))) == 2
 
 
 def test_depth_conditioning_is_used(tmp_path, drin):

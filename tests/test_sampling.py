@@ -1,9 +1,13 @@
 """Samplers: top-k / top-p / temperature filters, determinism, KV cache vs. recomputation,
 classifier-free guidance, sliding-window sampling."""
+import copy
+
 import pytest
 import torch
 
 from models.gpt import GPT, GPTConfig
+from models.inference import Decoder
+from models.packed_linear import PRECISIONS, precision_supported
 from models.sampling import (
     filter_logits,
     generate,
@@ -80,9 +84,22 @@ def test_unfiltered_sampling_follows_the_distribution():
 def test_bad_settings_are_refused_when_made():
     for bad, key in ((dict(top_k=0), "top_k"), (dict(top_k=2.5), "top_k"), (dict(top_p=1.5), "top_p"),
                      (dict(temperature=0), "temperature"), (dict(temperature=1e-40), "temperature"),
-                     (dict(temperature=float("inf")), "temperature"), (dict(guidance_scale=-1), "guidance_scale")):
+                     (dict(temperature=float("inf")), "temperature"), (dict(guidance_scale=-1), "guidance_scale"),
+                     (dict(precision="fp8"), "precision")):
         with pytest.raises(ValueError, match=key):
             S(**bad)
+
+
+@pytest.mark.parametrize("precision", [p for p in PRECISIONS if precision_supported(p)])
+def test_the_settings_precision_is_the_decoders_unless_generate_is_told_otherwise(gpt, precision):
+    gpt = copy.deepcopy(gpt)  # no Decoder built for it yet
+    prefix = torch.randint(0, 50, (3, 2))
+    draw = lambda settings, **kw: generate(gpt, prefix, 12, settings, generator=torch.Generator().manual_seed(1), **kw)
+    from_settings = draw(S(top_k=20, precision=precision))
+    assert set(Decoder._built[gpt]) == {(precision, None)}
+    assert torch.equal(from_settings, draw(S(top_k=20), precision=precision))
+    assert torch.equal(draw(S(top_k=20, precision=precision), precision="float32"), draw(S(top_k=20)))
+    assert set(Decoder._built[gpt]) == {(precision, None), ("float32", None)}
 
 
 def test_generation_is_deterministic_per_generator(gpt):

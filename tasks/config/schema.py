@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from models.sampling_settings import SamplingSettings
+from models.sampling_settings import PRECISIONS, SamplingSettings
 from tasks.config.typed import check
 from tasks.data.classes import str_to_indices
 from tasks.data.label_maps import DEEPLAB_COCOSTUFF, LabelMaps
@@ -559,11 +559,16 @@ class SampleConfig:
     # sliding-window sample above the training size (null: none)
     large_resolution: int | None = None
     device: str = "auto"               # auto: CUDA when present (the GPT in bf16 autocast there), else CPU
+    # the GPT's weights while sampling: float32, bfloat16 or int8 (null: the model's own); a
+    # precision the machine does not run natively falls back to float32 with a warning
+    precision: str | None = None
 
     def __post_init__(self):
         for key in ("conditions", "per_condition", "batch_size", "grid_conditions"):
             check(getattr(self, key) >= 1, f"sample.{key}", "must be >= 1")
         check_device(self.device, "sample.device")
+        check(self.precision is None or self.precision in PRECISIONS, "sample.precision",
+              f"must be one of {', '.join(PRECISIONS)} or null")
         check(self.classes is None or (len(self.classes) > 0 and min(self.classes) >= 0),
               "sample.classes", "must be a non-empty list of class labels >= 0, or null")
         check(self.resolution is None or self.resolution >= 8, "sample.resolution", "must be >= 8 or null")
