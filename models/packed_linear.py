@@ -104,8 +104,6 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module
 
 # ---- Frozen weights for the sampling step (models/inference.py) --------------------------------
 
-
-
 @functools.cache
 def precision_supported(precision: str, device_type: str = "cpu") -> bool:
     """Whether weights of ``precision`` run natively on this machine's ``device_type``:
@@ -224,17 +222,16 @@ class FrozenLinear:
         self.weight = weight.to(self.dtype).contiguous()
         self.bias = None if bias is None else bias.to(self.dtype)
         if on_cpu and self.dtype == torch.float32:
-            library = library or float32_library()
-            if library == "mkl" and not mkl_packed_linear_available() or \
-                    library == "onednn" and not packing_supported(torch.float32):
-                raise ValueError(f"this torch build has no packed float32 product in {library}")
-        if on_cpu and self.dtype == torch.float32 and library == "mkl":
-            self.kind, self.rows, self.packed = "mkl", None, None
-        elif on_cpu and packing_supported(self.dtype) and library != "plain":
-            self.kind = "onednn"
-            self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight)
+            self.kind = library or float32_library()
+            if self.kind == "mkl" and not mkl_packed_linear_available() or \
+                    self.kind == "onednn" and not packing_supported(torch.float32):
+                raise ValueError(f"this torch build has no packed float32 product in {self.kind}")
         else:
-            self.kind = "plain"
+            self.kind = "onednn" if on_cpu and packing_supported(self.dtype) else "plain"
+        if self.kind == "mkl":
+            self.rows, self.packed = None, None
+        elif self.kind == "onednn":
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight)
 
     def pack_for(self, rows: int) -> None:
         """Reorder the weight for products of `rows` rows (MKL packs per shape); the copy for

@@ -90,9 +90,9 @@ def generate(gpt: GPT, prefix: torch.Tensor, steps: int, settings: SamplingSetti
     classifier-free guidance with settings.guidance_scale; both run as one batch of 2B.
     `callback(step)` is called before each step (progress bars). The GPT runs as a
     Decoder (models/inference.py) with weights at `precision` (default: settings.precision,
-    else the model's own, float32 or bfloat16): "float32" samples what the model samples; "bfloat16" or "int8"
-    stream fewer bytes per step where this machine runs them natively, and fall back to
-    float32 (with a warning) where it does not. On CUDA each step replays a recorded CUDA
+    else the model's own, float32 or bfloat16): "float32" samples what the model samples;
+    "bfloat16" or "int8" stream fewer bytes per step where this machine runs them natively,
+    and fall back to float32 (with a warning) where it does not. On CUDA each step replays a recorded CUDA
     graph unless cuda_graph=False. vocab: draw only tokens below it (image tokens, when the
     GPT's vocabulary also holds condition tokens). library: the CPU library of float32
     products (default: this CPU's faster one, models.packed_linear.float32_library).
