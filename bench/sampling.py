@@ -54,9 +54,8 @@ from models.inference import cache_dtype  # noqa: E402
 from models.packed_linear import (  # noqa: E402
     PRECISIONS,
     cpu_vendor,
+    float32_libraries,
     float32_library,
-    mkl_packed_linear_available,
-    packing_supported,
     precision_supported,
 )
 from models.sampling import generate, generate_without_cache  # noqa: E402
@@ -231,9 +230,7 @@ def run(args) -> None:
     steps = args.grid * args.grid
     gpt = demo_gpt(steps)
     precisions = [p for p in PRECISIONS if precision_supported(p)]
-    available = [name for name, ok in (("mkl", mkl_packed_linear_available()),
-                                       ("onednn", packing_supported(torch.float32))) if ok]
-    other_libraries = [name for name in available if name != float32_library()]
+    other_libraries = [name for name in float32_libraries() if name not in ("plain", float32_library())]
     print("\n".join(cpu_header()))
     print(f"GPT 8 layers x 512, 8 heads, vocab 1024, {sum(p.numel() for p in gpt.parameters()) / 1e6:.1f}M params; "
           f"{steps} tokens after a class token; top-k {TOP_K}, top-p {TOP_P}")

@@ -175,6 +175,12 @@ def cpu_has_amx() -> bool:
     return "amx_tile" in _cpuinfo().get("flags", "").split()
 
 
+def float32_libraries() -> list[str]:
+    """The libraries this torch build can multiply float32 weights with ("plain" is F.linear)."""
+    return ["plain"] + [name for name, ok in (("onednn", packing_supported(torch.float32)),
+                                              ("mkl", mkl_packed_linear_available())) if ok]
+
+
 @functools.cache
 def float32_library() -> str:
     """The library that multiplies float32 weights fastest at sampling's few rows on this CPU:

@@ -6,7 +6,7 @@ import torch
 from tiny_gpt import tiny_gpt
 
 from models.inference import Decoder, cache_dtype
-from models.packed_linear import PRECISIONS, cpu_has_amx, mkl_packed_linear_available, precision_supported
+from models.packed_linear import PRECISIONS, cpu_has_amx, float32_libraries, precision_supported
 
 NATIVE = [p for p in PRECISIONS if precision_supported(p)]
 
@@ -20,7 +20,7 @@ def decode_every_position(decoder: Decoder, idx: torch.Tensor, first: int) -> to
     return torch.stack(out, dim=1)
 
 
-@pytest.mark.parametrize("library", ["onednn", "plain"] + (["mkl"] if mkl_packed_linear_available() else []))
+@pytest.mark.parametrize("library", float32_libraries())
 @pytest.mark.parametrize("n_unmasked", [0, 3])
 def test_decoder_logits_equal_the_models_forward_at_every_position(n_unmasked, library):
     gpt = tiny_gpt(n_unmasked=n_unmasked)

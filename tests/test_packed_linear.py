@@ -16,8 +16,8 @@ from models.packed_linear import (
     PRECISIONS,
     FrozenLinear,
     cpu_vendor,
+    float32_libraries,
     float32_library,
-    mkl_packed_linear_available,
     onednn_linear_available,
     packed_linears,
     packing_supported,
@@ -96,18 +96,16 @@ def test_bf16_packs_only_where_the_cpu_runs_it():
     assert packing_supported(torch.bfloat16) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-FLOAT32_LIBRARIES_HERE = ["plain", "onednn"] + (["mkl"] if mkl_packed_linear_available() else [])
-
-
 def test_float32_products_use_mkl_on_intel_and_onednn_elsewhere():
     # MKL runs a generic one-thread kernel on AMD CPUs (half oneDNN's speed on Zen 4, bench/sampling.py)
     assert float32_library() == ("mkl" if cpu_vendor() == "GenuineIntel" else "onednn")
+    assert float32_library() in float32_libraries()
     assert FrozenLinear(torch.randn(4, 4), None).kind == float32_library()
     with pytest.raises(ValueError, match="library must be one of"):
         FrozenLinear(torch.randn(4, 4), None, library="openblas")
 
 
-@pytest.mark.parametrize("library", FLOAT32_LIBRARIES_HERE)
+@pytest.mark.parametrize("library", float32_libraries())
 @pytest.mark.parametrize("bias", [True, False])
 def test_frozen_float32_linear_equals_nn_linear_with_gelu_and_residual(bias, library):
     torch.manual_seed(0)
