@@ -6,11 +6,12 @@ every weight (and the key/value cache) through the processor once. `Decoder` com
 what `GPT.forward(idx, cache=...)` computes, with what that costs cut down:
 
 - each block's query/key/value products are one product over the three weights side by
-  side, and every product reads a copy of its weight packed once for the CPU's matrix
-  library (FrozenLinear: in float32 MKL's packed sgemm on Intel CPUs, oneDNN's elsewhere;
-  oneDNN's in bf16);
+  side, and every product reads a copy of its weight packed once (FrozenLinear: in float32
+  the project's own kernels where they build, models/cpu_kernels.c, else MKL's packed
+  sgemm on Intel CPUs and oneDNN's elsewhere; oneDNN's in bf16);
 - one new token attends over the cache's filled positions read in place (no mask, no
-  concatenation);
+  concatenation); with the own kernels, one call writes its key and value into the cache
+  and attends (cpu_kernels.attend_step);
 - weights may be bf16 or int8 where this machine runs them natively (precision_supported);
   float32 is the default and samples what the model samples. The cache is bf16 beside bf16
   weights only where attention over it is fast (cache_dtype).
@@ -32,8 +33,9 @@ import weakref
 import torch
 from torch.nn import functional as F
 
+from models import cpu_kernels
 from models.gpt import GPT, KVCache
-from models.packed_linear import FrozenLinear, cpu_has_amx, precision_supported
+from models.packed_linear import FrozenLinear, cpu_has_amx, float32_library, precision_supported
 
 
 def _float32(norm: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +84,8 @@ class Decoder:
 
     A precision this machine does not run natively (precision_supported) is refused here;
     the sampler falls back to float32 before asking. `library` chooses the CPU library of
-    float32 products ("mkl", "onednn", "plain"; default: packed_linear.float32_library).
+    float32 products ("own", "mkl", "onednn", "plain"; default: packed_linear.float32_library);
+    with "own", one new position's attention over a float32 cache is the own kernel too.
     """
 
     def __init__(self, gpt: GPT, precision: str = "float32", library: str | None = None):
@@ -97,6 +100,10 @@ class Decoder:
         self.blocks = [_Block(block, precision, library) for block in gpt.blocks]
         self.ln_f = _float32(gpt.ln_f)
         self.head = FrozenLinear(gpt.head.weight, None, precision, library)
+        # one new position's attention over a float32 cache: the own kernel where the float32
+        # products use the own kernels (cpu_kernels.attend_step), else PyTorch's attention
+        own = device.type == "cpu" and (library or float32_library()) == "own" and cpu_kernels.available()
+        self.attend_step = cpu_kernels.load().attend_step if own else None
 
     _built: weakref.WeakKeyDictionary[GPT, dict[tuple, tuple[tuple, Decoder]]] = weakref.WeakKeyDictionary()
 
@@ -128,17 +135,22 @@ class Decoder:
         return F.layer_norm(x, (self.n_embd,), *params)
 
     def _blocks(self, x: torch.Tensor, cache: KVCache, attention) -> torch.Tensor:
-        """x (B*T, C) through every block; attention(q, k, v, layer, kv) -> (B, nh, T, hs)
-        writes the new keys/values into the layer's cache and attends."""
-        B, nh, C = cache.kv.shape[2], self.n_head, self.n_embd
-        T = x.shape[0] // B
+        """x (B*T, C) through every block; attention(qkv, kv) takes the (B*T, 3C) queries, keys
+        and values, writes the keys/values into the layer's cache kv and returns (B*T, C)."""
         for i, block in enumerate(self.blocks):
-            qkv = block.qkv(self._layer_norm(x, block.ln1)).view(B, T, 3, nh, C // nh)
-            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # (B, nh, T, hs)
-            y = attention(q, k, v, block, cache.kv[i])
-            x = block.proj(y.transpose(1, 2).reshape(B * T, C), residual=x)
+            y = attention(block.qkv(self._layer_norm(x, block.ln1)), cache.kv[i])
+            x = block.proj(y, residual=x)
             x = block.fc2(block.fc1(self._layer_norm(x, block.ln2), gelu=True), residual=x)
         return x
+
+    def _heads(self, qkv: torch.Tensor, B: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """qkv (B*T, 3C) -> q, k, v, each (B, nh, T, hs)."""
+        qkv = qkv.view(B, -1, 3, self.n_head, self.n_embd // self.n_head)
+        return tuple(t.transpose(1, 2) for t in qkv.unbind(2))
+
+    def _merge_heads(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, nh, T, hs) -> (B*T, C)."""
+        return y.transpose(1, 2).reshape(-1, self.n_embd)
 
     def __call__(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """idx (B, T) continues the sequences in `cache` -> logits (B, vocab) of its last position."""
@@ -147,12 +159,15 @@ class Decoder:
         if pos + T > cache.max_len:
             raise ValueError(f"cannot decode {pos + T} positions: the cache holds {cache.max_len}")
 
-        def attention(q, k, v, block, kv):
+        def attention(qkv, kv):
+            if T == 1 and self.attend_step and kv.dtype == torch.float32 and cache.max_len <= cpu_kernels.MAX_CACHE_LEN:
+                return self.attend_step(qkv, kv, pos)  # writes the cache and attends in one pass
+            q, k, v = self._heads(qkv, B)
             kv[0, :, :, pos:pos + T] = k
             kv[1, :, :, pos:pos + T] = v
             # one new token sees every cached position: no mask (as GPT.forward)
             allowed = None if T == 1 else self.mask[pos:pos + T, :pos + T]
-            return attend(q, kv[0, :, :, :pos + T], kv[1, :, :, :pos + T], allowed)
+            return self._merge_heads(attend(q, kv[0, :, :, :pos + T], kv[1, :, :, :pos + T], allowed))
 
         x = (F.embedding(idx, self.tok_emb) + self.pos_emb[pos:pos + T]).view(B * T, self.n_embd)
         x = self._blocks(x, cache, attention)
@@ -168,10 +183,11 @@ class Decoder:
         at = pos.view(1)
         positions = torch.arange(cache.max_len, device=pos.device)
 
-        def attention(q, k, v, block, kv):
+        def attention(qkv, kv):
+            q, k, v = self._heads(qkv, token.shape[0])
             kv[0].index_copy_(2, at, k.to(kv.dtype))
             kv[1].index_copy_(2, at, v.to(kv.dtype))
-            return attend(q, kv[0], kv[1], (positions <= pos).view(1, -1))
+            return self._merge_heads(attend(q, kv[0], kv[1], (positions <= pos).view(1, -1)))
 
         x = F.embedding(token[:, 0], self.tok_emb) + self.pos_emb.index_select(0, at)
         x = self._blocks(x, cache, attention)

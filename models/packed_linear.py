@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models import cpu_kernels
 from models.sampling_settings import PRECISIONS
 
 
@@ -143,7 +144,7 @@ def mkl_packed_linear_available() -> bool:
         and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
 
 
-FLOAT32_LIBRARIES = ("mkl", "onednn", "plain")
+FLOAT32_LIBRARIES = ("own", "mkl", "onednn", "plain")
 
 
 @functools.cache
@@ -176,19 +177,28 @@ def cpu_has_amx() -> bool:
 
 
 def float32_libraries() -> list[str]:
-    """The libraries this torch build can multiply float32 weights with ("plain" is F.linear)."""
+    """The libraries that can multiply float32 weights here ("plain" is F.linear, "own" the
+    project's kernels, models/cpu_kernels.c)."""
     return ["plain"] + [name for name, ok in (("onednn", packing_supported(torch.float32)),
-                                              ("mkl", mkl_packed_linear_available())) if ok]
+                                              ("mkl", mkl_packed_linear_available()),
+                                              ("own", cpu_kernels.available())) if ok]
 
 
 @functools.cache
 def float32_library() -> str:
     """The library that multiplies float32 weights fastest at sampling's few rows on this CPU:
-    MKL's packed sgemm on Intel (as fast as oneDNN with AVX-512, ~20 % faster with AVX2, a
-    third of the cost per call), oneDNN elsewhere: on AMD, MKL runs a generic kernel on one
-    thread and oneDNN's packed product is 2x faster (Zen 4, AVX-512 and AVX2 alike;
-    bench/sampling.py prints both). A fixed rule, not a timing, so that a seed samples the
-    same tokens on every run on one machine."""
+    the project's own kernels where they build (models/cpu_kernels.py: 1.4-1.7x oneDNN at 8
+    rows on Zen 4, AVX-512 and AVX2 alike, and not slower up to 256 rows), else
+    `matrix_library`. A fixed rule, not a timing, so that a seed samples the same tokens on
+    every run on one machine."""
+    return "own" if cpu_kernels.available() else matrix_library()
+
+
+def matrix_library() -> str:
+    """The matrix library for float32 products at few rows on this CPU: MKL's packed sgemm on
+    Intel (as fast as oneDNN with AVX-512, ~20 % faster with AVX2, a third of the cost per
+    call), oneDNN elsewhere: on AMD, MKL runs a generic kernel on one thread and oneDNN's
+    packed product is 2x faster (bench/sampling.py prints each)."""
     if mkl_packed_linear_available() and cpu_vendor() == "GenuineIntel":
         return "mkl"
     return "onednn" if packing_supported(torch.float32) else "plain"
@@ -199,7 +209,8 @@ class FrozenLinear:
     and return float32 (rows, in) -> (rows, out), with GELU and a residual optionally added.
 
     - float32 on the CPU: the library `float32_library` picks for this CPU, or `library`.
-      MKL's packed sgemm reorders the weight once for the row count the sampler steps with
+      The own kernels read a copy packed in panels (cpu_kernels.pack_weight), the residual
+      added in the same pass; MKL's packed sgemm reorders the weight once for the row count the sampler steps with
       (pack_for), other row counts (a prompt) using the plain weight; oneDNN's packed copy
       serves any row count (bench/sampling.py, README);
     - bfloat16 on the CPU: oneDNN's packed product, GELU fused (float32 out);
@@ -230,14 +241,19 @@ class FrozenLinear:
         if on_cpu and self.dtype == torch.float32:
             self.kind = library or float32_library()
             if self.kind == "mkl" and not mkl_packed_linear_available() or \
-                    self.kind == "onednn" and not packing_supported(torch.float32):
-                raise ValueError(f"this torch build has no packed float32 product in {self.kind}")
+                    self.kind == "onednn" and not packing_supported(torch.float32) or \
+                    self.kind == "own" and not cpu_kernels.available():
+                raise ValueError(f"no packed float32 product in {self.kind} here")
         else:
             self.kind = "onednn" if on_cpu and packing_supported(self.dtype) else "plain"
         if self.kind == "mkl":
             self.rows, self.packed = None, None
         elif self.kind == "onednn":
             self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight)
+        elif self.kind == "own":
+            self.kernels = cpu_kernels.load()
+            self.out_features, self.packed = self.weight.shape[0], self.kernels.pack_weight(self.weight)
+            self.weight = None  # the packed copy serves every row count
 
     def pack_for(self, rows: int) -> None:
         """Reorder the weight for products of `rows` rows (MKL packs per shape); the copy for
@@ -247,7 +263,11 @@ class FrozenLinear:
             self.packed, self.rows = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, rows), rows
 
     def __call__(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.kind == "onednn":
+        if self.kind == "own":  # the residual joins in the product's pass, unless GELU comes between
+            if not gelu:
+                return self.kernels.linear(x, self.packed, self.out_features, self.bias, residual)
+            y = self.kernels.linear(x, self.packed, self.out_features, self.bias)
+        elif self.kind == "onednn":
             y = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias,
                                                   "gelu" if gelu else "none", [], "none").float()
             gelu = False

@@ -46,7 +46,8 @@ def _imported_names(path: Path) -> set[str]:
 
 @functools.cache
 def closure(name: str) -> frozenset[Path]:
-    """Files of every project module that importing ``name`` can run."""
+    """Files of every project module that importing ``name`` can run, with the C source a
+    module compiles at run time (models/cpu_kernels.c beside models/cpu_kernels.py)."""
     seen: set[str] = set()
     todo = [name]
     while todo:
@@ -59,7 +60,8 @@ def closure(name: str) -> frozenset[Path]:
         path = module_file(module)
         if path is not None:
             todo += sorted(_imported_names(path))
-    return frozenset(p for m in seen if (p := module_file(m)) is not None and not _docstring_only(p))
+    modules = {p for m in seen if (p := module_file(m)) is not None and not _docstring_only(p)}
+    return frozenset(modules | {c for p in modules if (c := p.with_suffix(".c")).is_file()})
 
 
 def _docstring_only(path: Path) -> bool:
@@ -98,7 +100,7 @@ def update_dvc_yaml(path: Path = REPO / "dvc.yaml") -> None:
             joined = " ".join(code.strip() for code, _ in block)
             comment = "".join(c for _, c in block)
             entries = [e.strip() for e in joined.split("[", 1)[1].rsplit("]", 1)[0].split(",") if e.strip()]
-            items = stage_code(stage) + [e for e in entries if not e.endswith(".py")]
+            items = stage_code(stage) + [e for e in entries if not e.endswith((".py", ".c"))]
             out.append(textwrap.fill(", ".join(items), 112, initial_indent=f"{m.group(1)}deps: [",
                                      subsequent_indent=m.group(1) + "       ", break_on_hyphens=False,
                                      break_long_words=False) + "]" + comment)

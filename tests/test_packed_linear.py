@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models import cpu_kernels
 from models.gpt import GPT, GPTConfig
 from models.packed_linear import (
     PRECISIONS,
@@ -18,6 +19,7 @@ from models.packed_linear import (
     cpu_vendor,
     float32_libraries,
     float32_library,
+    matrix_library,
     onednn_linear_available,
     packed_linears,
     packing_supported,
@@ -96,9 +98,10 @@ def test_bf16_packs_only_where_the_cpu_runs_it():
     assert packing_supported(torch.bfloat16) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def test_float32_products_use_mkl_on_intel_and_onednn_elsewhere():
+def test_float32_products_use_own_kernels_else_mkl_on_intel_and_onednn_elsewhere():
     # MKL runs a generic one-thread kernel on AMD CPUs (half oneDNN's speed on Zen 4, bench/sampling.py)
-    assert float32_library() == ("mkl" if cpu_vendor() == "GenuineIntel" else "onednn")
+    assert matrix_library() == ("mkl" if cpu_vendor() == "GenuineIntel" else "onednn")
+    assert float32_library() == ("own" if cpu_kernels.available() else matrix_library())
     assert float32_library() in float32_libraries()
     assert FrozenLinear(torch.randn(4, 4), None).kind == float32_library()
     with pytest.raises(ValueError, match="library must be one of"):

@@ -1,0 +1,178 @@
+"""The sampling step's own CPU kernels (models/cpu_kernels.c), built with the system's C
+compiler at first use and loaded through ctypes.
+
+At sampling's few rows a step's time is the time to read every weight, and the
+libraries' kernels for such thin products (oneDNN, MKL) read them at about a third of the
+memory's speed on an AVX2 machine. cpu_kernels.c reads each weight from a copy packed once
+(`pack_weight`) with register tiles sized for the instruction set, and does the new
+position's attention over the cache in one pass (`attend_step`).
+
+The library is compiled once per machine for the instruction set ATen dispatches to
+(torch.backends.cpu.get_cpu_capability(): AVX512 or AVX2, so ATEN_CPU_CAPABILITY=avx2
+limits it too), into a cache folder keyed by the source, the flags and the compiler
+($TAMING_KERNEL_CACHE, default ~/.cache/taming/kernels); the build goes to a temporary
+file renamed into place, so two processes building at once both end with a whole library.
+Where it cannot be built (no compiler, not x86-64, another ISA) or TAMING_CPU_KERNELS=0,
+`available()` is False, with one warning naming the reason, and the sampler uses the
+libraries instead: these kernels change how fast, never what can run.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+ISA_FLAGS = {"AVX2": ("-mavx2", "-mfma"),
+             "AVX512": ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq")}
+COMMON_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-std=c11")
+MAX_CACHE_LEN = 16384  # attend_step keeps a row of scores on the thread's stack (64 KB at most)
+
+
+class KernelsUnavailable(RuntimeError):
+    """The kernels cannot be built or loaded here; the message says why."""
+
+
+def cache_dir() -> Path:
+    if folder := os.environ.get("TAMING_KERNEL_CACHE"):
+        return Path(folder)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "taming" / "kernels"
+
+
+def _compiler() -> tuple[str, str]:
+    """The C compiler ($CC, else cc) and the first line of its --version."""
+    name = os.environ.get("CC", "cc")
+    path = shutil.which(name)
+    if path is None:
+        raise KernelsUnavailable(f"no C compiler {name!r} on PATH (set CC, or install gcc)")
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+    return path, (version.stdout.splitlines() or ["?"])[0]
+
+
+def build(isa: str, folder: Path | None = None) -> Path:
+    """The library for `isa` ("AVX2", "AVX512"), compiled unless the cache has it."""
+    compiler, version = _compiler()
+    flags = (*ISA_FLAGS[isa], *COMMON_FLAGS)
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode()])).hexdigest()[:16]
+    folder = folder or cache_dir()
+    target = folder / f"cpu_kernels-{isa.lower()}-{key}.so"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=folder)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *flags, "-o", partial, str(SOURCE)], capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode != 0:
+            raise KernelsUnavailable(f"{compiler} could not compile {SOURCE.name} for {isa}:\n{done.stderr[-2000:]}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+class Kernels:
+    """The loaded library: `linear` and `attend_step` on float32 CPU tensors."""
+
+    def __init__(self, path: Path, isa: str):
+        self.path, self.isa = path, isa
+        lib = ctypes.CDLL(str(path))
+        pointer, integer = ctypes.c_void_p, ctypes.c_int
+        lib.linear.argtypes = [pointer] * 5 + [integer] * 4
+        lib.attend_step.argtypes = [pointer] * 3 + [integer] * 6
+        lib.linear.restype = lib.attend_step.restype = None
+        self.rows, self.columns = lib.kernel_rows(), lib.kernel_columns()
+        self._lib = lib
+
+    def pack_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        """weight (N, K) -> panels (ceil(N/NR), K, NR), float32, the last zero-padded."""
+        N, K = weight.shape
+        panels = -(-N // self.columns)
+        padded = weight.new_zeros(panels * self.columns, K, dtype=torch.float32)
+        padded[:N] = weight
+        return padded.view(panels, self.columns, K).transpose(1, 2).contiguous()
+
+    def linear(self, x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x (M, K) @ weight^T + bias + residual -> (M, out_features), weight as pack_weight made it."""
+        x = _float32_contiguous(x, "x")
+        M, K = x.shape
+        if packed.shape[1] != K or packed.shape[0] * self.columns < out_features:
+            raise ValueError(f"packed weight {tuple(packed.shape)} does not take ({M}, {K}) to {out_features}")
+        y = torch.empty(M, out_features)
+        if residual is not None:
+            residual = _float32_contiguous(residual, "residual")
+            if residual.shape != y.shape:
+                raise ValueError(f"residual {tuple(residual.shape)} is not ({M}, {out_features})")
+        self._lib.linear(x.data_ptr(), packed.data_ptr(), _pointer(bias), _pointer(residual), y.data_ptr(),
+                         M, K, out_features, torch.get_num_threads())
+        return y
+
+    def attend_step(self, qkv: torch.Tensor, cache: torch.Tensor, pos: int) -> torch.Tensor:
+        """qkv (B, 3C) of one new position per sequence -> attention output (B, C); writes its
+        key and value at `pos` of `cache` (2, B, H, L, D), which attention then reads 0..pos."""
+        qkv = _float32_contiguous(qkv, "qkv")
+        _, B, H, L, D = cache.shape
+        if cache.dtype != torch.float32 or not cache.is_contiguous() or cache.device.type != "cpu":
+            raise ValueError("the cache must be a contiguous float32 CPU tensor")
+        if qkv.shape != (B, 3 * H * D) or not 0 <= pos < L or L > MAX_CACHE_LEN:
+            raise ValueError(f"qkv {tuple(qkv.shape)} at position {pos} does not fit cache {tuple(cache.shape)}")
+        out = torch.empty(B, H * D)
+        self._lib.attend_step(qkv.data_ptr(), cache.data_ptr(), out.data_ptr(), B, H, L, D, pos,
+                              torch.get_num_threads())
+        return out
+
+
+def _float32_contiguous(t: torch.Tensor, name: str) -> torch.Tensor:
+    if t.device.type != "cpu" or t.dim() != 2:
+        raise ValueError(f"{name} must be a 2-d CPU tensor, got {tuple(t.shape)} on {t.device}")
+    return t.float().contiguous()
+
+
+def _pointer(t: torch.Tensor | None) -> int | None:
+    if t is None:
+        return None
+    if t.dtype != torch.float32 or not t.is_contiguous():
+        raise ValueError("bias and residual must be contiguous float32")
+    return t.data_ptr()
+
+
+@functools.cache
+def load() -> Kernels:
+    """The kernels for this CPU, built on first call; KernelsUnavailable says why not."""
+    if os.environ.get("TAMING_CPU_KERNELS", "1") == "0":
+        raise KernelsUnavailable("TAMING_CPU_KERNELS=0")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        raise KernelsUnavailable(f"written for x86-64, this is {platform.machine()}")
+    isa = torch.backends.cpu.get_cpu_capability()
+    if isa not in ISA_FLAGS:
+        raise KernelsUnavailable(f"needs AVX2 or AVX-512, ATen dispatches {isa} here")
+    try:
+        return Kernels(build(isa), isa)
+    except (OSError, subprocess.SubprocessError) as error:
+        raise KernelsUnavailable(f"{type(error).__name__}: {error}") from error
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the kernels run here; warns once with the reason when not."""
+    try:
+        load()
+        return True
+    except KernelsUnavailable as why:
+        if str(why) != "TAMING_CPU_KERNELS=0":
+            warnings.warn(f"sampling uses the matrix libraries' kernels: own CPU kernels unavailable ({why})",
+                          RuntimeWarning, stacklevel=2)
+        return False

@@ -1,0 +1,173 @@
+"""The sampling step's own CPU kernels (models/cpu_kernels.c): built with the real compiler,
+they compute what F.linear and PyTorch's attention compute, for every row count and tail,
+in each instruction set this CPU runs; the build is cached, atomic and safe to race, and
+where it cannot be built sampling falls back to the libraries with a warning."""
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from models import cpu_kernels
+from models.cpu_kernels import Kernels, KernelsUnavailable
+
+REPO = Path(__file__).resolve().parents[1]
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+ISAS = ["AVX2"] + (["AVX512"] if torch.backends.cpu.get_cpu_capability() == "AVX512" else [])
+
+
+def test_kernels_build_on_this_machine():
+    # CI's machines are x86-64 with AVX2 and gcc: the fast path must be the one tested
+    assert X86 and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+    kernels = cpu_kernels.load()
+    assert cpu_kernels.available() and kernels.isa == torch.backends.cpu.get_cpu_capability()
+    assert kernels.path.parent == cpu_kernels.cache_dir() and kernels.path.suffix == ".so"
+
+
+@pytest.fixture(scope="module", params=ISAS)
+def kernels(request, tmp_path_factory) -> Kernels:
+    return Kernels(cpu_kernels.build(request.param, tmp_path_factory.mktemp("kernels")), request.param)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 8, 9, 17, 64])
+@pytest.mark.parametrize("in_features, out_features", [(48, 80), (512, 1000), (2048, 24), (7, 33)])
+def test_linear_equals_f_linear_for_every_row_count_and_tail(kernels, rows, in_features, out_features):
+    torch.manual_seed(rows)
+    weight, bias = torch.randn(out_features, in_features), torch.randn(out_features)
+    x, residual = torch.randn(rows, in_features), torch.randn(rows, out_features)
+    packed = kernels.pack_weight(weight)
+    assert packed.shape == (-(-out_features // kernels.columns), in_features, kernels.columns)
+    expected = F.linear(x, weight, bias)
+    tolerance = dict(rtol=1e-5, atol=1e-5 * in_features ** 0.5)
+    torch.testing.assert_close(kernels.linear(x, packed, out_features, bias), expected, **tolerance)
+    torch.testing.assert_close(kernels.linear(x, packed, out_features), expected - bias, **tolerance)
+    torch.testing.assert_close(kernels.linear(x, packed, out_features, bias, residual), expected + residual,
+                               **tolerance)
+
+
+def test_linear_reads_strided_and_half_inputs_as_float32(kernels):
+    weight = torch.randn(40, 32)
+    x = torch.randn(32, 6).t()  # not contiguous
+    torch.testing.assert_close(kernels.linear(x, kernels.pack_weight(weight), 40), x @ weight.t(),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(kernels.linear(x.bfloat16(), kernels.pack_weight(weight), 40),
+                               x.bfloat16().float() @ weight.t(), rtol=1e-5, atol=1e-5)
+
+
+def test_linear_refuses_shapes_that_do_not_fit(kernels):
+    packed = kernels.pack_weight(torch.randn(40, 32))
+    with pytest.raises(ValueError, match="does not take"):
+        kernels.linear(torch.randn(4, 31), packed, 40)
+    with pytest.raises(ValueError, match="does not take"):
+        kernels.linear(torch.randn(4, 32), packed, 40 + kernels.columns)
+    with pytest.raises(ValueError, match="residual"):
+        kernels.linear(torch.randn(4, 32), packed, 40, residual=torch.randn(4, 39))
+    with pytest.raises(ValueError, match="2-d CPU tensor"):
+        kernels.linear(torch.randn(4, 32, 1), packed, 40)
+
+
+@pytest.mark.parametrize("pos", [0, 1, 37, 63])
+def test_attend_step_writes_the_cache_and_equals_sdpa(kernels, pos):
+    B, H, L, D = 3, 4, 64, 16
+    torch.manual_seed(pos)
+    cache = torch.randn(2, B, H, L, D)
+    before = cache.clone()
+    qkv = torch.randn(B, 3 * H * D)
+    out = kernels.attend_step(qkv, cache, pos)
+
+    q, k, v = (t.transpose(1, 2) for t in qkv.view(B, 1, 3, H, D).unbind(2))  # (B, H, 1, D)
+    expected_cache = before.clone()
+    expected_cache[0, :, :, pos] = k[:, :, 0]
+    expected_cache[1, :, :, pos] = v[:, :, 0]
+    torch.testing.assert_close(cache, expected_cache, rtol=0, atol=0)  # only position pos changed
+    expected = F.scaled_dot_product_attention(q, expected_cache[0, :, :, :pos + 1], expected_cache[1, :, :, :pos + 1])
+    torch.testing.assert_close(out, expected.transpose(1, 2).reshape(B, H * D), rtol=1e-5, atol=1e-5)
+
+
+def test_attend_step_refuses_what_does_not_fit(kernels):
+    cache = torch.zeros(2, 2, 4, 8, 16)
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.attend_step(torch.randn(2, 3 * 64), cache, 8)  # past the cache's end
+    with pytest.raises(ValueError, match="does not fit"):
+        kernels.attend_step(torch.randn(3, 3 * 64), cache, 0)  # another batch size
+    with pytest.raises(ValueError, match="contiguous float32"):
+        kernels.attend_step(torch.randn(2, 3 * 64), cache.bfloat16(), 0)
+
+
+def test_build_is_cached_by_source_flags_and_compiler(tmp_path):
+    first = cpu_kernels.build("AVX2", tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert cpu_kernels.build("AVX2", tmp_path) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
+    assert cpu_kernels.build("AVX512", tmp_path) != first  # another ISA, another file
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, cpu_kernels.build("AVX512", tmp_path).name])
+
+
+def _python(code: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_processes_building_at_once_both_get_a_whole_library(tmp_path):
+    code = """
+        import torch
+        from models import cpu_kernels
+        k = cpu_kernels.load()
+        w, x = torch.randn(100, 64), torch.randn(8, 64)
+        assert torch.allclose(k.linear(x, k.pack_weight(w), 100), x @ w.t(), atol=1e-4)
+        print(k.path)
+    """
+    env = {"TAMING_KERNEL_CACHE": str(tmp_path)}
+    runs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env={**os.environ, **env},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    paths = {out.strip() for out, _ in outputs}
+    assert len(paths) == 1 and [p.name for p in tmp_path.iterdir()] == [Path(paths.pop()).name]  # no partials left
+
+
+@pytest.mark.parametrize("compiler, reason", [("no-such-cc", "no C compiler 'no-such-cc' on PATH"),
+                                              ("false", "could not compile cpu_kernels.c")])
+def test_without_a_working_compiler_sampling_falls_back_to_the_libraries(tmp_path, compiler, reason):
+    done = _python("""
+        import warnings, torch
+        from models import cpu_kernels
+        from models.gpt import GPT, GPTConfig
+        from models.packed_linear import float32_library, matrix_library
+        from models.sampling import generate
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert not cpu_kernels.available()
+        print([str(w.message) for w in caught])
+        assert float32_library() == matrix_library()
+        gpt = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=8)).eval()
+        print(generate(gpt, torch.zeros(2, 1, dtype=torch.long), 4).shape)
+    """, {"CC": compiler, "TAMING_KERNEL_CACHE": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert reason in done.stdout and "own CPU kernels unavailable" in done.stdout
+    assert "torch.Size([2, 4])" in done.stdout
+    assert list(tmp_path.iterdir()) == []  # a failed build leaves nothing behind
+
+
+def test_kernels_can_be_switched_off():
+    done = _python("""
+        from models import cpu_kernels
+        from models.packed_linear import float32_library, matrix_library
+        assert not cpu_kernels.available() and float32_library() == matrix_library()
+    """, {"TAMING_CPU_KERNELS": "0"})
+    assert done.returncode == 0, done.stderr
+    assert "unavailable" not in done.stderr  # asked for, so no warning
+
+
+def test_load_names_why_it_cannot_run(monkeypatch):
+    monkeypatch.setenv("TAMING_CPU_KERNELS", "0")
+    cpu_kernels.load.cache_clear()
+    try:
+        with pytest.raises(KernelsUnavailable, match="TAMING_CPU_KERNELS=0"):
+            cpu_kernels.load()
+    finally:
+        cpu_kernels.load.cache_clear()
