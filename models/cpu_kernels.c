@@ -32,6 +32,7 @@ typedef __m512 vec;
 #define vstore(p, v) _mm512_storeu_ps(p, v)
 #define vbroadcast(p) _mm512_set1_ps(*(p))
 #define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define vadd(a, b) _mm512_add_ps(a, b)
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define MR 4
@@ -43,41 +44,57 @@ typedef __m256 vec;
 #define vstore(p, v) _mm256_storeu_ps(p, v)
 #define vbroadcast(p) _mm256_broadcast_ss(p)
 #define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define vadd(a, b) _mm256_add_ps(a, b)
 #else
 #error "cpu_kernels.c needs AVX2 with FMA, or AVX-512"
 #endif
 
 #define NV (NR / LANES) /* vectors per panel row */
+#define UNROLL _Pragma("GCC unroll 8") /* whole: the accumulators must be registers, not an array */
 
 int kernel_rows(void) { return MR; }
 int kernel_columns(void) { return NR; }
 
-/* tile[i][:] = x[i, :K] @ panel for i < mr; mr is a constant wherever this is inlined */
+/* y[i, :cols] = x[i, :K] @ panel (+ bias) (+ residual[i]) for i < mr, rows ldy apart; mr is
+ * a constant wherever this is inlined, so the accumulators stay in registers */
 static inline __attribute__((always_inline)) void tile_product(int mr, const float *x, int K, const float *panel,
-                                                               float tile[MR][NR]) {
+                                                               const float *bias, const float *residual,
+                                                               float *y, size_t ldy, int cols) {
     vec acc[MR][NV];
-    for (int i = 0; i < mr; i++)
-        for (int j = 0; j < NV; j++) acc[i][j] = vzero();
+    UNROLL for (int i = 0; i < mr; i++)
+        UNROLL for (int j = 0; j < NV; j++) acc[i][j] = bias ? vload(bias + j * LANES) : vzero();
     for (int k = 0; k < K; k++) {
         vec w[NV];
-        for (int j = 0; j < NV; j++) w[j] = vload(panel + (size_t)k * NR + j * LANES);
-        for (int i = 0; i < mr; i++) {
+        UNROLL for (int j = 0; j < NV; j++) w[j] = vload(panel + (size_t)k * NR + j * LANES);
+        UNROLL for (int i = 0; i < mr; i++) {
             vec a = vbroadcast(x + (size_t)i * K + k);
-            for (int j = 0; j < NV; j++) acc[i][j] = vfma(a, w[j], acc[i][j]);
+            UNROLL for (int j = 0; j < NV; j++) acc[i][j] = vfma(a, w[j], acc[i][j]);
         }
     }
-    for (int i = 0; i < mr; i++)
-        for (int j = 0; j < NV; j++) vstore(tile[i] + j * LANES, acc[i][j]);
+    UNROLL for (int i = 0; i < mr; i++) {
+        float row[NR];
+        float *out = cols == NR ? y + i * ldy : row; /* a last, narrower panel goes through row */
+        for (int j = 0; j < NV; j++) {
+            vec v = acc[i][j];
+            if (residual && cols == NR) v = vadd(v, vload(residual + i * ldy + j * LANES));
+            vstore(out + j * LANES, v);
+        }
+        if (cols < NR)
+            for (int j = 0; j < cols; j++) y[i * ldy + j] = row[j] + (residual ? residual[i * ldy + j] : 0.0f);
+    }
 }
 
-#define TILE_CASE(r) case r: tile_product(r, x, K, panel, tile); break;
+#define TILE_CASE(r) case r: tile_product(r, x, K, panel, bias, residual, y, N, cols); break;
 
-/* y[:M, n0:n0+NR] (clipped at N) = x @ panel (+ bias) (+ residual) */
+/* y[:M, n0:n0+NR] (clipped at N) = x @ panel (+ bias) (+ residual); bias and residual are
+ * offset to the panel's first column, bias zero-padded to NR (pack_bias) */
 static void panel_product(const float *x, int M, int K, const float *panel, int n0, int N, const float *bias,
                           const float *residual, float *y) {
-    float tile[MR][NR];
     int cols = N - n0 < NR ? N - n0 : NR;
-    for (int m0 = 0; m0 < M; m0 += MR, x += (size_t)MR * K) {
+    y += n0;
+    residual = residual ? residual + n0 : NULL;
+    bias = bias ? bias + n0 : NULL;
+    for (int m0 = 0; m0 < M; m0 += MR) {
         int mr = M - m0 < MR ? M - m0 : MR;
         switch (mr) {
             TILE_CASE(1) TILE_CASE(2) TILE_CASE(3) TILE_CASE(4)
@@ -85,17 +102,14 @@ static void panel_product(const float *x, int M, int K, const float *panel, int 
             TILE_CASE(5) TILE_CASE(6) TILE_CASE(7) TILE_CASE(8)
 #endif
         }
-        for (int i = 0; i < mr; i++) {
-            float *out = y + (size_t)(m0 + i) * N + n0;
-            const float *res = residual ? residual + (size_t)(m0 + i) * N + n0 : NULL;
-            for (int j = 0; j < cols; j++)
-                out[j] = tile[i][j] + (bias ? bias[n0 + j] : 0.0f) + (res ? res[j] : 0.0f);
-        }
+        x += (size_t)MR * K, y += (size_t)MR * N;
+        residual = residual ? residual + (size_t)MR * N : NULL;
     }
 }
 
-/* y (M, N) = x (M, K) @ W^T + bias + residual, W packed by models/cpu_kernels.pack_weight;
- * bias (N) and residual (M, N) may be NULL; all float32, row-major, contiguous. */
+/* y (M, N) = x (M, K) @ W^T + bias + residual, W packed by models/cpu_kernels.pack_weight,
+ * bias zero-padded to whole panels (pack_bias); bias and residual (M, N) may be NULL; all
+ * float32, row-major, contiguous. */
 void linear(const float *x, const float *packed, const float *bias, const float *residual, float *y, int M, int K,
             int N, int threads) {
     int panels = (N + NR - 1) / NR;

@@ -104,13 +104,22 @@ class Kernels:
         padded[:N] = weight
         return padded.view(panels, self.columns, K).transpose(1, 2).contiguous()
 
+    def pack_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        """bias (N) -> float32, zero-padded to whole panels (the kernel reads it a panel at a time)."""
+        padded = bias.new_zeros(-(-bias.shape[0] // self.columns) * self.columns, dtype=torch.float32)
+        padded[:bias.shape[0]] = bias
+        return padded
+
     def linear(self, x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None,
                residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x (M, K) @ weight^T + bias + residual -> (M, out_features), weight as pack_weight made it."""
+        """x (M, K) @ weight^T + bias + residual -> (M, out_features), weight and bias as
+        pack_weight and pack_bias made them."""
         x = _float32_contiguous(x, "x")
         M, K = x.shape
-        if packed.shape[1] != K or packed.shape[0] * self.columns < out_features:
+        if packed.shape[1:] != (K, self.columns) or packed.shape[0] != -(-out_features // self.columns):
             raise ValueError(f"packed weight {tuple(packed.shape)} does not take ({M}, {K}) to {out_features}")
+        if bias is not None and bias.shape != (packed.shape[0] * self.columns,):
+            raise ValueError(f"bias {tuple(bias.shape)} is not padded to the packed weight's panels (pack_bias)")
         y = torch.empty(M, out_features)
         if residual is not None:
             residual = _float32_contiguous(residual, "residual")

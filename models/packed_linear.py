@@ -253,6 +253,7 @@ class FrozenLinear:
         elif self.kind == "own":
             self.kernels = cpu_kernels.load()
             self.out_features, self.packed = self.weight.shape[0], self.kernels.pack_weight(self.weight)
+            self.bias = None if bias is None else self.kernels.pack_bias(self.bias)
             self.weight = None  # the packed copy serves every row count
 
     def pack_for(self, rows: int) -> None:

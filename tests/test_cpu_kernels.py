@@ -43,10 +43,13 @@ def test_linear_equals_f_linear_for_every_row_count_and_tail(kernels, rows, in_f
     packed = kernels.pack_weight(weight)
     assert packed.shape == (-(-out_features // kernels.columns), in_features, kernels.columns)
     expected = F.linear(x, weight, bias)
+    padded_bias = kernels.pack_bias(bias)
     tolerance = dict(rtol=1e-5, atol=1e-5 * in_features ** 0.5)
-    torch.testing.assert_close(kernels.linear(x, packed, out_features, bias), expected, **tolerance)
+    torch.testing.assert_close(kernels.linear(x, packed, out_features, padded_bias), expected, **tolerance)
     torch.testing.assert_close(kernels.linear(x, packed, out_features), expected - bias, **tolerance)
-    torch.testing.assert_close(kernels.linear(x, packed, out_features, bias, residual), expected + residual,
+    torch.testing.assert_close(kernels.linear(x, packed, out_features, None, residual), expected - bias + residual,
+                               **tolerance)
+    torch.testing.assert_close(kernels.linear(x, packed, out_features, padded_bias, residual), expected + residual,
                                **tolerance)
 
 
@@ -67,6 +70,8 @@ def test_linear_refuses_shapes_that_do_not_fit(kernels):
         kernels.linear(torch.randn(4, 32), packed, 40 + kernels.columns)
     with pytest.raises(ValueError, match="residual"):
         kernels.linear(torch.randn(4, 32), packed, 40, residual=torch.randn(4, 39))
+    with pytest.raises(ValueError, match="pack_bias"):
+        kernels.linear(torch.randn(4, 32), packed, 40, bias=torch.randn(40))
     with pytest.raises(ValueError, match="2-d CPU tensor"):
         kernels.linear(torch.randn(4, 32, 1), packed, 40)
 
