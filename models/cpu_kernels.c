@@ -33,6 +33,9 @@ typedef __m512 vec;
 #define vbroadcast(p) _mm512_set1_ps(*(p))
 #define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vadd(a, b) _mm512_add_ps(a, b)
+#define vmul(a, b) _mm512_mul_ps(a, b)
+#define vset1(x) _mm512_set1_ps(x)
+#define vsum(v) _mm512_reduce_add_ps(v)
 #elif defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define MR 4
@@ -45,6 +48,13 @@ typedef __m256 vec;
 #define vbroadcast(p) _mm256_broadcast_ss(p)
 #define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vadd(a, b) _mm256_add_ps(a, b)
+#define vmul(a, b) _mm256_mul_ps(a, b)
+#define vset1(x) _mm256_set1_ps(x)
+static inline float vsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
 #else
 #error "cpu_kernels.c needs AVX2 with FMA, or AVX-512"
 #endif
@@ -118,12 +128,71 @@ void linear(const float *x, const float *packed, const float *bias, const float 
         panel_product(x, M, K, packed + (size_t)p * K * NR, p * NR, N, bias, residual, y);
 }
 
+/* softmax(q k^T * scale) v for one query over n cached positions of one head whose width
+ * is dv vectors (a constant wherever this is inlined: q and the output stay in registers).
+ * Keys are scored four at a time, four independent sums, so the multiply-adds' latency
+ * overlaps; scores (n floats) is scratch. */
+static inline __attribute__((always_inline)) void attend_head(int dv, const float *q, const float *keys,
+                                                              const float *values, int n, float scale,
+                                                              float *scores, float *o) {
+    const int D = dv * LANES;
+    vec qv[8], ov[8];
+    UNROLL for (int j = 0; j < dv; j++) qv[j] = vload(q + j * LANES);
+    int t = 0;
+    for (; t + 4 <= n; t += 4) {
+        const float *k = keys + (size_t)t * D;
+        vec s0 = vzero(), s1 = vzero(), s2 = vzero(), s3 = vzero();
+        UNROLL for (int j = 0; j < dv; j++) {
+            s0 = vfma(qv[j], vload(k + j * LANES), s0);
+            s1 = vfma(qv[j], vload(k + D + j * LANES), s1);
+            s2 = vfma(qv[j], vload(k + 2 * D + j * LANES), s2);
+            s3 = vfma(qv[j], vload(k + 3 * D + j * LANES), s3);
+        }
+        scores[t] = vsum(s0) * scale, scores[t + 1] = vsum(s1) * scale;
+        scores[t + 2] = vsum(s2) * scale, scores[t + 3] = vsum(s3) * scale;
+    }
+    for (; t < n; t++) {
+        vec s0 = vzero();
+        UNROLL for (int j = 0; j < dv; j++) s0 = vfma(qv[j], vload(keys + (size_t)t * D + j * LANES), s0);
+        scores[t] = vsum(s0) * scale;
+    }
+    float top = -INFINITY, total = 0.0f;
+    for (t = 0; t < n; t++) top = scores[t] > top ? scores[t] : top;
+    for (t = 0; t < n; t++) total += scores[t] = expf(scores[t] - top);
+    UNROLL for (int j = 0; j < dv; j++) ov[j] = vzero();
+    for (t = 0; t < n; t++) {
+        const vec p = vset1(scores[t]);
+        UNROLL for (int j = 0; j < dv; j++) ov[j] = vfma(p, vload(values + (size_t)t * D + j * LANES), ov[j]);
+    }
+    const vec inverse = vset1(1.0f / total);
+    UNROLL for (int j = 0; j < dv; j++) vstore(o + j * LANES, vmul(ov[j], inverse));
+}
+
+/* The same for any head width (D not a multiple of LANES, or wider than 8 vectors). */
+static void attend_head_any(int D, const float *q, const float *keys, const float *values, int n, float scale,
+                            float *scores, float *o) {
+    float top = -INFINITY, total = 0.0f;
+    for (int t = 0; t < n; t++) {
+        float s = 0.0f;
+        for (int d = 0; d < D; d++) s += q[d] * keys[(size_t)t * D + d];
+        scores[t] = s * scale;
+        top = scores[t] > top ? scores[t] : top;
+    }
+    for (int t = 0; t < n; t++) total += scores[t] = expf(scores[t] - top);
+    for (int d = 0; d < D; d++) o[d] = 0.0f;
+    for (int t = 0; t < n; t++)
+        for (int d = 0; d < D; d++) o[d] += scores[t] * values[(size_t)t * D + d];
+    for (int d = 0; d < D; d++) o[d] /= total;
+}
+
+#define HEAD_CASE(v) case v: attend_head(v, q, keys, values, pos + 1, scale, scores, o); break;
+
 /* One new position per sequence, at `pos`: its key and value (from qkv) go into the cache,
- * then its query attends over positions 0..pos (as softmax(q k^T / sqrt(D)) v).
- * qkv (B, 3C): each row [q | k | v], C = H * D, head-major; cache (2, B, H, L, D), float32;
- * out (B, C). */
+ * then its query attends over positions 0..pos (as softmax(q k^T / sqrt(D)) v), one
+ * (sequence, head) per task. qkv (B, 3C): each row [q | k | v], C = H * D, head-major;
+ * cache (2, B, H, L, D), float32; out (B, C). */
 void attend_step(const float *qkv, float *cache, float *out, int B, int H, int L, int D, int pos, int threads) {
-    const int C = H * D;
+    const int C = H * D, dv = D % LANES == 0 && D <= 8 * LANES ? D / LANES : 0;
     const float scale = 1.0f / sqrtf((float)D);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int bh = 0; bh < B * H; bh++) {
@@ -131,31 +200,13 @@ void attend_step(const float *qkv, float *cache, float *out, int B, int H, int L
         const float *q = qkv + (size_t)b * 3 * C + (size_t)h * D;
         float *keys = cache + (size_t)bh * L * D;
         float *values = cache + ((size_t)B * H + bh) * L * D;
+        float *o = out + (size_t)b * C + (size_t)h * D;
+        float scores[pos + 1];
         memcpy(keys + (size_t)pos * D, q + C, sizeof(float) * D);
         memcpy(values + (size_t)pos * D, q + 2 * C, sizeof(float) * D);
-
-        float scores[pos + 1];
-        float top = -INFINITY;
-        for (int t = 0; t <= pos; t++) {
-            const float *key = keys + (size_t)t * D;
-            float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-            for (int d = 0; d < D; d++) s += q[d] * key[d];
-            scores[t] = s * scale;
-            top = scores[t] > top ? scores[t] : top;
-        }
-        float total = 0.0f;
-        for (int t = 0; t <= pos; t++) {
-            scores[t] = expf(scores[t] - top);
-            total += scores[t];
-        }
-        float *o = out + (size_t)b * C + (size_t)h * D;
-        for (int d = 0; d < D; d++) o[d] = 0.0f;
-        for (int t = 0; t <= pos; t++) {
-            const float *value = values + (size_t)t * D;
-            const float p = scores[t] / total;
-#pragma omp simd
-            for (int d = 0; d < D; d++) o[d] += p * value[d];
+        switch (dv) {
+            HEAD_CASE(1) HEAD_CASE(2) HEAD_CASE(3) HEAD_CASE(4) HEAD_CASE(5) HEAD_CASE(6) HEAD_CASE(7) HEAD_CASE(8)
+            default: attend_head_any(D, q, keys, values, pos + 1, scale, scores, o);
         }
     }
 }

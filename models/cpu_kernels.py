@@ -66,9 +66,11 @@ def build(isa: str, folder: Path | None = None) -> Path:
     key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), version.encode()])).hexdigest()[:16]
     folder = folder or cache_dir()
     target = folder / f"cpu_kernels-{isa.lower()}-{key}.so"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _check_private(folder)
     if target.exists():
+        _check_private(target)
         return target
-    folder.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=folder)
     os.close(fd)
     try:
@@ -76,11 +78,22 @@ def build(isa: str, folder: Path | None = None) -> Path:
                               timeout=300)
         if done.returncode != 0:
             raise KernelsUnavailable(f"{compiler} could not compile {SOURCE.name} for {isa}:\n{done.stderr[-2000:]}")
+        os.chmod(partial, 0o755)  # whatever the umask: _check_private must accept it next time
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
     return target
+
+
+def _check_private(path: Path) -> None:
+    """Loading a library runs its code: refuse one that another user could have put there."""
+    if os.name != "posix":
+        return
+    info = path.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o022:
+        raise KernelsUnavailable(f"{path} is writable by other users or not owned by this one: "
+                                 f"not loading code from it (set TAMING_KERNEL_CACHE to a private folder)")
 
 
 class Kernels:

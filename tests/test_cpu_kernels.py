@@ -76,9 +76,10 @@ def test_linear_refuses_shapes_that_do_not_fit(kernels):
         kernels.linear(torch.randn(4, 32, 1), packed, 40)
 
 
-@pytest.mark.parametrize("pos", [0, 1, 37, 63])
-def test_attend_step_writes_the_cache_and_equals_sdpa(kernels, pos):
-    B, H, L, D = 3, 4, 64, 16
+@pytest.mark.parametrize("pos", [0, 1, 3, 4, 37, 63])
+@pytest.mark.parametrize("D", [16, 24, 64, 12, 256])  # whole vectors, or not; up to 8 of them, or more
+def test_attend_step_writes_the_cache_and_equals_sdpa(kernels, pos, D):
+    B, H, L = 3, 4, 64
     torch.manual_seed(pos)
     cache = torch.randn(2, B, H, L, D)
     before = cache.clone()
@@ -110,6 +111,19 @@ def test_build_is_cached_by_source_flags_and_compiler(tmp_path):
     assert cpu_kernels.build("AVX2", tmp_path) == first and first.stat().st_mtime_ns == stamp  # not rebuilt
     assert cpu_kernels.build("AVX512", tmp_path) != first  # another ISA, another file
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, cpu_kernels.build("AVX512", tmp_path).name])
+
+
+def test_a_cache_folder_others_can_write_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with pytest.raises(KernelsUnavailable, match="writable by other users"):
+        cpu_kernels.build("AVX2", shared)
+    assert list(shared.iterdir()) == []  # nothing compiled, nothing loaded
+    private = cpu_kernels.build("AVX2", tmp_path / "private")
+    private.chmod(0o777)  # a library someone could have swapped
+    with pytest.raises(KernelsUnavailable, match="writable by other users"):
+        cpu_kernels.build("AVX2", tmp_path / "private")
 
 
 def _python(code: str, env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
