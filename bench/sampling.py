@@ -6,8 +6,9 @@ tokens after one class token, top-k 100, top-p 0.95, same weights for every samp
 
 - product: models.sampling.generate (Decoder with a key/value cache, models/inference.py),
   at float32 and at each lower precision this CPU runs natively; float32 products go through
-  MKL on Intel CPUs and oneDNN elsewhere (models.packed_linear.float32_library), and the
-  library not chosen runs too ("float32 <library> (not default)"), to check the choice;
+  the project's own kernels where they build (models/cpu_kernels.c), else MKL on Intel CPUs
+  and oneDNN elsewhere (models.packed_linear.float32_library), and the libraries not chosen
+  run too ("float32 <library> (not default)"), to check the choice;
 - original: `sample_with_past` of the original (taming/modules/transformer/mingpt.py), written
   here over the same weights: every step concatenates the past keys/values of all layers
   (`forward_with_past`), attends with minGPT's attention and filters with transformers'
@@ -21,8 +22,8 @@ Runs alternate between samplers and repeat (--repeats), so a machine that gets b
 quieter shows in the spread; the best run is the figure, the range is printed beside it.
 The load average is printed with each batch. --emulate avx2 re-runs the bench with the
 ISA of oneDNN, ATen and MKL limited to AVX2 (same machine, same memory: an emulation of an
-AVX2-only CPU's kernels, not of its caches or bandwidth); int8 then runs on oneDNN's
-quantized engine, which honours the limit (fbgemm would not).
+AVX2-only CPU's kernels, not of its caches or bandwidth; the own kernels follow ATen's
+ISA); int8 then runs on oneDNN's quantized engine, which honours the limit (fbgemm would not).
 
     python bench/sampling.py [--threads 2] [--batches 8 16 64 256] [--repeats 3] [--emulate avx2]
 """
@@ -53,6 +54,7 @@ from models.gpt import GPT, GPTConfig  # noqa: E402
 from models.inference import cache_dtype  # noqa: E402
 from models.packed_linear import (  # noqa: E402
     PRECISIONS,
+    FrozenLinear,
     cpu_vendor,
     float32_libraries,
     float32_library,
@@ -166,12 +168,22 @@ def read_bandwidth(n_bytes: int, repeats: int = 20) -> float:
     return buffer.numel() * 4 / best
 
 
-def peak_flops(repeats: int = 5) -> float:
-    """Best float32 FLOP/s of a 1024^3 matrix product (MKL/oneDNN at this ISA)."""
+def peak_flops(repeats: int = 5) -> tuple[float, str]:
+    """Best float32 FLOP/s of a 1024^3 matrix product, through torch.matmul and each float32
+    library at this ISA (on AMD, matmul runs MKL's generic kernel), and which one it was."""
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * 1024 ** 3 / best
+    products = {"matmul": lambda: a @ b}
+    for library in float32_libraries():
+        if library != "plain":
+            frozen = FrozenLinear(b, None, library=library)
+            frozen.pack_for(1024)
+            products[library] = lambda frozen=frozen: frozen(a)
+    rates = {}
+    for name, product in products.items():
+        product()
+        rates[name] = 2 * 1024 ** 3 / min(_timed(product) for _ in range(repeats))
+    best = max(rates, key=rates.get)
+    return rates[best], best
 
 
 def _timed(fn) -> float:
@@ -234,9 +246,9 @@ def run(args) -> None:
     print("\n".join(cpu_header()))
     print(f"GPT 8 layers x 512, 8 heads, vocab 1024, {sum(p.numel() for p in gpt.parameters()) / 1e6:.1f}M params; "
           f"{steps} tokens after a class token; top-k {TOP_K}, top-p {TOP_P}")
-    flops = peak_flops()
+    flops, flops_library = peak_flops()
     print(f"read bandwidth {read_bandwidth(2 ** 30, repeats=4) / 1e9:.1f} GB/s on 1 GiB; "
-          f"float32 matrix product {flops / 1e9:.0f} GFLOP/s", flush=True)
+          f"float32 matrix product {flops / 1e9:.0f} GFLOP/s ({flops_library})", flush=True)
 
     for batch in args.batches:
         prefix = torch.randint(0, 1000, (batch, 1))
