@@ -2,8 +2,8 @@
 compiler at first use and loaded through ctypes.
 
 At sampling's few rows a step's time is the time to read every weight, and the
-libraries' kernels for such thin products (oneDNN, MKL) read them at about a third of the
-memory's speed on an AVX2 machine. cpu_kernels.c reads each weight from a copy packed once
+libraries' kernels for such thin products (oneDNN, MKL) read them at about half the
+memory's speed or less (bench/sampling.py; README "Sampling speed"). cpu_kernels.c reads each weight from a copy packed once
 (`pack_weight`) with register tiles sized for the instruction set, and does the new
 position's attention over the cache in one pass (`attend_step`).
 
