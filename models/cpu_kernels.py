@@ -3,9 +3,10 @@ compiler at first use and loaded through ctypes.
 
 At sampling's few rows a step's time is the time to read every weight, and the
 libraries' kernels for such thin products (oneDNN, MKL) read them at about half the
-memory's speed or less (bench/sampling.py; README "Sampling speed"). cpu_kernels.c reads each weight from a copy packed once
-(`pack_weight`) with register tiles sized for the instruction set, and does the new
-position's attention over the cache in one pass (`attend_step`).
+memory's speed or less (bench/sampling.py; README "Sampling speed"). cpu_kernels.c reads
+each weight from a copy packed once (`pack_weight`) with register tiles sized for the
+instruction set, and does the new position's attention over the cache in one pass
+(`attend_step`).
 
 The library is compiled once per machine for the instruction set ATen dispatches to
 (torch.backends.cpu.get_cpu_capability(): AVX512 or AVX2, so ATEN_CPU_CAPABILITY=avx2

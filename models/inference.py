@@ -102,7 +102,7 @@ class Decoder:
         self.head = FrozenLinear(gpt.head.weight, None, precision, library)
         # one new position's attention over a float32 cache: the own kernel where the float32
         # products use the own kernels (cpu_kernels.attend_step), else PyTorch's attention
-        own = device.type == "cpu" and (library or float32_library()) == "own" and cpu_kernels.available()
+        own = device.type == "cpu" and (library or float32_library()) == "own"  # FrozenLinear checked it builds
         self.attend_step = cpu_kernels.load().attend_step if own else None
 
     _built: weakref.WeakKeyDictionary[GPT, dict[tuple, tuple[tuple, Decoder]]] = weakref.WeakKeyDictionary()
@@ -159,8 +159,11 @@ class Decoder:
         if pos + T > cache.max_len:
             raise ValueError(f"cannot decode {pos + T} positions: the cache holds {cache.max_len}")
 
+        one_pass = T == 1 and self.attend_step is not None and cache.kv.dtype == torch.float32 \
+            and cache.max_len <= cpu_kernels.MAX_CACHE_LEN
+
         def attention(qkv, kv):
-            if T == 1 and self.attend_step and kv.dtype == torch.float32 and cache.max_len <= cpu_kernels.MAX_CACHE_LEN:
+            if one_pass:
                 return self.attend_step(qkv, kv, pos)  # writes the cache and attends in one pass
             q, k, v = self._heads(qkv, B)
             kv[0, :, :, pos:pos + T] = k

@@ -210,9 +210,9 @@ class FrozenLinear:
 
     - float32 on the CPU: the library `float32_library` picks for this CPU, or `library`.
       The own kernels read a copy packed in panels (cpu_kernels.pack_weight), the residual
-      added in the same pass; MKL's packed sgemm reorders the weight once for the row count the sampler steps with
-      (pack_for), other row counts (a prompt) using the plain weight; oneDNN's packed copy
-      serves any row count (bench/sampling.py, README);
+      added in the same pass; MKL's packed sgemm reorders the weight once for the row count
+      the sampler steps with (pack_for), other row counts (a prompt) using the plain weight;
+      oneDNN's and the own packed copies serve any row count (bench/sampling.py, README);
     - bfloat16 on the CPU: oneDNN's packed product, GELU fused (float32 out);
     - int8 (CPU): quantised per output channel for the quantized engine, the activations
       quantised per call (7-bit, which AVX2 without VNNI cannot overflow);
