@@ -7,8 +7,9 @@ tokens after one class token, top-k 100, top-p 0.95, same weights for every samp
 - product: models.sampling.generate (Decoder with a key/value cache, models/inference.py),
   at float32 and at each lower precision this CPU runs natively; float32 products go through
   the project's own kernels where they build (models/cpu_kernels.c), else MKL on Intel CPUs
-  and oneDNN elsewhere (models.packed_linear.float32_library), and the libraries not chosen
-  run too ("float32 <library> (not default)"), to check the choice;
+  and oneDNN elsewhere (models.packed_linear.float32_library); bfloat16 products through the
+  own AVX512-BF16 kernel, else oneDNN (bfloat16_library); the libraries not chosen run too
+  ("float32 <library> (not default)", "bfloat16 onednn (not default)"), to check the choice;
 - original: `sample_with_past` of the original (taming/modules/transformer/mingpt.py), written
   here over the same weights: every step concatenates the past keys/values of all layers
   (`forward_with_past`), attends with minGPT's attention and filters with transformers'
@@ -55,9 +56,11 @@ from models.inference import cache_dtype  # noqa: E402
 from models.packed_linear import (  # noqa: E402
     PRECISIONS,
     FrozenLinear,
+    bfloat16_library,
     cpu_vendor,
     float32_libraries,
     float32_library,
+    packing_supported,
     precision_supported,
 )
 from models.sampling import generate, generate_without_cache  # noqa: E402
@@ -148,7 +151,8 @@ def cpu_header() -> list[str]:
             + (f" ({threading})" if threading else ""),
             f"ISA-limiting environment: {limits}",
             f"precisions run natively: {native}; float32 products through {float32_library()} "
-            f"(vendor {cpu_vendor() or 'unknown'})"]
+            f"(vendor {cpu_vendor() or 'unknown'})"
+            + (f", bfloat16 through {bfloat16_library()}" if precision_supported("bfloat16") else "")]
 
 
 def load() -> str:
@@ -242,7 +246,9 @@ def run(args) -> None:
     steps = args.grid * args.grid
     gpt = demo_gpt(steps)
     precisions = [p for p in PRECISIONS if precision_supported(p)]
-    other_libraries = [name for name in float32_libraries() if name not in ("plain", float32_library())]
+    other_libraries = [("float32", name) for name in float32_libraries() if name not in ("plain", float32_library())]
+    if "bfloat16" in precisions and bfloat16_library() == "own" and packing_supported(torch.bfloat16):
+        other_libraries.append(("bfloat16", "onednn"))
     print("\n".join(cpu_header()))
     print(f"GPT 8 layers x 512, 8 heads, vocab 1024, {sum(p.numel() for p in gpt.parameters()) / 1e6:.1f}M params; "
           f"{steps} tokens after a class token; top-k {TOP_K}, top-p {TOP_P}")
@@ -255,9 +261,9 @@ def run(args) -> None:
         mean_bytes = {p: sum(step_bytes(gpt, batch, pos, p) for pos in range(steps)) / steps for p in precisions}
         bandwidth = {p: 0.0 for p in precisions}
         runs: dict[str, list[float]] = {}
-        # the product at each precision, and float32 through the library this CPU does not default to
+        # the product at each precision, and float32 and bfloat16 through the libraries this CPU does not default to
         products = {f"product {p}": (p, None) for p in precisions}
-        products.update({f"float32 {library} (not default)": ("float32", library) for library in other_libraries})
+        products.update({f"{p} {library} (not default)": (p, library) for p, library in other_libraries})
         for precision, library in products.values():  # warm-up: builds each Decoder once, as a sampling job would
             generate(gpt, prefix, 4, SETTINGS, precision=precision, library=library)
         for repeat in range(args.repeats):  # alternate, so load changes hit every sampler and the bound alike

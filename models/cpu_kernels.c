@@ -65,6 +65,22 @@ static inline float vsum(__m256 v) {
 int kernel_rows(void) { return MR; }
 int kernel_columns(void) { return NR; }
 
+/* y[i, :cols] = acc[i] (+ residual[i]) for i < mr, rows ldy apart */
+static inline __attribute__((always_inline)) void store_tile(int mr, vec acc[MR][NV], const float *residual,
+                                                             float *y, size_t ldy, int cols) {
+    UNROLL for (int i = 0; i < mr; i++) {
+        float row[NR];
+        float *out = cols == NR ? y + i * ldy : row; /* a last, narrower panel goes through row */
+        for (int j = 0; j < NV; j++) {
+            vec v = acc[i][j];
+            if (residual && cols == NR) v = vadd(v, vload(residual + i * ldy + j * LANES));
+            vstore(out + j * LANES, v);
+        }
+        if (cols < NR)
+            for (int j = 0; j < cols; j++) y[i * ldy + j] = row[j] + (residual ? residual[i * ldy + j] : 0.0f);
+    }
+}
+
 /* y[i, :cols] = x[i, :K] @ panel (+ bias) (+ residual[i]) for i < mr, rows ldy apart; mr is
  * a constant wherever this is inlined, so the accumulators stay in registers */
 static inline __attribute__((always_inline)) void tile_product(int mr, const float *x, int K, const float *panel,
@@ -81,17 +97,7 @@ static inline __attribute__((always_inline)) void tile_product(int mr, const flo
             UNROLL for (int j = 0; j < NV; j++) acc[i][j] = vfma(a, w[j], acc[i][j]);
         }
     }
-    UNROLL for (int i = 0; i < mr; i++) {
-        float row[NR];
-        float *out = cols == NR ? y + i * ldy : row; /* a last, narrower panel goes through row */
-        for (int j = 0; j < NV; j++) {
-            vec v = acc[i][j];
-            if (residual && cols == NR) v = vadd(v, vload(residual + i * ldy + j * LANES));
-            vstore(out + j * LANES, v);
-        }
-        if (cols < NR)
-            for (int j = 0; j < cols; j++) y[i * ldy + j] = row[j] + (residual ? residual[i * ldy + j] : 0.0f);
-    }
+    store_tile(mr, acc, residual, y, ldy, cols);
 }
 
 #define TILE_CASE(r) case r: tile_product(r, x, K, panel, bias, residual, y, N, cols); break;
@@ -126,6 +132,66 @@ void linear(const float *x, const float *packed, const float *bias, const float 
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int p = 0; p < panels; p++)
         panel_product(x, M, K, packed + (size_t)p * K * NR, p * NR, N, bias, residual, y);
+}
+
+/* bfloat16 weights: half the bytes to stream, multiplied in float32. A weight's bf16 bits
+ * are the top half of its float32 (zero-extend, shift left 16: exact), so the panel is
+ * [K][NR] in bf16 and the tile is the float32 one with that widening after each load;
+ * inputs, sums and output stay float32. Runs wherever the float32 kernel runs. */
+#if defined(__AVX512F__)
+#define vload_bf16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32( \
+    _mm256_loadu_si256((const __m256i *)(p))), 16))
+#else
+#define vload_bf16(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32( \
+    _mm_loadu_si128((const __m128i *)(p))), 16))
+#endif
+
+static inline __attribute__((always_inline)) void tile_product_bf16(int mr, const float *x, int K,
+                                                                    const unsigned short *panel, const float *bias,
+                                                                    const float *residual, float *y, size_t ldy,
+                                                                    int cols) {
+    vec acc[MR][NV];
+    UNROLL for (int i = 0; i < mr; i++)
+        UNROLL for (int j = 0; j < NV; j++) acc[i][j] = bias ? vload(bias + j * LANES) : vzero();
+    for (int k = 0; k < K; k++) {
+        vec w[NV];
+        UNROLL for (int j = 0; j < NV; j++) w[j] = vload_bf16(panel + (size_t)k * NR + j * LANES);
+        UNROLL for (int i = 0; i < mr; i++) {
+            vec a = vbroadcast(x + (size_t)i * K + k);
+            UNROLL for (int j = 0; j < NV; j++) acc[i][j] = vfma(a, w[j], acc[i][j]);
+        }
+    }
+    store_tile(mr, acc, residual, y, ldy, cols);
+}
+
+#define TILE_CASE_BF16(r) case r: tile_product_bf16(r, x, K, panel, bias, residual, y, N, cols); break;
+
+static void panel_product_bf16(const float *x, int M, int K, const unsigned short *panel, int n0, int N,
+                               const float *bias, const float *residual, float *y) {
+    int cols = N - n0 < NR ? N - n0 : NR;
+    y += n0;
+    residual = residual ? residual + n0 : NULL;
+    bias = bias ? bias + n0 : NULL;
+    for (int m0 = 0; m0 < M; m0 += MR) {
+        switch (M - m0 < MR ? M - m0 : MR) {
+            TILE_CASE_BF16(1) TILE_CASE_BF16(2) TILE_CASE_BF16(3) TILE_CASE_BF16(4)
+#if MR == 8
+            TILE_CASE_BF16(5) TILE_CASE_BF16(6) TILE_CASE_BF16(7) TILE_CASE_BF16(8)
+#endif
+        }
+        x += (size_t)MR * K, y += (size_t)MR * N;
+        residual = residual ? residual + (size_t)MR * N : NULL;
+    }
+}
+
+/* linear with W packed by pack_weight(..., bfloat16): panels [N/NR][K][NR] of bf16 bits;
+ * x, bias, residual and y float32 as in linear. */
+void linear_bf16(const float *x, const unsigned short *packed, const float *bias, const float *residual, float *y,
+                 int M, int K, int N, int threads) {
+    int panels = (N + NR - 1) / NR;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int p = 0; p < panels; p++)
+        panel_product_bf16(x, M, K, packed + (size_t)p * K * NR, p * NR, N, bias, residual, y);
 }
 
 /* softmax(q k^T * scale) v for one query over n cached positions of one head whose width

@@ -12,7 +12,8 @@ The library is compiled once per machine for the instruction set ATen dispatches
 (torch.backends.cpu.get_cpu_capability(): AVX512 or AVX2, so ATEN_CPU_CAPABILITY=avx2
 limits it too), into a cache folder keyed by the source, the flags and the compiler
 ($TAMING_KERNEL_CACHE, default ~/.cache/taming/kernels); the build goes to a temporary
-file renamed into place, so two processes building at once both end with a whole library.
+file renamed into place, so two processes building at once both end with a whole library;
+a build prunes libraries of other versions left unchanged for 30 days.
 Where it cannot be built (no compiler, not x86-64, another ISA) or TAMING_CPU_KERNELS=0,
 `available()` is False, with one warning naming the reason, and the sampler uses the
 libraries instead: these kernels change how fast, never what can run.
@@ -27,6 +28,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -37,6 +39,8 @@ ISA_FLAGS = {"AVX2": ("-mavx2", "-mfma"),
              "AVX512": ("-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq")}
 COMMON_FLAGS = ("-O3", "-fopenmp", "-fPIC", "-shared", "-std=c11")
 MAX_CACHE_LEN = 16384  # attend_step keeps a row of scores on the thread's stack (64 KB at most)
+STALE_LIBRARY_S = 30 * 86400  # another source version's library unchanged this long is pruned after a build
+STALE_PARTIAL_S = 86400  # a build's temporary file this old was left by a killed process
 
 
 class KernelsUnavailable(RuntimeError):
@@ -84,7 +88,30 @@ def build(isa: str, folder: Path | None = None) -> Path:
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
+    _prune(folder, keep=target)
     return target
+
+
+def _prune(folder: Path, keep: Path) -> None:
+    """Each change of the source, flags or compiler adds a library: after a build, drop the
+    ones unchanged for STALE_LIBRARY_S (a checkout still on that version rebuilds in under a
+    second; a process that loaded one keeps its mapping) and temporary files of killed builds."""
+    now = time.time()
+    for path in folder.iterdir():
+        name = path.name
+        if path == keep or not path.is_file() or path.is_symlink():
+            continue
+        if name.startswith("cpu_kernels-") and name.endswith(".so"):
+            stale = STALE_LIBRARY_S
+        elif name.startswith(".cpu_kernels-") and name.endswith(".partial"):
+            stale = STALE_PARTIAL_S
+        else:
+            continue  # not ours
+        try:
+            if now - path.stat().st_mtime > stale:
+                path.unlink()
+        except OSError:
+            pass  # another process pruned it first
 
 
 def _check_private(path: Path) -> None:
@@ -98,7 +125,8 @@ def _check_private(path: Path) -> None:
 
 
 class Kernels:
-    """The loaded library: `linear` and `attend_step` on float32 CPU tensors."""
+    """The loaded library: `linear` (float32 or bfloat16 weights, float32 in and out) and
+    `attend_step`, on CPU tensors."""
 
     def __init__(self, path: Path, isa: str):
         self.path, self.isa = path, isa
@@ -107,14 +135,18 @@ class Kernels:
         lib.linear.argtypes = [pointer] * 5 + [integer] * 4
         lib.attend_step.argtypes = [pointer] * 3 + [integer] * 6
         lib.linear.restype = lib.attend_step.restype = None
+        lib.linear_bf16.argtypes, lib.linear_bf16.restype = lib.linear.argtypes, None
         self.rows, self.columns = lib.kernel_rows(), lib.kernel_columns()
         self._lib = lib
 
-    def pack_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        """weight (N, K) -> panels (ceil(N/NR), K, NR), float32, the last zero-padded."""
+    def pack_weight(self, weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """weight (N, K) -> panels (ceil(N/NR), K, NR) in `dtype` (float32, or bfloat16: half
+        the bytes, widened to float32 in registers), the last zero-padded."""
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"packs float32 or bfloat16 weights, not {dtype}")
         N, K = weight.shape
         panels = -(-N // self.columns)
-        padded = weight.new_zeros(panels * self.columns, K, dtype=torch.float32)
+        padded = weight.new_zeros(panels * self.columns, K, dtype=dtype)
         padded[:N] = weight
         return padded.view(panels, self.columns, K).transpose(1, 2).contiguous()
 
@@ -126,12 +158,14 @@ class Kernels:
 
     def linear(self, x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None,
                residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x (M, K) @ weight^T + bias + residual -> (M, out_features), weight and bias as
-        pack_weight and pack_bias made them."""
+        """x (M, K) @ weight^T + bias + residual -> (M, out_features), float32, weight and bias
+        as pack_weight and pack_bias made them (a bfloat16 weight is multiplied in float32)."""
         x = _float32_contiguous(x, "x")
         M, K = x.shape
-        if packed.shape[1:] != (K, self.columns) or packed.shape[0] != -(-out_features // self.columns):
-            raise ValueError(f"packed weight {tuple(packed.shape)} does not take ({M}, {K}) to {out_features}")
+        if packed.shape[1:] != (K, self.columns) or packed.shape[0] != -(-out_features // self.columns) or \
+                packed.dtype not in (torch.float32, torch.bfloat16) or not packed.is_contiguous():
+            raise ValueError(f"packed weight {tuple(packed.shape)} {packed.dtype} does not take ({M}, {K}) "
+                             f"to {out_features}")
         if bias is not None and bias.shape != (packed.shape[0] * self.columns,):
             raise ValueError(f"bias {tuple(bias.shape)} is not padded to the packed weight's panels (pack_bias)")
         y = torch.empty(M, out_features)
@@ -139,8 +173,9 @@ class Kernels:
             residual = _float32_contiguous(residual, "residual")
             if residual.shape != y.shape:
                 raise ValueError(f"residual {tuple(residual.shape)} is not ({M}, {out_features})")
-        self._lib.linear(x.data_ptr(), packed.data_ptr(), _pointer(bias), _pointer(residual), y.data_ptr(),
-                         M, K, out_features, torch.get_num_threads())
+        product = self._lib.linear_bf16 if packed.dtype == torch.bfloat16 else self._lib.linear
+        product(x.data_ptr(), packed.data_ptr(), _pointer(bias), _pointer(residual), y.data_ptr(), M, K, out_features,
+                torch.get_num_threads())
         return y
 
     def attend_step(self, qkv: torch.Tensor, cache: torch.Tensor, pos: int) -> torch.Tensor:

@@ -83,9 +83,10 @@ class Decoder:
         logits = decoder(token, cache)           # one more position, and so on
 
     A precision this machine does not run natively (precision_supported) is refused here;
-    the sampler falls back to float32 before asking. `library` chooses the CPU library of
-    float32 products ("own", "mkl", "onednn", "plain"; default: packed_linear.float32_library);
-    with "own", one new position's attention over a float32 cache is the own kernel too.
+    the sampler falls back to float32 before asking. `library` chooses the CPU library of the
+    products: float32 "own", "mkl", "onednn" or "plain" (default packed_linear.float32_library),
+    bfloat16 "own", "onednn" or "plain" (default packed_linear.bfloat16_library); with "own",
+    one new position's attention over a float32 cache is the own kernel too.
     """
 
     def __init__(self, gpt: GPT, precision: str = "float32", library: str | None = None):

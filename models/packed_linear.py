@@ -108,9 +108,10 @@ def packed_linears(model: nn.Module, enabled: bool = True) -> Iterator[nn.Module
 @functools.cache
 def precision_supported(precision: str, device_type: str = "cpu") -> bool:
     """Whether weights of ``precision`` run natively on this machine's ``device_type``:
-    float32 everywhere; bfloat16 on a CPU whose oneDNN packs it (AVX-512 BF16/AMX, see
-    packing_supported) or a CUDA GPU with bf16 units; int8 on a CPU whose quantized engine
-    computes a dynamically quantised product (fbgemm or oneDNN: AVX2 and up), tried once."""
+    float32 everywhere; bfloat16 on a CPU where the own kernels build (AVX2 and up) or whose
+    oneDNN packs it (AVX512-BF16/AMX, see packing_supported), or a CUDA GPU with bf16 units;
+    int8 on a CPU whose quantized engine computes a dynamically quantised product (fbgemm or
+    oneDNN: AVX2 and up), tried once."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "float32":
@@ -120,7 +121,7 @@ def precision_supported(precision: str, device_type: str = "cpu") -> bool:
     if device_type != "cpu":
         return False
     if precision == "bfloat16":
-        return packing_supported(torch.bfloat16)
+        return bool(bfloat16_libraries())
     try:
         FrozenLinear(torch.randn(8, 16), torch.zeros(8), "int8")(torch.randn(2, 16))
         return True
@@ -194,6 +195,27 @@ def float32_library() -> str:
     return "own" if cpu_kernels.available() else matrix_library()
 
 
+def own_bfloat16_available() -> bool:
+    """Whether the own kernels multiply bfloat16 weights here: wherever they build (AVX2 and
+    up), the weights widened to float32 in registers (models/cpu_kernels.c)."""
+    return cpu_kernels.available()
+
+
+def bfloat16_libraries() -> list[str]:
+    """The libraries that multiply bfloat16 weights natively on this CPU."""
+    return [name for name, ok in (("onednn", packing_supported(torch.bfloat16)),
+                                  ("own", own_bfloat16_available())) if ok]
+
+
+def bfloat16_library() -> str:
+    """The library for bfloat16 weights on this CPU: the own kernel where it builds (it streams
+    the weights faster than oneDNN's at sampling's few rows and runs on AVX2, README "Sampling
+    speed"), else oneDNN's packed product (AVX512-BF16 or AMX), else F.linear ("plain")."""
+    if own_bfloat16_available():
+        return "own"
+    return "onednn" if packing_supported(torch.bfloat16) else "plain"
+
+
 def matrix_library() -> str:
     """The matrix library for float32 products at few rows on this CPU: MKL's packed sgemm on
     Intel (as fast as oneDNN with AVX-512, ~20 % faster with AVX2, a third of the cost per
@@ -213,7 +235,9 @@ class FrozenLinear:
       added in the same pass; MKL's packed sgemm reorders the weight once for the row count
       the sampler steps with (pack_for), other row counts (a prompt) using the plain weight;
       oneDNN's and the own packed copies serve any row count (bench/sampling.py, README);
-    - bfloat16 on the CPU: oneDNN's packed product, GELU fused (float32 out);
+    - bfloat16 on the CPU: the own kernel where it builds (bfloat16_library: the weights
+      widened to float32 in registers, inputs, sums and output float32), else oneDNN's packed
+      product with AVX512-BF16 or AMX, GELU fused (inputs and output rounded to bfloat16);
     - int8 (CPU): quantised per output channel for the quantized engine, the activations
       quantised per call (7-bit, which AVX2 without VNNI cannot overflow);
     - anything else (CUDA, builds without MKL/oneDNN): F.linear on a copy in the dtype.
@@ -244,15 +268,21 @@ class FrozenLinear:
                     self.kind == "onednn" and not packing_supported(torch.float32) or \
                     self.kind == "own" and not cpu_kernels.available():
                 raise ValueError(f"no packed float32 product in {self.kind} here")
+        elif on_cpu and self.dtype == torch.bfloat16:
+            self.kind = library or bfloat16_library()
+            if self.kind == "mkl" or self.kind == "onednn" and not packing_supported(torch.bfloat16) or \
+                    self.kind == "own" and not own_bfloat16_available():
+                raise ValueError(f"no packed bfloat16 product in {self.kind} here")
         else:
-            self.kind = "onednn" if on_cpu and packing_supported(self.dtype) else "plain"
+            self.kind = "plain"
         if self.kind == "mkl":
             self.rows, self.packed = None, None
         elif self.kind == "onednn":
             self.weight = torch.ops.mkldnn._reorder_linear_weight(self.weight)
         elif self.kind == "own":
             self.kernels = cpu_kernels.load()
-            self.out_features, self.packed = self.weight.shape[0], self.kernels.pack_weight(self.weight)
+            self.out_features = self.weight.shape[0]
+            self.packed = self.kernels.pack_weight(self.weight, self.dtype)
             self.bias = None if bias is None else self.kernels.pack_bias(self.bias)
             self.weight = None  # the packed copy serves every row count
 

@@ -7,6 +7,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,26 @@ def test_linear_equals_f_linear_for_every_row_count_and_tail(kernels, rows, in_f
                                **tolerance)
     torch.testing.assert_close(kernels.linear(x, packed, out_features, padded_bias, residual), expected + residual,
                                **tolerance)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 9, 64])
+@pytest.mark.parametrize("in_features, out_features", [(48, 80), (512, 1000), (7, 33)])
+def test_bf16_weights_are_multiplied_in_float32(kernels, rows, in_features, out_features):
+    """A bfloat16 panel holds the weights' top 16 bits; the kernel widens them exactly, so
+    it computes F.linear with the bf16-rounded weight, inputs and sums in float32."""
+    torch.manual_seed(rows)
+    weight, bias = torch.randn(out_features, in_features), torch.randn(out_features)
+    x, residual = torch.randn(rows, in_features), torch.randn(rows, out_features)
+    packed = kernels.pack_weight(weight, torch.bfloat16)
+    assert packed.dtype == torch.bfloat16 and packed.shape == (-(-out_features // kernels.columns), in_features,
+                                                               kernels.columns)
+    expected = F.linear(x, weight.bfloat16().float(), bias)
+    tolerance = dict(rtol=1e-5, atol=1e-5 * in_features ** 0.5)
+    torch.testing.assert_close(kernels.linear(x, packed, out_features, kernels.pack_bias(bias), residual),
+                               expected + residual, **tolerance)
+    torch.testing.assert_close(kernels.linear(x, packed, out_features), expected - bias, **tolerance)
+    with pytest.raises(ValueError, match="packs float32 or bfloat16"):
+        kernels.pack_weight(weight, torch.float16)
 
 
 def test_linear_reads_strided_and_half_inputs_as_float32(kernels):
@@ -112,6 +133,24 @@ def test_build_is_cached_by_source_flags_and_compiler(tmp_path):
     other = cpu_kernels.build("AVX512", tmp_path)
     assert other != first  # another ISA, another file
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([first.name, other.name])
+
+
+def test_a_build_prunes_old_versions_and_leftover_partials_only(tmp_path):
+    def old(name: str, days: float) -> Path:
+        path = tmp_path / name
+        path.write_bytes(b"\0" * 64)
+        stamp = time.time() - days * 86400
+        os.utime(path, (stamp, stamp))
+        return path
+
+    stale_library = old("cpu_kernels-avx2-0123456789abcdef.so", days=40)
+    recent_library = old("cpu_kernels-avx2-fedcba9876543210.so", days=3)
+    killed_build = old(".cpu_kernels-avx2-0123456789abcdef.so.x1.partial", days=2)
+    running_build = old(".cpu_kernels-avx2-0123456789abcdef.so.x2.partial", days=0)
+    someone_elses = old("notes.txt", days=400)
+    built = cpu_kernels.build("AVX2", tmp_path)
+    assert not stale_library.exists() and not killed_build.exists()
+    assert recent_library.exists() and running_build.exists() and someone_elses.exists() and built.exists()
 
 
 def test_a_cache_folder_others_can_write_is_refused(tmp_path):

@@ -16,11 +16,14 @@ from models.gpt import GPT, GPTConfig
 from models.packed_linear import (
     PRECISIONS,
     FrozenLinear,
+    bfloat16_libraries,
+    bfloat16_library,
     cpu_vendor,
     float32_libraries,
     float32_library,
     matrix_library,
     onednn_linear_available,
+    own_bfloat16_available,
     packed_linears,
     packing_supported,
     precision_supported,
@@ -128,17 +131,38 @@ def test_frozen_float32_linear_equals_nn_linear_with_gelu_and_residual(bias, lib
         torch.testing.assert_close(frozen(x[:3]), expected[:3], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("precision", [p for p in ("bfloat16", "int8") if precision_supported(p)])
-def test_frozen_low_precision_linears_are_close_to_float32(precision):
+LOW_PRECISIONS = [("bfloat16", library) for library in bfloat16_libraries()] + \
+    ([("int8", None)] if precision_supported("int8") else [])
+
+
+@pytest.mark.parametrize("precision, library", LOW_PRECISIONS)
+def test_frozen_low_precision_linears_are_close_to_float32(precision, library):
     torch.manual_seed(0)
     layer = nn.Linear(256, 512)
-    x = torch.randn(8, 256)
+    x, residual = torch.randn(8, 256), torch.randn(8, 512)
     with torch.no_grad():
         expected = F.gelu(layer(x))
-    got = FrozenLinear(layer.weight, layer.bias, precision)(x, gelu=True)
-    assert got.dtype == torch.float32
-    error = ((got - expected).norm() / expected.norm()).item()
-    assert 0 < error < {"bfloat16": 0.01, "int8": 0.02}[precision], error
+    frozen = FrozenLinear(layer.weight, layer.bias, precision, library)
+    assert frozen.kind == (library or precision)
+    for got, want in ((frozen(x, gelu=True), expected), (frozen(x, gelu=True, residual=residual), expected + residual),
+                      (frozen(x[:3]), layer(x[:3]).detach())):
+        assert got.dtype == torch.float32
+        error = ((got - want).norm() / want.norm()).item()
+        assert 0 < error < {"bfloat16": 0.01, "int8": 0.02}[precision], error
+    if library == "own":  # only the weights rounded (oneDNN rounds the inputs and its output too)
+        rounded = F.linear(x, layer.weight.bfloat16().float(), layer.bias.bfloat16().float())
+        torch.testing.assert_close(frozen(x), rounded, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_products_use_the_own_kernel_where_it_builds():
+    assert own_bfloat16_available() == cpu_kernels.available()
+    assert bfloat16_library() == ("own" if own_bfloat16_available() else
+                                  "onednn" if packing_supported(torch.bfloat16) else "plain")
+    assert precision_supported("bfloat16") == bool(bfloat16_libraries())
+    if precision_supported("bfloat16"):
+        assert FrozenLinear(torch.randn(4, 4), None, "bfloat16").kind == bfloat16_library()
+    with pytest.raises(ValueError, match="no packed bfloat16 product in mkl"):
+        FrozenLinear(torch.randn(4, 4), None, "bfloat16", library="mkl")
 
 
 AVX2_ONLY = textwrap.dedent("""
@@ -146,7 +170,8 @@ AVX2_ONLY = textwrap.dedent("""
     import torch
     from models.gpt import GPT, GPTConfig
     from models.inference import Decoder
-    from models.packed_linear import packing_supported, precision_supported
+    from models import cpu_kernels
+    from models.packed_linear import bfloat16_library, packing_supported, precision_supported
     from models.sampling import generate
     from models.sampling_settings import SamplingSettings
     assert not torch.ops.mkldnn._is_mkldnn_bf16_supported()   # oneDNN now sees an AVX2-only CPU
@@ -156,36 +181,44 @@ AVX2_ONLY = textwrap.dedent("""
     except RuntimeError as e:
         assert "bf16 path needs the cpu support" in str(e)     # the crash an AVX2 machine saw
     assert packing_supported(torch.float32) and not packing_supported(torch.bfloat16)
-    assert precision_supported("float32") and not precision_supported("bfloat16")
-    try:
-        Decoder(GPT(GPTConfig(vocab_size=37, block_size=16, n_layer=1, n_head=2, n_embd=32)), "bfloat16")
-        raise SystemExit("a bf16 Decoder was built on an AVX2-only ISA")
-    except ValueError as e:
-        assert "do not run natively" in str(e)
+    own = cpu_kernels.available()                              # TAMING_CPU_KERNELS=0: the libraries only
+    assert precision_supported("float32") and precision_supported("bfloat16") == own
     settings = SamplingSettings(top_k=5)
     torch.manual_seed(0)
     gpt = GPT(GPTConfig(vocab_size=37, block_size=16, n_layer=2, n_head=2, n_embd=32)).eval()
     prefix = torch.randint(0, 37, (2, 3))
     run = lambda **kw: generate(gpt, prefix, 8, settings, generator=torch.Generator().manual_seed(0), **kw)
     exact = run()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert torch.equal(run(precision="bfloat16"), exact)   # fell back to float32
-    assert any("bfloat16 weights do not run natively" in str(w.message) for w in caught)
+    if own:                                                    # the own kernel widens bf16 weights on AVX2
+        assert cpu_kernels.load().isa == "AVX2" and bfloat16_library() == "own"
+        assert run(precision="bfloat16").shape == (2, 8)
+    else:
+        try:
+            Decoder(GPT(GPTConfig(vocab_size=37, block_size=16, n_layer=1, n_head=2, n_embd=32)), "bfloat16")
+            raise SystemExit("a bf16 Decoder was built on an AVX2-only ISA without the own kernels")
+        except ValueError as e:
+            assert "do not run natively" in str(e)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert torch.equal(run(precision="bfloat16"), exact)   # fell back to float32
+        assert any("bfloat16 weights do not run natively" in str(w.message) for w in caught)
     assert run(precision="int8").shape == (2, 8)               # int8 where the engine runs it, else float32
     assert run(precision=None).shape == (2, 8)
-    bf16 = generate(gpt.to(torch.bfloat16), prefix, 8, settings)  # a bf16 model samples in float32 here
+    bf16 = generate(gpt.to(torch.bfloat16), prefix, 8, settings)  # bf16 on the own kernel, else float32
     assert bf16.shape == (2, 8)
     print("AVX2-OK", precision_supported("int8"))
 """)
 
 
-def test_sampling_on_an_avx2_only_cpu_falls_back_instead_of_crashing():
+@pytest.mark.parametrize("own_kernels", ["1", "0"])
+def test_sampling_on_an_avx2_only_cpu_falls_back_instead_of_crashing(own_kernels):
     """ONEDNN_MAX_CPU_ISA=AVX2 (with ATen and MKL limited alike) makes the libraries behave as on
-    a CPU without AVX-512: the bf16 reorder refuses, exactly as it did on the AVX2-only machine;
-    bf16 is then not offered, and asking for it samples in float32 instead of crashing."""
+    a CPU without AVX-512: the bf16 reorder refuses, exactly as it did on the AVX2-only machine.
+    bf16 weights then run on the own AVX2 kernel; without it bf16 is not offered, and asking
+    for it samples in float32 instead of crashing."""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
-           "MKL_ENABLE_INSTRUCTIONS": "AVX2", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}
+           "MKL_ENABLE_INSTRUCTIONS": "AVX2", "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1",
+           "TAMING_CPU_KERNELS": own_kernels}
     done = subprocess.run([sys.executable, "-c", AVX2_ONLY], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "AVX2-OK" in done.stdout, done.stderr[-3000:]
 
@@ -193,7 +226,7 @@ def test_sampling_on_an_avx2_only_cpu_falls_back_instead_of_crashing():
 def test_precisions_are_named_and_float32_always_runs():
     assert PRECISIONS == ("float32", "bfloat16", "int8")
     assert precision_supported("float32") and precision_supported("float32", "cuda")
-    assert precision_supported("bfloat16") == packing_supported(torch.bfloat16)
+    assert precision_supported("bfloat16") == bool(bfloat16_libraries())
     assert not precision_supported("int8", "cuda")
 
 
