@@ -206,10 +206,10 @@ def demo_gpt(steps: int) -> GPT:
 def step_bytes(gpt: GPT, batch: int, pos: int, precision: str) -> int:
     """What the step at cache position `pos` must read: every product's weight at `precision`
     (biases, norms and the token/position rows are float32 but negligible), and the cached
-    keys/values of positions [0, pos] of every layer."""
+    keys/values of positions [0, pos] of every layer, in the cache's dtype for the product."""
     weights = sum(m.weight.numel() for m in gpt.modules() if isinstance(m, torch.nn.Linear))
     c = gpt.config
-    cache = cache_dtype(precision, "cpu").itemsize
+    cache = cache_dtype(precision, "cpu", own_attention=float32_library() == "own").itemsize
     return weights * BYTES[precision] + 2 * c.n_layer * batch * c.n_embd * (pos + 1) * cache
 
 

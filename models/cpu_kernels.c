@@ -1,4 +1,4 @@
-/* The sampling step's two CPU products, for few rows: compiled at first use by
+/* The sampling step's two CPU streams, for few rows: compiled at first use by
  * models/cpu_kernels.py, once per instruction set (-mavx2 -mfma, or -mavx512f ...).
  *
  * A sampling step multiplies every weight by one row per sequence (8 at batch 8), so
@@ -13,6 +13,9 @@
  * The attention of one new position over the key/value cache is the other stream;
  * `attend_step` writes the position's key and value into the cache and attends, one
  * (sequence, head) per task, reading each cached key and value once.
+ *
+ * Weights and the cache may also be bfloat16 (`linear_bf16`, `attend_step_bf16`): half the
+ * bytes to read, widened exactly to float32 in registers, all arithmetic float32.
  *
  * Threads: OpenMP, the runtime torch's Linux builds use (libgomp.so.1, one copy per
  * process), with the thread count the caller passes (torch.get_num_threads()).
@@ -194,32 +197,61 @@ void linear_bf16(const float *x, const unsigned short *packed, const float *bias
         panel_product_bf16(x, M, K, packed + (size_t)p * K * NR, p * NR, N, bias, residual, y);
 }
 
+/* The cache holds float32 or bfloat16 keys and values (bf16: half the bytes attention
+ * reads, widened in registers like the weights; written rounded to nearest even, as torch's
+ * .to(torch.bfloat16)). `bf16` is a constant wherever these are inlined. */
+static inline __attribute__((always_inline)) vec kv_load(int bf16, const void *base, size_t i) {
+    return bf16 ? vload_bf16((const unsigned short *)base + i) : vload((const float *)base + i);
+}
+
+static inline float kv_get(int bf16, const void *base, size_t i) {
+    if (!bf16) return ((const float *)base)[i];
+    unsigned bits = (unsigned)((const unsigned short *)base)[i] << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline void kv_put(int bf16, void *base, size_t i, const float *from, int n) {
+    if (!bf16) {
+        memcpy((float *)base + i, from, sizeof(float) * n);
+        return;
+    }
+    unsigned short *to = (unsigned short *)base + i;
+    for (int d = 0; d < n; d++) {
+        unsigned bits;
+        memcpy(&bits, from + d, sizeof bits);
+        to[d] = (bits & 0x7fffffffu) > 0x7f800000u ? (unsigned short)((bits >> 16) | 0x40)  /* NaN stays NaN */
+                                                  : (unsigned short)((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+    }
+}
+
 /* softmax(q k^T * scale) v for one query over n cached positions of one head whose width
  * is dv vectors (a constant wherever this is inlined: q and the output stay in registers).
  * Keys are scored four at a time, four independent sums, so the multiply-adds' latency
  * overlaps; scores (n floats) is scratch. */
-static inline __attribute__((always_inline)) void attend_head(int dv, const float *q, const float *keys,
-                                                              const float *values, int n, float scale,
+static inline __attribute__((always_inline)) void attend_head(int dv, int bf16, const float *q, const void *keys,
+                                                              const void *values, int n, float scale,
                                                               float *scores, float *o) {
     const int D = dv * LANES;
     vec qv[8], ov[8];
     UNROLL for (int j = 0; j < dv; j++) qv[j] = vload(q + j * LANES);
     int t = 0;
     for (; t + 4 <= n; t += 4) {
-        const float *k = keys + (size_t)t * D;
+        const size_t k = (size_t)t * D;
         vec s0 = vzero(), s1 = vzero(), s2 = vzero(), s3 = vzero();
         UNROLL for (int j = 0; j < dv; j++) {
-            s0 = vfma(qv[j], vload(k + j * LANES), s0);
-            s1 = vfma(qv[j], vload(k + D + j * LANES), s1);
-            s2 = vfma(qv[j], vload(k + 2 * D + j * LANES), s2);
-            s3 = vfma(qv[j], vload(k + 3 * D + j * LANES), s3);
+            s0 = vfma(qv[j], kv_load(bf16, keys, k + j * LANES), s0);
+            s1 = vfma(qv[j], kv_load(bf16, keys, k + D + j * LANES), s1);
+            s2 = vfma(qv[j], kv_load(bf16, keys, k + 2 * D + j * LANES), s2);
+            s3 = vfma(qv[j], kv_load(bf16, keys, k + 3 * D + j * LANES), s3);
         }
         scores[t] = vsum(s0) * scale, scores[t + 1] = vsum(s1) * scale;
         scores[t + 2] = vsum(s2) * scale, scores[t + 3] = vsum(s3) * scale;
     }
     for (; t < n; t++) {
         vec s0 = vzero();
-        UNROLL for (int j = 0; j < dv; j++) s0 = vfma(qv[j], vload(keys + (size_t)t * D + j * LANES), s0);
+        UNROLL for (int j = 0; j < dv; j++) s0 = vfma(qv[j], kv_load(bf16, keys, (size_t)t * D + j * LANES), s0);
         scores[t] = vsum(s0) * scale;
     }
     float top = -INFINITY, total = 0.0f;
@@ -228,51 +260,63 @@ static inline __attribute__((always_inline)) void attend_head(int dv, const floa
     UNROLL for (int j = 0; j < dv; j++) ov[j] = vzero();
     for (t = 0; t < n; t++) {
         const vec p = vset1(scores[t]);
-        UNROLL for (int j = 0; j < dv; j++) ov[j] = vfma(p, vload(values + (size_t)t * D + j * LANES), ov[j]);
+        UNROLL for (int j = 0; j < dv; j++) ov[j] = vfma(p, kv_load(bf16, values, (size_t)t * D + j * LANES), ov[j]);
     }
     const vec inverse = vset1(1.0f / total);
     UNROLL for (int j = 0; j < dv; j++) vstore(o + j * LANES, vmul(ov[j], inverse));
 }
 
 /* The same for any head width (D not a multiple of LANES, or wider than 8 vectors). */
-static void attend_head_any(int D, const float *q, const float *keys, const float *values, int n, float scale,
-                            float *scores, float *o) {
+static void attend_head_any(int D, int bf16, const float *q, const void *keys, const void *values, int n,
+                            float scale, float *scores, float *o) {
     float top = -INFINITY, total = 0.0f;
     for (int t = 0; t < n; t++) {
         float s = 0.0f;
-        for (int d = 0; d < D; d++) s += q[d] * keys[(size_t)t * D + d];
+        for (int d = 0; d < D; d++) s += q[d] * kv_get(bf16, keys, (size_t)t * D + d);
         scores[t] = s * scale;
         top = scores[t] > top ? scores[t] : top;
     }
     for (int t = 0; t < n; t++) total += scores[t] = expf(scores[t] - top);
     for (int d = 0; d < D; d++) o[d] = 0.0f;
     for (int t = 0; t < n; t++)
-        for (int d = 0; d < D; d++) o[d] += scores[t] * values[(size_t)t * D + d];
+        for (int d = 0; d < D; d++) o[d] += scores[t] * kv_get(bf16, values, (size_t)t * D + d);
     for (int d = 0; d < D; d++) o[d] /= total;
 }
 
-#define HEAD_CASE(v) case v: attend_head(v, q, keys, values, pos + 1, scale, scores, o); break;
+#define HEAD_CASE(v) case v: attend_head(v, bf16, q, keys, values, pos + 1, scale, scores, o); break;
 
 /* One new position per sequence, at `pos`: its key and value (from qkv) go into the cache,
  * then its query attends over positions 0..pos (as softmax(q k^T / sqrt(D)) v), one
  * (sequence, head) per task. qkv (B, 3C): each row [q | k | v], C = H * D, head-major;
- * cache (2, B, H, L, D), float32; out (B, C). */
-void attend_step(const float *qkv, float *cache, float *out, int B, int H, int L, int D, int pos, int threads) {
+ * cache (2, B, H, L, D), float32 (attend_step) or bfloat16 bits (attend_step_bf16); out (B, C). */
+static inline __attribute__((always_inline)) void attend_step_in(int bf16, const float *qkv, void *cache, float *out,
+                                                                 int B, int H, int L, int D, int pos, int threads) {
     const int C = H * D, dv = D % LANES == 0 && D <= 8 * LANES ? D / LANES : 0;
     const float scale = 1.0f / sqrtf((float)D);
+    const size_t element = bf16 ? sizeof(unsigned short) : sizeof(float);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int bh = 0; bh < B * H; bh++) {
         const int b = bh / H, h = bh % H;
         const float *q = qkv + (size_t)b * 3 * C + (size_t)h * D;
-        float *keys = cache + (size_t)bh * L * D;
-        float *values = cache + ((size_t)B * H + bh) * L * D;
+        const size_t keys_at = (size_t)bh * L * D, values_at = ((size_t)B * H + bh) * L * D;
+        const void *keys = (const char *)cache + keys_at * element;
+        const void *values = (const char *)cache + values_at * element;
         float *o = out + (size_t)b * C + (size_t)h * D;
         float scores[pos + 1];
-        memcpy(keys + (size_t)pos * D, q + C, sizeof(float) * D);
-        memcpy(values + (size_t)pos * D, q + 2 * C, sizeof(float) * D);
+        kv_put(bf16, cache, keys_at + (size_t)pos * D, q + C, D);
+        kv_put(bf16, cache, values_at + (size_t)pos * D, q + 2 * C, D);
         switch (dv) {
             HEAD_CASE(1) HEAD_CASE(2) HEAD_CASE(3) HEAD_CASE(4) HEAD_CASE(5) HEAD_CASE(6) HEAD_CASE(7) HEAD_CASE(8)
-            default: attend_head_any(D, q, keys, values, pos + 1, scale, scores, o);
+            default: attend_head_any(D, bf16, q, keys, values, pos + 1, scale, scores, o);
         }
     }
+}
+
+void attend_step(const float *qkv, float *cache, float *out, int B, int H, int L, int D, int pos, int threads) {
+    attend_step_in(0, qkv, cache, out, B, H, L, D, pos, threads);
+}
+
+void attend_step_bf16(const float *qkv, unsigned short *cache, float *out, int B, int H, int L, int D, int pos,
+                      int threads) {
+    attend_step_in(1, qkv, cache, out, B, H, L, D, pos, threads);
 }

@@ -136,6 +136,7 @@ class Kernels:
         lib.attend_step.argtypes = [pointer] * 3 + [integer] * 6
         lib.linear.restype = lib.attend_step.restype = None
         lib.linear_bf16.argtypes, lib.linear_bf16.restype = lib.linear.argtypes, None
+        lib.attend_step_bf16.argtypes, lib.attend_step_bf16.restype = lib.attend_step.argtypes, None
         self.rows, self.columns = lib.kernel_rows(), lib.kernel_columns()
         self._lib = lib
 
@@ -180,16 +181,19 @@ class Kernels:
 
     def attend_step(self, qkv: torch.Tensor, cache: torch.Tensor, pos: int) -> torch.Tensor:
         """qkv (B, 3C) of one new position per sequence -> attention output (B, C); writes its
-        key and value at `pos` of `cache` (2, B, H, L, D), which attention then reads 0..pos."""
+        key and value at `pos` of `cache` (2, B, H, L, D), which attention then reads 0..pos.
+        A bfloat16 cache gets them rounded to nearest even (as .to(torch.bfloat16)) and is
+        read widened to float32."""
         qkv = _float32_contiguous(qkv, "qkv")
         _, B, H, L, D = cache.shape
-        if cache.dtype != torch.float32 or not cache.is_contiguous() or cache.device.type != "cpu":
-            raise ValueError("the cache must be a contiguous float32 CPU tensor")
+        if cache.dtype not in (torch.float32, torch.bfloat16) or not cache.is_contiguous() or \
+                cache.device.type != "cpu":
+            raise ValueError("the cache must be a contiguous float32 or bfloat16 CPU tensor")
         if qkv.shape != (B, 3 * H * D) or not 0 <= pos < L or L > MAX_CACHE_LEN:
             raise ValueError(f"qkv {tuple(qkv.shape)} at position {pos} does not fit cache {tuple(cache.shape)}")
         out = torch.empty(B, H * D)
-        self._lib.attend_step(qkv.data_ptr(), cache.data_ptr(), out.data_ptr(), B, H, L, D, pos,
-                              torch.get_num_threads())
+        attend = self._lib.attend_step_bf16 if cache.dtype == torch.bfloat16 else self._lib.attend_step
+        attend(qkv.data_ptr(), cache.data_ptr(), out.data_ptr(), B, H, L, D, pos, torch.get_num_threads())
         return out
 
 

@@ -6,15 +6,15 @@ every weight (and the key/value cache) through the processor once. `Decoder` com
 what `GPT.forward(idx, cache=...)` computes, with what that costs cut down:
 
 - each block's query/key/value products are one product over the three weights side by
-  side, and every product reads a copy of its weight packed once (FrozenLinear: in float32
-  the project's own kernels where they build, models/cpu_kernels.c, else MKL's packed
-  sgemm on Intel CPUs and oneDNN's elsewhere; oneDNN's in bf16);
+  side, and every product reads a copy of its weight packed once (FrozenLinear: the
+  project's own kernels where they build, models/cpu_kernels.c, else in float32 MKL's
+  packed sgemm on Intel CPUs and oneDNN's elsewhere, oneDNN's in bf16);
 - one new token attends over the cache's filled positions read in place (no mask, no
   concatenation); with the own kernels, one call writes its key and value into the cache
   and attends (cpu_kernels.attend_step);
 - weights may be bf16 or int8 where this machine runs them natively (precision_supported);
   float32 is the default and samples what the model samples. The cache is bf16 beside bf16
-  weights only where attention over it is fast (cache_dtype).
+  weights where attention over it is fast (cache_dtype).
 
 On CUDA the per-step launches, not the bytes, dominate at small batches: `CudaGraphStep`
 records one step once and replays it. A recorded step cannot change shape, so it attends
@@ -57,13 +57,13 @@ class _Block:
         self.ln2 = _float32(block.ln2)
 
 
-def cache_dtype(precision: str, device_type: str) -> torch.dtype:
+def cache_dtype(precision: str, device_type: str, own_attention: bool = False) -> torch.dtype:
     """The dtype of the key/value cache beside weights at `precision`. A bf16 cache halves
-    the bytes attention reads, but on a CPU without AMX, attention of one query over a bf16
-    cache takes 2-3x as long as over float32 (PyTorch's CPU flash kernel; Zen 4 with
-    AVX512-BF16), so there the cache stays float32: bf16 weights sample 1.3-1.5x faster
-    with it (bench/sampling.py)."""
-    if precision == "bfloat16" and (device_type != "cpu" or cpu_has_amx()):
+    the bytes attention reads: bf16 beside bf16 weights on GPUs, with the own attention
+    kernel (cpu_kernels.attend_step widens it in registers) and on AMX CPUs. Elsewhere on a
+    CPU the cache stays float32: PyTorch's attention of one query over a bf16 cache takes
+    2-3x as long as over float32 there (its flash kernel; Zen 4 with AVX512-BF16)."""
+    if precision == "bfloat16" and (device_type != "cpu" or own_attention or cpu_has_amx()):
         return torch.bfloat16
     return torch.float32
 
@@ -101,8 +101,8 @@ class Decoder:
         self.blocks = [_Block(block, precision, library) for block in gpt.blocks]
         self.ln_f = _float32(gpt.ln_f)
         self.head = FrozenLinear(gpt.head.weight, None, precision, library)
-        # one new position's attention over a float32 cache: the own kernel where the float32
-        # products use the own kernels (cpu_kernels.attend_step), else PyTorch's attention
+        # one new position's attention over the cache (float32, or bf16 beside bf16 weights): the
+        # own kernel where the float32 products use the own kernels (cpu_kernels.attend_step)
         own = device.type == "cpu" and (library or float32_library()) == "own"  # FrozenLinear checked it builds
         self.attend_step = cpu_kernels.load().attend_step if own else None
 
@@ -119,10 +119,11 @@ class Decoder:
 
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty key/value cache of `max_len` positions (block_size by default) for
-        `batch_size` sequences in cache_dtype (bf16 with bf16 weights on GPUs and AMX CPUs,
-        else float32); zeroed, since step_static reads the unwritten positions too (masked, but
+        `batch_size` sequences in cache_dtype (bf16 with bf16 weights on GPUs, with the own
+        attention kernel and on AMX CPUs, else float32); zeroed, since step_static reads the unwritten positions too (masked, but
         NaN * 0 is NaN). The products get ready for steps of batch_size rows."""
-        dtype = cache_dtype(self.precision, self.device.type)
+        own_attention = self.attend_step is not None
+        dtype = cache_dtype(self.precision, self.device.type, own_attention)
         cache = KVCache(self.config, batch_size, max_len or self.config.block_size, device=self.device, dtype=dtype)
         cache.kv.zero_()
         for linear in self._linears():
@@ -160,8 +161,8 @@ class Decoder:
         if pos + T > cache.max_len:
             raise ValueError(f"cannot decode {pos + T} positions: the cache holds {cache.max_len}")
 
-        one_pass = T == 1 and self.attend_step is not None and cache.kv.dtype == torch.float32 \
-            and cache.max_len <= cpu_kernels.MAX_CACHE_LEN
+        one_pass = T == 1 and self.attend_step is not None and cache.max_len <= cpu_kernels.MAX_CACHE_LEN \
+            and cache.kv.dtype in (torch.float32, torch.bfloat16)
 
         def attention(qkv, kv):
             if one_pass:

@@ -97,22 +97,28 @@ def test_linear_refuses_shapes_that_do_not_fit(kernels):
         kernels.linear(torch.randn(4, 32, 1), packed, 40)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("pos", [0, 1, 3, 4, 37, 63])
 @pytest.mark.parametrize("D", [16, 24, 64, 12, 256])  # whole vectors, or not; up to 8 of them, or more
-def test_attend_step_writes_the_cache_and_equals_sdpa(kernels, pos, D):
+def test_attend_step_writes_the_cache_and_equals_sdpa(kernels, pos, D, dtype):
     B, H, L = 3, 4, 64
     torch.manual_seed(pos)
-    cache = torch.randn(2, B, H, L, D)
+    cache = torch.randn(2, B, H, L, D).to(dtype)
     before = cache.clone()
     qkv = torch.randn(B, 3 * H * D)
+    if dtype == torch.bfloat16:
+        qkv[0, H * D] = float("nan")  # a NaN key stays NaN in bf16 (the rounding must not make it inf)
     out = kernels.attend_step(qkv, cache, pos)
 
     q, k, v = (t.transpose(1, 2) for t in qkv.view(B, 1, 3, H, D).unbind(2))  # (B, H, 1, D)
     expected_cache = before.clone()
-    expected_cache[0, :, :, pos] = k[:, :, 0]
-    expected_cache[1, :, :, pos] = v[:, :, 0]
-    torch.testing.assert_close(cache, expected_cache, rtol=0, atol=0)  # only position pos changed
-    expected = F.scaled_dot_product_attention(q, expected_cache[0, :, :, :pos + 1], expected_cache[1, :, :, :pos + 1])
+    expected_cache[0, :, :, pos] = k[:, :, 0].to(dtype)  # bf16: rounded to nearest even, as torch rounds
+    expected_cache[1, :, :, pos] = v[:, :, 0].to(dtype)
+    torch.testing.assert_close(cache, expected_cache, rtol=0, atol=0, equal_nan=True)  # only position pos changed
+    out = kernels.attend_step(qkv.nan_to_num(0.0), cache, pos)  # again, over finite keys
+    expected_cache[0, :, :, pos] = k[:, :, 0].nan_to_num(0.0).to(dtype)
+    keys, values = expected_cache[0, :, :, :pos + 1].float(), expected_cache[1, :, :, :pos + 1].float()
+    expected = F.scaled_dot_product_attention(q.nan_to_num(0.0), keys, values)  # the cache widened: exact
     torch.testing.assert_close(out, expected.transpose(1, 2).reshape(B, H * D), rtol=1e-5, atol=1e-5)
 
 
@@ -122,8 +128,8 @@ def test_attend_step_refuses_what_does_not_fit(kernels):
         kernels.attend_step(torch.randn(2, 3 * 64), cache, 8)  # past the cache's end
     with pytest.raises(ValueError, match="does not fit"):
         kernels.attend_step(torch.randn(3, 3 * 64), cache, 0)  # another batch size
-    with pytest.raises(ValueError, match="contiguous float32"):
-        kernels.attend_step(torch.randn(2, 3 * 64), cache.bfloat16(), 0)
+    with pytest.raises(ValueError, match="contiguous float32 or bfloat16"):
+        kernels.attend_step(torch.randn(2, 3 * 64), cache.half(), 0)
 
 
 def test_build_is_cached_by_source_flags_and_compiler(tmp_path):
