@@ -84,17 +84,34 @@ static inline __attribute__((always_inline)) void store_tile(int mr, vec acc[MR]
     }
 }
 
-/* y[i, :cols] = x[i, :K] @ panel (+ bias) (+ residual[i]) for i < mr, rows ldy apart; mr is
- * a constant wherever this is inlined, so the accumulators stay in registers */
-static inline __attribute__((always_inline)) void tile_product(int mr, const float *x, int K, const float *panel,
-                                                               const float *bias, const float *residual,
-                                                               float *y, size_t ldy, int cols) {
+/* Weights and the cache may be float32 or bfloat16. A bf16 value's bits are the top half
+ * of its float32 (zero-extend, shift left 16: exact), so bf16 arrays are read widened in
+ * registers: half the bytes to stream, all arithmetic float32. `bf16` is a constant
+ * wherever load_float is inlined. */
+#if defined(__AVX512F__)
+#define vload_bf16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32( \
+    _mm256_loadu_si256((const __m256i *)(p))), 16))
+#else
+#define vload_bf16(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32( \
+    _mm_loadu_si128((const __m128i *)(p))), 16))
+#endif
+
+static inline __attribute__((always_inline)) vec load_float(int bf16, const void *base, size_t i) {
+    return bf16 ? vload_bf16((const unsigned short *)base + i) : vload((const float *)base + i);
+}
+
+/* y[i, :cols] = x[i, :K] @ panel (+ bias) (+ residual[i]) for i < mr, rows ldy apart; mr and
+ * bf16 are constants wherever this is inlined, so the accumulators stay in registers */
+static inline __attribute__((always_inline)) void tile_product(int mr, int bf16, const float *x, int K,
+                                                               const void *panel, const float *bias,
+                                                               const float *residual, float *y, size_t ldy,
+                                                               int cols) {
     vec acc[MR][NV];
     UNROLL for (int i = 0; i < mr; i++)
         UNROLL for (int j = 0; j < NV; j++) acc[i][j] = bias ? vload(bias + j * LANES) : vzero();
     for (int k = 0; k < K; k++) {
         vec w[NV];
-        UNROLL for (int j = 0; j < NV; j++) w[j] = vload(panel + (size_t)k * NR + j * LANES);
+        UNROLL for (int j = 0; j < NV; j++) w[j] = load_float(bf16, panel, (size_t)k * NR + j * LANES);
         UNROLL for (int i = 0; i < mr; i++) {
             vec a = vbroadcast(x + (size_t)i * K + k);
             UNROLL for (int j = 0; j < NV; j++) acc[i][j] = vfma(a, w[j], acc[i][j]);
@@ -103,12 +120,14 @@ static inline __attribute__((always_inline)) void tile_product(int mr, const flo
     store_tile(mr, acc, residual, y, ldy, cols);
 }
 
-#define TILE_CASE(r) case r: tile_product(r, x, K, panel, bias, residual, y, N, cols); break;
+#define TILE_CASE(r) case r: tile_product(r, bf16, x, K, panel, bias, residual, y, N, cols); break;
 
 /* y[:M, n0:n0+NR] (clipped at N) = x @ panel (+ bias) (+ residual); bias and residual are
  * offset to the panel's first column, bias zero-padded to NR (pack_bias) */
-static void panel_product(const float *x, int M, int K, const float *panel, int n0, int N, const float *bias,
-                          const float *residual, float *y) {
+static inline __attribute__((always_inline)) void panel_product(int bf16, const float *x, int M, int K,
+                                                                const void *panel, int n0, int N,
+                                                                const float *bias, const float *residual,
+                                                                float *y) {
     int cols = N - n0 < NR ? N - n0 : NR;
     y += n0;
     residual = residual ? residual + n0 : NULL;
@@ -126,84 +145,39 @@ static void panel_product(const float *x, int M, int K, const float *panel, int 
     }
 }
 
-/* y (M, N) = x (M, K) @ W^T + bias + residual, W packed by models/cpu_kernels.pack_weight,
- * bias zero-padded to whole panels (pack_bias); bias and residual (M, N) may be NULL; all
- * float32, row-major, contiguous. */
+/* one copy of the panel loop per weight dtype (not inlined into the parallel loops) */
+static void panel_product_float32(const float *x, int M, int K, const void *panel, int n0, int N, const float *bias,
+                                  const float *residual, float *y) {
+    panel_product(0, x, M, K, panel, n0, N, bias, residual, y);
+}
+
+static void panel_product_bfloat16(const float *x, int M, int K, const void *panel, int n0, int N,
+                                   const float *bias, const float *residual, float *y) {
+    panel_product(1, x, M, K, panel, n0, N, bias, residual, y);
+}
+
+/* y (M, N) = x (M, K) @ W^T + bias + residual, W packed by models/cpu_kernels.pack_weight
+ * (panels [N/NR][K][NR], float32 for linear, bf16 bits for linear_bf16), bias zero-padded
+ * to whole panels (pack_bias); bias and residual (M, N) may be NULL; x, bias, residual and
+ * y float32, row-major, contiguous. */
 void linear(const float *x, const float *packed, const float *bias, const float *residual, float *y, int M, int K,
             int N, int threads) {
     int panels = (N + NR - 1) / NR;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int p = 0; p < panels; p++)
-        panel_product(x, M, K, packed + (size_t)p * K * NR, p * NR, N, bias, residual, y);
+        panel_product_float32(x, M, K, packed + (size_t)p * K * NR, p * NR, N, bias, residual, y);
 }
 
-/* bfloat16 weights: half the bytes to stream, multiplied in float32. A weight's bf16 bits
- * are the top half of its float32 (zero-extend, shift left 16: exact), so the panel is
- * [K][NR] in bf16 and the tile is the float32 one with that widening after each load;
- * inputs, sums and output stay float32. Runs wherever the float32 kernel runs. */
-#if defined(__AVX512F__)
-#define vload_bf16(p) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32( \
-    _mm256_loadu_si256((const __m256i *)(p))), 16))
-#else
-#define vload_bf16(p) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32( \
-    _mm_loadu_si128((const __m128i *)(p))), 16))
-#endif
-
-static inline __attribute__((always_inline)) void tile_product_bf16(int mr, const float *x, int K,
-                                                                    const unsigned short *panel, const float *bias,
-                                                                    const float *residual, float *y, size_t ldy,
-                                                                    int cols) {
-    vec acc[MR][NV];
-    UNROLL for (int i = 0; i < mr; i++)
-        UNROLL for (int j = 0; j < NV; j++) acc[i][j] = bias ? vload(bias + j * LANES) : vzero();
-    for (int k = 0; k < K; k++) {
-        vec w[NV];
-        UNROLL for (int j = 0; j < NV; j++) w[j] = vload_bf16(panel + (size_t)k * NR + j * LANES);
-        UNROLL for (int i = 0; i < mr; i++) {
-            vec a = vbroadcast(x + (size_t)i * K + k);
-            UNROLL for (int j = 0; j < NV; j++) acc[i][j] = vfma(a, w[j], acc[i][j]);
-        }
-    }
-    store_tile(mr, acc, residual, y, ldy, cols);
-}
-
-#define TILE_CASE_BF16(r) case r: tile_product_bf16(r, x, K, panel, bias, residual, y, N, cols); break;
-
-static void panel_product_bf16(const float *x, int M, int K, const unsigned short *panel, int n0, int N,
-                               const float *bias, const float *residual, float *y) {
-    int cols = N - n0 < NR ? N - n0 : NR;
-    y += n0;
-    residual = residual ? residual + n0 : NULL;
-    bias = bias ? bias + n0 : NULL;
-    for (int m0 = 0; m0 < M; m0 += MR) {
-        switch (M - m0 < MR ? M - m0 : MR) {
-            TILE_CASE_BF16(1) TILE_CASE_BF16(2) TILE_CASE_BF16(3) TILE_CASE_BF16(4)
-#if MR == 8
-            TILE_CASE_BF16(5) TILE_CASE_BF16(6) TILE_CASE_BF16(7) TILE_CASE_BF16(8)
-#endif
-        }
-        x += (size_t)MR * K, y += (size_t)MR * N;
-        residual = residual ? residual + (size_t)MR * N : NULL;
-    }
-}
-
-/* linear with W packed by pack_weight(..., bfloat16): panels [N/NR][K][NR] of bf16 bits;
- * x, bias, residual and y float32 as in linear. */
 void linear_bf16(const float *x, const unsigned short *packed, const float *bias, const float *residual, float *y,
                  int M, int K, int N, int threads) {
     int panels = (N + NR - 1) / NR;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int p = 0; p < panels; p++)
-        panel_product_bf16(x, M, K, packed + (size_t)p * K * NR, p * NR, N, bias, residual, y);
+        panel_product_bfloat16(x, M, K, packed + (size_t)p * K * NR, p * NR, N, bias, residual, y);
 }
 
-/* The cache holds float32 or bfloat16 keys and values (bf16: half the bytes attention
- * reads, widened in registers like the weights; written rounded to nearest even, as torch's
- * .to(torch.bfloat16)). `bf16` is a constant wherever these are inlined. */
-static inline __attribute__((always_inline)) vec kv_load(int bf16, const void *base, size_t i) {
-    return bf16 ? vload_bf16((const unsigned short *)base + i) : vload((const float *)base + i);
-}
-
+/* The cache's keys and values, float32 or bfloat16 (written rounded to nearest even, as
+ * torch's .to(torch.bfloat16)); scalar access for the any-width path. */
 static inline float kv_get(int bf16, const void *base, size_t i) {
     if (!bf16) return ((const float *)base)[i];
     unsigned bits = (unsigned)((const unsigned short *)base)[i] << 16;
@@ -241,17 +215,17 @@ static inline __attribute__((always_inline)) void attend_head(int dv, int bf16, 
         const size_t k = (size_t)t * D;
         vec s0 = vzero(), s1 = vzero(), s2 = vzero(), s3 = vzero();
         UNROLL for (int j = 0; j < dv; j++) {
-            s0 = vfma(qv[j], kv_load(bf16, keys, k + j * LANES), s0);
-            s1 = vfma(qv[j], kv_load(bf16, keys, k + D + j * LANES), s1);
-            s2 = vfma(qv[j], kv_load(bf16, keys, k + 2 * D + j * LANES), s2);
-            s3 = vfma(qv[j], kv_load(bf16, keys, k + 3 * D + j * LANES), s3);
+            s0 = vfma(qv[j], load_float(bf16, keys, k + j * LANES), s0);
+            s1 = vfma(qv[j], load_float(bf16, keys, k + D + j * LANES), s1);
+            s2 = vfma(qv[j], load_float(bf16, keys, k + 2 * D + j * LANES), s2);
+            s3 = vfma(qv[j], load_float(bf16, keys, k + 3 * D + j * LANES), s3);
         }
         scores[t] = vsum(s0) * scale, scores[t + 1] = vsum(s1) * scale;
         scores[t + 2] = vsum(s2) * scale, scores[t + 3] = vsum(s3) * scale;
     }
     for (; t < n; t++) {
         vec s0 = vzero();
-        UNROLL for (int j = 0; j < dv; j++) s0 = vfma(qv[j], kv_load(bf16, keys, (size_t)t * D + j * LANES), s0);
+        UNROLL for (int j = 0; j < dv; j++) s0 = vfma(qv[j], load_float(bf16, keys, (size_t)t * D + j * LANES), s0);
         scores[t] = vsum(s0) * scale;
     }
     float top = -INFINITY, total = 0.0f;
@@ -260,7 +234,7 @@ static inline __attribute__((always_inline)) void attend_head(int dv, int bf16, 
     UNROLL for (int j = 0; j < dv; j++) ov[j] = vzero();
     for (t = 0; t < n; t++) {
         const vec p = vset1(scores[t]);
-        UNROLL for (int j = 0; j < dv; j++) ov[j] = vfma(p, kv_load(bf16, values, (size_t)t * D + j * LANES), ov[j]);
+        UNROLL for (int j = 0; j < dv; j++) ov[j] = vfma(p, load_float(bf16, values, (size_t)t * D + j * LANES), ov[j]);
     }
     const vec inverse = vset1(1.0f / total);
     UNROLL for (int j = 0; j < dv; j++) vstore(o + j * LANES, vmul(ov[j], inverse));
