@@ -86,7 +86,7 @@ class Decoder:
     the sampler falls back to float32 before asking. `library` chooses the CPU library of the
     products: float32 "own", "mkl", "onednn" or "plain" (default packed_linear.float32_library),
     bfloat16 "own", "onednn" or "plain" (default packed_linear.bfloat16_library); with "own",
-    one new position's attention over a float32 cache is the own kernel too.
+    one new position's attention over the cache is the own kernel too.
     """
 
     def __init__(self, gpt: GPT, precision: str = "float32", library: str | None = None):
@@ -120,8 +120,9 @@ class Decoder:
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty key/value cache of `max_len` positions (block_size by default) for
         `batch_size` sequences in cache_dtype (bf16 with bf16 weights on GPUs, with the own
-        attention kernel and on AMX CPUs, else float32); zeroed, since step_static reads the unwritten positions too (masked, but
-        NaN * 0 is NaN). The products get ready for steps of batch_size rows."""
+        attention kernel and on AMX CPUs, else float32); zeroed, since step_static reads the
+        unwritten positions too (masked, but NaN * 0 is NaN). The products get ready for
+        steps of batch_size rows."""
         own_attention = self.attend_step is not None
         dtype = cache_dtype(self.precision, self.device.type, own_attention)
         cache = KVCache(self.config, batch_size, max_len or self.config.block_size, device=self.device, dtype=dtype)
