@@ -19,6 +19,10 @@
  * `attend_step` writes the position's key and value into the cache and attends, one
  * (sequence, head) per task, reading each cached key and value once.
  *
+ * Around them, the step's small operations cost more through torch than their arithmetic:
+ * GELU joins the product's pass (`linear(..., gelu)`), and `layer_norm` normalises a step's
+ * few rows on the calling thread.
+ *
  * Weights and the cache may also be bfloat16 (`linear_bf16`, `attend_step_bf16`): half the
  * bytes to read, widened exactly to float32 in registers, all arithmetic float32.
  *
@@ -41,7 +45,11 @@ typedef __m512 vec;
 #define vbroadcast(p) _mm512_set1_ps(*(p))
 #define vfma(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define vadd(a, b) _mm512_add_ps(a, b)
+#define vsub(a, b) _mm512_sub_ps(a, b)
 #define vmul(a, b) _mm512_mul_ps(a, b)
+#define vdiv(a, b) _mm512_div_ps(a, b)
+#define vmin(a, b) _mm512_min_ps(a, b)
+#define vmax(a, b) _mm512_max_ps(a, b)
 #define vset1(x) _mm512_set1_ps(x)
 #define vsum(v) _mm512_reduce_add_ps(v)
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -56,7 +64,11 @@ typedef __m256 vec;
 #define vbroadcast(p) _mm256_broadcast_ss(p)
 #define vfma(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define vadd(a, b) _mm256_add_ps(a, b)
+#define vsub(a, b) _mm256_sub_ps(a, b)
 #define vmul(a, b) _mm256_mul_ps(a, b)
+#define vdiv(a, b) _mm256_div_ps(a, b)
+#define vmin(a, b) _mm256_min_ps(a, b)
+#define vmax(a, b) _mm256_max_ps(a, b)
 #define vset1(x) _mm256_set1_ps(x)
 static inline float vsum(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -73,14 +85,32 @@ static inline float vsum(__m256 v) {
 int kernel_rows(void) { return MR; }
 int kernel_columns(void) { return NR; }
 
-/* y[i, :cols] = acc[i] (+ residual[i]) for i < mr, rows ldy apart */
-static inline __attribute__((always_inline)) void store_tile(int mr, vec acc[MR][NV], const float *residual,
+/* GELU in its exact form, x/2 (1 + erf(x / sqrt 2)), erf as Eigen's rational approximation
+ * on [-4, 4] (beyond, float32's erf is +-1): at most 1.4e-6 from the exact GELU on
+ * [-10, 10], as torch's float32 GELU (1.2e-6). NaN stays NaN (it multiplies x). */
+static inline vec vgelu(vec x) {
+    const vec z = vmin(vmax(vmul(x, vset1(0.70710678118654752f)), vset1(-4.0f)), vset1(4.0f)), z2 = vmul(z, z);
+    vec p = vfma(z2, vset1(-2.72614225801306e-10f), vset1(2.77068142495902e-08f));
+    p = vfma(z2, p, vset1(-2.10102402082508e-06f));
+    p = vfma(z2, p, vset1(-5.69250639462346e-05f));
+    p = vfma(z2, p, vset1(-7.34990630326855e-04f));
+    p = vfma(z2, p, vset1(-2.95459980854025e-03f));
+    p = vmul(z, vfma(z2, p, vset1(-1.60960333262415e-02f)));
+    vec q = vfma(z2, vset1(-1.45660718464996e-05f), vset1(-2.13374055278905e-04f));
+    q = vfma(z2, q, vset1(-1.68282697438203e-03f));
+    q = vfma(z2, q, vset1(-7.37332916720468e-03f));
+    q = vfma(z2, q, vset1(-1.42647390514189e-02f));
+    return vmul(vmul(vset1(0.5f), x), vadd(vset1(1.0f), vdiv(p, q)));
+}
+
+/* y[i, :cols] = gelu?(acc[i]) (+ residual[i]) for i < mr, rows ldy apart */
+static inline __attribute__((always_inline)) void store_tile(int mr, vec acc[MR][NV], int gelu, const float *residual,
                                                              float *y, size_t ldy, int cols) {
     UNROLL for (int i = 0; i < mr; i++) {
         float row[NR];
         float *out = cols == NR ? y + i * ldy : row; /* a last, narrower panel goes through row */
         for (int j = 0; j < NV; j++) {
-            vec v = acc[i][j];
+            vec v = gelu ? vgelu(acc[i][j]) : acc[i][j];
             if (residual && cols == NR) v = vadd(v, vload(residual + i * ldy + j * LANES));
             vstore(out + j * LANES, v);
         }
@@ -105,10 +135,10 @@ static inline __attribute__((always_inline)) vec load_float(int bf16, const void
     return bf16 ? vload_bf16((const unsigned short *)base + i) : vload((const float *)base + i);
 }
 
-/* y[i, :cols] = x[i, :K] @ panel (+ bias) (+ residual[i]) for i < mr, rows ldy apart; mr and
- * bf16 are constants wherever this is inlined, so the accumulators stay in registers */
+/* y[i, :cols] = gelu?(x[i, :K] @ panel (+ bias)) (+ residual[i]) for i < mr, rows ldy apart;
+ * mr and bf16 are constants wherever this is inlined, so the accumulators stay in registers */
 static inline __attribute__((always_inline)) void tile_product(int mr, int bf16, const float *x, int K,
-                                                               const void *panel, const float *bias,
+                                                               const void *panel, const float *bias, int gelu,
                                                                const float *residual, float *y, size_t ldy,
                                                                int cols, const char *ahead, size_t step) {
     vec acc[MR][NV];
@@ -123,19 +153,19 @@ static inline __attribute__((always_inline)) void tile_product(int mr, int bf16,
             UNROLL for (int j = 0; j < NV; j++) acc[i][j] = vfma(a, w[j], acc[i][j]);
         }
     }
-    store_tile(mr, acc, residual, y, ldy, cols);
+    store_tile(mr, acc, gelu, residual, y, ldy, cols);
 }
 
-#define TILE_CASE(r) case r: tile_product(r, bf16, x, K, panel, bias, residual, y, N, cols, ahead, step); break;
+#define TILE_CASE(r) case r: tile_product(r, bf16, x, K, panel, bias, gelu, residual, y, N, cols, ahead, step); break;
 
-/* y[:M, n0:n0+NR] (clipped at N) = x @ panel (+ bias) (+ residual); bias and residual are
+/* y[:M, n0:n0+NR] (clipped at N) = gelu?(x @ panel (+ bias)) (+ residual); bias and residual are
  * offset to the panel's first column, bias zero-padded to NR (pack_bias). Pass t of T
  * prefetches the t-th T-th of the next panel, `step` bytes per k (past the last panel
  * this touches addresses beyond the weight: a prefetch never faults). */
 static inline __attribute__((always_inline)) void panel_product(int bf16, const float *x, int M, int K,
                                                                 const void *panel, int n0, int N,
-                                                                const float *bias, const float *residual,
-                                                                float *y) {
+                                                                const float *bias, int gelu,
+                                                                const float *residual, float *y) {
     int cols = N - n0 < NR ? N - n0 : NR;
     y += n0;
     residual = residual ? residual + n0 : NULL;
@@ -160,33 +190,67 @@ static inline __attribute__((always_inline)) void panel_product(int bf16, const 
 
 /* one copy of the panel loop per weight dtype (not inlined into the parallel loops) */
 static void panel_product_float32(const float *x, int M, int K, const void *panel, int n0, int N, const float *bias,
-                                  const float *residual, float *y) {
-    panel_product(0, x, M, K, panel, n0, N, bias, residual, y);
+                                  int gelu, const float *residual, float *y) {
+    panel_product(0, x, M, K, panel, n0, N, bias, gelu, residual, y);
 }
 
 static void panel_product_bfloat16(const float *x, int M, int K, const void *panel, int n0, int N,
-                                   const float *bias, const float *residual, float *y) {
-    panel_product(1, x, M, K, panel, n0, N, bias, residual, y);
+                                   const float *bias, int gelu, const float *residual, float *y) {
+    panel_product(1, x, M, K, panel, n0, N, bias, gelu, residual, y);
 }
 
-/* y (M, N) = x (M, K) @ W^T + bias + residual, W packed by models/cpu_kernels.pack_weight
- * (panels [N/NR][K][NR], float32 for linear, bf16 bits for linear_bf16), bias zero-padded
- * to whole panels (pack_bias); bias and residual (M, N) may be NULL; x, bias, residual and
- * y float32, row-major, contiguous. */
+/* y (M, N) = x (M, K) @ W^T + bias, through GELU if gelu, + residual; W packed by
+ * models/cpu_kernels.pack_weight (panels [N/NR][K][NR], float32 for linear, bf16 bits for
+ * linear_bf16), bias zero-padded to whole panels (pack_bias); bias and residual (M, N) may
+ * be NULL; x, bias, residual and y float32, row-major, contiguous. */
 void linear(const float *x, const float *packed, const float *bias, const float *residual, float *y, int M, int K,
-            int N, int threads) {
+            int N, int gelu, int threads) {
     int panels = (N + NR - 1) / NR;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int p = 0; p < panels; p++)
-        panel_product_float32(x, M, K, packed + (size_t)p * K * NR, p * NR, N, bias, residual, y);
+        panel_product_float32(x, M, K, packed + (size_t)p * K * NR, p * NR, N, bias, gelu, residual, y);
 }
 
 void linear_bf16(const float *x, const unsigned short *packed, const float *bias, const float *residual, float *y,
-                 int M, int K, int N, int threads) {
+                 int M, int K, int N, int gelu, int threads) {
     int panels = (N + NR - 1) / NR;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int p = 0; p < panels; p++)
-        panel_product_bfloat16(x, M, K, packed + (size_t)p * K * NR, p * NR, N, bias, residual, y);
+        panel_product_bfloat16(x, M, K, packed + (size_t)p * K * NR, p * NR, N, bias, gelu, residual, y);
+}
+
+/* y (M, C) = (x - mean) / sqrt(variance + eps) * weight + bias per row of x (M, C): the
+ * mean first, then the deviations from it, whose sum corrects the mean and the variance
+ * (the corrected two-pass algorithm: as close as torch's F.layer_norm); rows
+ * are split between threads only when there are many (a step's few cost less than a wake-up). */
+void layer_norm(const float *x, const float *weight, const float *bias, float *y, int M, int C, float eps,
+                int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && (size_t)M * C >= 65536)
+    for (int i = 0; i < M; i++) {
+        const float *row = x + (size_t)i * C;
+        float *out = y + (size_t)i * C;
+        int c = 0;
+        vec total = vzero();
+        for (; c + LANES <= C; c += LANES) total = vadd(total, vload(row + c));
+        float sum = vsum(total);
+        for (; c < C; c++) sum += row[c];
+        float mean = sum / C;
+        vec m = vset1(mean), deviations = vzero(), squares = vzero();
+        for (c = 0; c + LANES <= C; c += LANES) {
+            const vec d = vsub(vload(row + c), m);
+            deviations = vadd(deviations, d), squares = vfma(d, d, squares);
+        }
+        float deviation = vsum(deviations), square = vsum(squares);
+        for (; c < C; c++) deviation += row[c] - mean, square += (row[c] - mean) * (row[c] - mean);
+        /* the deviations' sum is the first mean's rounding error, times C: correct both */
+        mean += deviation / C, m = vset1(mean);
+        const float variance = (square - deviation * deviation / C) / C;
+        const float rstd = 1.0f / sqrtf((variance > 0.0f ? variance : 0.0f) + eps);
+        const vec r = vset1(rstd);
+        for (c = 0; c + LANES <= C; c += LANES)
+            vstore(out + c, vfma(vmul(vsub(vload(row + c), m), r), vload(weight + c), vload(bias + c)));
+        for (; c < C; c++) out[c] = (row[c] - mean) * rstd * weight[c] + bias[c];
+    }
 }
 
 /* The cache's keys and values, float32 or bfloat16 (written rounded to nearest even, as

@@ -5,8 +5,9 @@ At sampling's few rows a step's time is the time to read every weight, and the
 libraries' kernels for such thin products (oneDNN, MKL) read them at about half the
 memory's speed or less (bench/sampling.py; README "Sampling speed"). cpu_kernels.c reads
 each weight from a copy packed once (`pack_weight`) with register tiles sized for the
-instruction set, and does the new position's attention over the cache in one pass
-(`attend_step`).
+instruction set (GELU fused), does the new position's attention over the cache in one
+pass (`attend_step`) and normalises the step's few rows without waking torch's threads
+(`layer_norm`).
 
 The library is compiled once per machine for the instruction set ATen dispatches to
 (torch.backends.cpu.get_cpu_capability(): AVX512 or AVX2, so ATEN_CPU_CAPABILITY=avx2
@@ -132,9 +133,10 @@ class Kernels:
         self.path, self.isa = path, isa
         lib = ctypes.CDLL(str(path))
         pointer, integer = ctypes.c_void_p, ctypes.c_int
-        lib.linear.argtypes = [pointer] * 5 + [integer] * 4
+        lib.linear.argtypes = [pointer] * 5 + [integer] * 5
         lib.attend_step.argtypes = [pointer] * 3 + [integer] * 6
-        lib.linear.restype = lib.attend_step.restype = None
+        lib.layer_norm.argtypes = [pointer] * 4 + [integer] * 2 + [ctypes.c_float, integer]
+        lib.linear.restype = lib.attend_step.restype = lib.layer_norm.restype = None
         lib.linear_bf16.argtypes, lib.linear_bf16.restype = lib.linear.argtypes, None
         lib.attend_step_bf16.argtypes, lib.attend_step_bf16.restype = lib.attend_step.argtypes, None
         self.rows, self.columns = lib.kernel_rows(), lib.kernel_columns()
@@ -158,9 +160,10 @@ class Kernels:
         return padded
 
     def linear(self, x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None,
-               residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x (M, K) @ weight^T + bias + residual -> (M, out_features), float32, weight and bias
-        as pack_weight and pack_bias made them (a bfloat16 weight is multiplied in float32)."""
+               residual: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+        """x (M, K) @ weight^T + bias, through GELU if `gelu`, + residual -> (M, out_features),
+        float32, weight and bias as pack_weight and pack_bias made them (a bfloat16 weight is
+        multiplied in float32). GELU is the exact (erf) form, computed within 1.4e-6 of it."""
         x = _float32_contiguous(x, "x")
         M, K = x.shape
         if packed.shape[1:] != (K, self.columns) or packed.shape[0] != -(-out_features // self.columns) or \
@@ -176,7 +179,19 @@ class Kernels:
                 raise ValueError(f"residual {tuple(residual.shape)} is not ({M}, {out_features})")
         product = self._lib.linear_bf16 if packed.dtype == torch.bfloat16 else self._lib.linear
         product(x.data_ptr(), packed.data_ptr(), _pointer(bias), _pointer(residual), y.data_ptr(), M, K, out_features,
-                torch.get_num_threads())
+                int(gelu), torch.get_num_threads())
+        return y
+
+    def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+        """F.layer_norm of each row of x (M, C) with weight and bias (C), float32: mean, then
+        the variance around it (to float32 rounding of F.layer_norm's result)."""
+        x = _float32_contiguous(x, "x")
+        M, C = x.shape
+        if weight.shape != (C,) or bias.shape != (C,):
+            raise ValueError(f"layer norm of width {C} got weight {tuple(weight.shape)} and bias {tuple(bias.shape)}")
+        y = torch.empty_like(x)
+        self._lib.layer_norm(x.data_ptr(), _pointer(weight), _pointer(bias), y.data_ptr(), M, C, eps,
+                             torch.get_num_threads())
         return y
 
     def attend_step(self, qkv: torch.Tensor, cache: torch.Tensor, pos: int) -> torch.Tensor:
@@ -206,8 +221,8 @@ def _float32_contiguous(t: torch.Tensor, name: str) -> torch.Tensor:
 def _pointer(t: torch.Tensor | None) -> int | None:
     if t is None:
         return None
-    if t.dtype != torch.float32 or not t.is_contiguous():
-        raise ValueError("bias and residual must be contiguous float32")
+    if t.dtype != torch.float32 or not t.is_contiguous() or t.device.type != "cpu":
+        raise ValueError("bias, residual and norm weights must be contiguous float32 CPU tensors")
     return t.data_ptr()
 
 

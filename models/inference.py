@@ -104,7 +104,8 @@ class Decoder:
         # one new position's attention over the cache (float32, or bf16 beside bf16 weights): the
         # own kernel where the float32 products use the own kernels (cpu_kernels.attend_step)
         own = device.type == "cpu" and (library or float32_library()) == "own"  # FrozenLinear checked it builds
-        self.attend_step = cpu_kernels.load().attend_step if own else None
+        self.kernels = cpu_kernels.load() if own else None  # also the layer norms: F.layer_norm's threads cost more
+        self.attend_step = self.kernels.attend_step if own else None
 
     _built: weakref.WeakKeyDictionary[GPT, dict[tuple, tuple[tuple, Decoder]]] = weakref.WeakKeyDictionary()
 
@@ -135,6 +136,8 @@ class Decoder:
         return [m for b in self.blocks for m in (b.qkv, b.proj, b.fc1, b.fc2)] + [self.head]
 
     def _layer_norm(self, x: torch.Tensor, params: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        if self.kernels is not None:
+            return self.kernels.layer_norm(x, *params)
         return F.layer_norm(x, (self.n_embd,), *params)
 
     def _blocks(self, x: torch.Tensor, cache: KVCache, attention) -> torch.Tensor:

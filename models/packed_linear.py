@@ -231,8 +231,8 @@ class FrozenLinear:
     and return float32 (rows, in) -> (rows, out), with GELU and a residual optionally added.
 
     - float32 on the CPU: the library `float32_library` picks for this CPU, or `library`.
-      The own kernels read a copy packed in panels (cpu_kernels.pack_weight), the residual
-      added in the same pass; MKL's packed sgemm reorders the weight once for the row count
+      The own kernels read a copy packed in panels (cpu_kernels.pack_weight), GELU and the
+      residual applied in the same pass; MKL's packed sgemm reorders the weight once for the row count
       the sampler steps with (pack_for), other row counts (a prompt) using the plain weight;
       oneDNN's and the own packed copies serve any row count (bench/sampling.py, README);
     - bfloat16 on the CPU: the own kernel where it builds (bfloat16_library: the weights
@@ -294,11 +294,9 @@ class FrozenLinear:
             self.packed, self.rows = torch.ops.mkl._mkl_reorder_linear_weight(self.weight, rows), rows
 
     def __call__(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
-        if self.kind == "own":  # the residual joins in the product's pass, unless GELU comes between
-            if not gelu:
-                return self.kernels.linear(x, self.packed, self.out_features, self.bias, residual)
-            y = self.kernels.linear(x, self.packed, self.out_features, self.bias)
-        elif self.kind == "onednn":
+        if self.kind == "own":  # GELU and the residual join in the product's pass
+            return self.kernels.linear(x, self.packed, self.out_features, self.bias, residual, gelu)
+        if self.kind == "onednn":
             y = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias,
                                                   "gelu" if gelu else "none", [], "none").float()
             gelu = False

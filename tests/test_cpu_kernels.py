@@ -52,6 +52,41 @@ def test_linear_equals_f_linear_for_every_row_count_and_tail(kernels, rows, in_f
                                **tolerance)
     torch.testing.assert_close(kernels.linear(x, packed, out_features, padded_bias, residual), expected + residual,
                                **tolerance)
+    # GELU joins in the same pass, before the residual (as the MLP's fc1 never has one, fc2 no GELU)
+    torch.testing.assert_close(kernels.linear(x, packed, out_features, padded_bias, gelu=True), F.gelu(expected),
+                               **tolerance)
+    torch.testing.assert_close(kernels.linear(x, packed, out_features, padded_bias, residual, gelu=True),
+                               F.gelu(expected) + residual, **tolerance)
+
+
+def test_gelu_is_the_exact_erf_form_to_float32_accuracy(kernels):
+    """The fused GELU (a rational erf) against float64's exact one, on a dense grid and at
+    the edges: as close as torch's own float32 GELU, and inf/NaN go where they should."""
+    x = torch.cat([torch.linspace(-12, 12, 240_001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 3.4e38, float("inf"),
+                                                                   -3.4e38])])
+    identity = kernels.pack_weight(torch.ones(1, 1))
+    y = kernels.linear(x[:, None], identity, 1, gelu=True)[:, 0]
+    exact = F.gelu(x.double())
+    grid = slice(0, 240_001)  # torch's own float32 GELU overflows at 3.4e38
+    torch_error = (F.gelu(x[grid]).double() - exact[grid]).abs().max()
+    assert (y.double() - exact)[exact.isfinite()].abs().max() <= 1.5e-6 and torch_error <= 1.5e-6
+    assert y[-3] == 3.4e38 and y[-2] == float("inf") and y[-1] == 0  # -3.4e38 * 0: GELU's left tail is -0
+    nan = kernels.linear(torch.tensor([[float("nan")]]), identity, 1, gelu=True)
+    assert nan.isnan().all()
+
+
+@pytest.mark.parametrize("rows, width", [(1, 512), (8, 512), (3, 7), (5, 40), (300, 512)])
+def test_layer_norm_equals_f_layer_norm(kernels, rows, width):
+    torch.manual_seed(rows + width)
+    x = torch.randn(rows, width) * 3 + 1000  # far from zero: a one-pass variance would lose its digits here
+    x[0] = 7.0  # a constant row: variance 0, normalised to the bias
+    weight, bias = torch.randn(width), torch.randn(width)
+    exact = F.layer_norm(x.double(), (width,), weight.double(), bias.double())
+    error = (kernels.layer_norm(x, weight, bias).double() - exact).abs().max()
+    torch_error = (F.layer_norm(x, (width,), weight, bias).double() - exact).abs().max()
+    assert error <= 1.5 * torch_error + 1e-6, (error, torch_error)  # no worse than torch's float32 norm
+    with pytest.raises(ValueError, match="layer norm of width"):
+        kernels.layer_norm(x, weight[:-1], bias)
 
 
 @pytest.mark.parametrize("rows", [1, 3, 8, 9, 64])
