@@ -159,28 +159,17 @@ class Kernels:
         padded[:bias.shape[0]] = bias
         return padded
 
+    def product(self, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None) -> PackedProduct:
+        """The product by one weight, as pack_weight and pack_bias made it, checked once here:
+        a sampling step calls it with few rows, where per-call checks would cost as much as
+        the kernel's arithmetic."""
+        return PackedProduct(self, packed, out_features, bias)
+
     def linear(self, x: torch.Tensor, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None,
                residual: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
-        """x (M, K) @ weight^T + bias, through GELU if `gelu`, + residual -> (M, out_features),
-        float32, weight and bias as pack_weight and pack_bias made them (a bfloat16 weight is
-        multiplied in float32). GELU is the exact (erf) form, computed within 1.4e-6 of it."""
-        x = _float32_contiguous(x, "x")
-        M, K = x.shape
-        if packed.shape[1:] != (K, self.columns) or packed.shape[0] != -(-out_features // self.columns) or \
-                packed.dtype not in (torch.float32, torch.bfloat16) or not packed.is_contiguous():
-            raise ValueError(f"packed weight {tuple(packed.shape)} {packed.dtype} does not take ({M}, {K}) "
-                             f"to {out_features}")
-        if bias is not None and bias.shape != (packed.shape[0] * self.columns,):
-            raise ValueError(f"bias {tuple(bias.shape)} is not padded to the packed weight's panels (pack_bias)")
-        y = torch.empty(M, out_features)
-        if residual is not None:
-            residual = _float32_contiguous(residual, "residual")
-            if residual.shape != y.shape:
-                raise ValueError(f"residual {tuple(residual.shape)} is not ({M}, {out_features})")
-        product = self._lib.linear_bf16 if packed.dtype == torch.bfloat16 else self._lib.linear
-        product(x.data_ptr(), packed.data_ptr(), _pointer(bias), _pointer(residual), y.data_ptr(), M, K, out_features,
-                int(gelu), torch.get_num_threads())
-        return y
+        """x (M, K) @ weight^T + bias, through GELU if `gelu`, + residual -> (M, out_features):
+        PackedProduct's call, for one product."""
+        return self.product(packed, out_features, bias)(x, residual, gelu)
 
     def layer_norm(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
         """F.layer_norm of each row of x (M, C) with weight and bias (C), float32: mean, then
@@ -212,7 +201,44 @@ class Kernels:
         return out
 
 
+class PackedProduct:
+    """y (M, N) = x (M, K) @ weight^T + bias, through GELU if asked, + residual, float32 in and
+    out, for a weight packed by Kernels.pack_weight (float32, or bfloat16 multiplied in
+    float32) and a bias by pack_bias. GELU is the exact (erf) form, within 1.4e-6 of it.
+    The weight and bias are checked once; each call checks x and the residual."""
+
+    def __init__(self, kernels: Kernels, packed: torch.Tensor, out_features: int, bias: torch.Tensor | None = None):
+        columns = kernels.columns
+        if packed.dim() != 3 or packed.shape[2] != columns or packed.shape[0] != -(-out_features // columns) or \
+                packed.dtype not in (torch.float32, torch.bfloat16) or not packed.is_contiguous() or \
+                packed.device.type != "cpu":
+            raise ValueError(f"packed weight {tuple(packed.shape)} {packed.dtype} is not pack_weight's panels "
+                             f"of {out_features} outputs")
+        if bias is not None and bias.shape != (packed.shape[0] * columns,):
+            raise ValueError(f"bias {tuple(bias.shape)} is not padded to the packed weight's panels (pack_bias)")
+        self.packed, self.bias = packed, bias  # held: the kernel reads them through the pointers below
+        self.in_features, self.out_features = packed.shape[1], out_features
+        self._weight_at, self._bias_at = packed.data_ptr(), _pointer(bias)
+        self._kernel = kernels._lib.linear_bf16 if packed.dtype == torch.bfloat16 else kernels._lib.linear
+
+    def __call__(self, x: torch.Tensor, residual: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+        x = _float32_contiguous(x, "x")
+        M, K = x.shape
+        if K != self.in_features:
+            raise ValueError(f"x ({M}, {K}) does not fit a weight of {self.in_features} inputs")
+        y = torch.empty(M, self.out_features)
+        if residual is not None:
+            residual = _float32_contiguous(residual, "residual")
+            if residual.shape != y.shape:
+                raise ValueError(f"residual {tuple(residual.shape)} is not ({M}, {self.out_features})")
+        self._kernel(x.data_ptr(), self._weight_at, self._bias_at, None if residual is None else residual.data_ptr(),
+                     y.data_ptr(), M, K, self.out_features, int(gelu), torch.get_num_threads())
+        return y
+
+
 def _float32_contiguous(t: torch.Tensor, name: str) -> torch.Tensor:
+    if t.dtype is torch.float32 and t.is_contiguous() and t.dim() == 2 and t.device.type == "cpu":
+        return t  # the step's case, first: these checks run some hundred times a step
     if t.device.type != "cpu" or t.dim() != 2:
         raise ValueError(f"{name} must be a 2-d CPU tensor, got {tuple(t.shape)} on {t.device}")
     return t.float().contiguous()

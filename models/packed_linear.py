@@ -284,6 +284,7 @@ class FrozenLinear:
             self.out_features = self.weight.shape[0]
             self.packed = self.kernels.pack_weight(self.weight, self.dtype)
             self.bias = None if bias is None else self.kernels.pack_bias(self.bias)
+            self.product = self.kernels.product(self.packed, self.out_features, self.bias)
             self.weight = None  # the packed copy serves every row count
 
     def pack_for(self, rows: int) -> None:
@@ -295,7 +296,7 @@ class FrozenLinear:
 
     def __call__(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
         if self.kind == "own":  # GELU and the residual join in the product's pass
-            return self.kernels.linear(x, self.packed, self.out_features, self.bias, residual, gelu)
+            return self.product(x, residual, gelu)
         if self.kind == "onednn":
             y = torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.weight, self.bias,
                                                   "gelu" if gelu else "none", [], "none").float()

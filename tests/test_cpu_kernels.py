@@ -119,11 +119,19 @@ def test_linear_reads_strided_and_half_inputs_as_float32(kernels):
 
 
 def test_linear_refuses_shapes_that_do_not_fit(kernels):
+    """Bad shapes are refused with the mismatch named, never read past an array."""
     packed = kernels.pack_weight(torch.randn(40, 32))
-    with pytest.raises(ValueError, match="does not take"):
+    with pytest.raises(ValueError, match=r"x \(4, 31\) does not fit a weight of 32 inputs"):
         kernels.linear(torch.randn(4, 31), packed, 40)
-    with pytest.raises(ValueError, match="does not take"):
+    with pytest.raises(ValueError, match="is not pack_weight's panels"):
         kernels.linear(torch.randn(4, 32), packed, 40 + kernels.columns)
+    with pytest.raises(ValueError, match="is not pack_weight's panels"):
+        kernels.product(packed.double(), 40)
+    product = kernels.product(packed, 40)  # checked once, then only x and the residual per call
+    with pytest.raises(ValueError, match="does not fit"):
+        product(torch.randn(4, 33))
+    x = torch.randn(4, 32)
+    assert torch.equal(product(x.double()), product(x))  # other dtypes are converted, not misread
     with pytest.raises(ValueError, match="residual"):
         kernels.linear(torch.randn(4, 32), packed, 40, residual=torch.randn(4, 39))
     with pytest.raises(ValueError, match="pack_bias"):
