@@ -94,8 +94,9 @@ def generate(gpt: GPT, prefix: torch.Tensor, steps: int, settings: SamplingSetti
     "bfloat16" or "int8" stream fewer bytes per step where this machine runs them natively,
     and fall back to float32 (with a warning) where it does not. On CUDA each step replays a recorded CUDA
     graph unless cuda_graph=False. vocab: draw only tokens below it (image tokens, when the
-    GPT's vocabulary also holds condition tokens). library: the CPU library of float32
-    products (default: this CPU's faster one, models.packed_linear.float32_library).
+    GPT's vocabulary also holds condition tokens). library: the CPU library of the products
+    (default: this CPU's faster one, models.packed_linear.float32_library, and for bfloat16
+    bfloat16_library; "onednn" with bfloat16 takes oneDNN's AMX path, faster at 64+ rows).
     """
     B, P = prefix.shape
     if steps < 1:
