@@ -126,8 +126,8 @@ def _check_private(path: Path) -> None:
 
 
 class Kernels:
-    """The loaded library: `linear` (float32 or bfloat16 weights, float32 in and out) and
-    `attend_step`, on CPU tensors."""
+    """The loaded library, on CPU tensors: `product`/`linear` (float32 or bfloat16 weights,
+    float32 in and out, GELU optional), `attend_step` and `layer_norm`."""
 
     def __init__(self, path: Path, isa: str):
         self.path, self.isa = path, isa
