@@ -38,8 +38,12 @@ app: install
 	$(BIN)/streamlit run app/sampling_app.py --server.address 127.0.0.1 --server.port $(APP_PORT) \
 	  --server.headless true --browser.gatherUsageStats false --client.toolbarMode viewer -- --model $(APP_MODEL)
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), a test file per process at a time:
+# each test runs its torch work on one thread (tests/conftest.py), so two processes use
+# both of a 2-core machine. TEST_WORKERS=0 runs them in this one process.
+TEST_WORKERS ?= 2
 test: install
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	@$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
