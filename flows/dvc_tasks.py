@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -98,20 +99,59 @@ def stream(cmd: list[str] | str, cwd: Path, what: str) -> None:
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float = 10) -> None:
-    """SIGTERM the process group ``proc`` leads (started with start_new_session),
-    give its leader ``grace_s`` to exit, then SIGKILL whatever is left of the group."""
+    """SIGTERM the process group ``proc`` leads (started with start_new_session), give the
+    whole group ``grace_s`` to exit, then SIGKILL whatever is left of it. Returns when no
+    live process of the group remains: the leader often exits first while what it started
+    (a stage, a server's workers) is still stopping, or ignores SIGTERM."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace_s)
     except ProcessLookupError:
+        proc.wait()
         return
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    if not _wait_for_group(proc, grace_s):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _wait_for_group(proc, grace_s)  # a process in uninterruptible sleep dies when it wakes
     proc.wait()
+
+
+def _wait_for_group(proc: subprocess.Popen, timeout_s: float) -> bool:
+    """Whether the group ``proc`` leads has no live process left within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        proc.poll()  # reap the leader: our own zombie would keep the group alive
+        if not _group_alive(proc.pid):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` has a process that is not a zombie (orphans' zombies
+    stay until init reaps them; on Linux /proc tells them apart, elsewhere they count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc_root = Path("/proc")
+    if not (proc_root / "self" / "stat").exists():
+        return True
+    for entry in proc_root.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # exited meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def dvc_output(repo: Path, *args: str) -> str:

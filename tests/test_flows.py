@@ -116,6 +116,22 @@ def test_an_interrupted_stream_stops_everything_the_command_started(tmp_path):
     assert not status.exists() or "\nState:\tZ" in status.read_text(), "the command's child outlived the stream"
 
 
+def test_stopping_a_group_waits_for_children_and_kills_one_that_ignores_sigterm(tmp_path):
+    # the leader dies at once on SIGTERM; its child ignores it (ignored signals survive exec)
+    proc = subprocess.Popen("(trap '' TERM; exec sleep 60) & echo $! > child.pid; wait", shell=True,
+                            cwd=tmp_path, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "child.pid").exists() or not (tmp_path / "child.pid").read_text().strip():
+        assert time.monotonic() < deadline, "the command did not start its child"
+        time.sleep(0.05)
+    child = int((tmp_path / "child.pid").read_text())
+    start = time.monotonic()
+    stop_process_group(proc, grace_s=1)
+    status = Path(f"/proc/{child}/status")
+    assert not status.exists() or "\nState:\tZ" in status.read_text(), "a child that ignored SIGTERM lived on"
+    assert proc.returncode is not None and 1 <= time.monotonic() - start < 20  # it got the grace, then SIGKILL
+
+
 def forward(listen_port: int, target_port: int) -> socketserver.ThreadingTCPServer:
     """A TCP relay 127.0.0.1:listen_port -> 127.0.0.1:target_port (stop with .shutdown())."""
     class Relay(socketserver.BaseRequestHandler):
