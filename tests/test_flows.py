@@ -125,6 +125,9 @@ def test_stopping_a_group_waits_for_children_and_kills_one_that_ignores_sigterm(
         assert time.monotonic() < deadline, "the command did not start its child"
         time.sleep(0.05)
     child = int((tmp_path / "child.pid").read_text())
+    while Path(f"/proc/{child}/comm").read_text().strip() != "sleep":  # exec'd: the trap is set
+        assert time.monotonic() < deadline, "the child did not start sleeping"
+        time.sleep(0.05)
     start = time.monotonic()
     stop_process_group(proc, grace_s=1)
     status = Path(f"/proc/{child}/status")
